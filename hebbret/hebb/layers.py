@@ -1,0 +1,188 @@
+"""Plastic layers: an ordinary forward pass, plus the fused FastHebb update of their weights.
+
+In plastic mode (``layer.plastic = True``) the forward pass also computes ΔW from the layer's own
+input and pre-activation and stashes it in ``layer.delta``; the training loop hands it to an
+optimizer. No autograd graph is involved: call them under ``torch.no_grad()`` while learning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rules import HebbTerms, Rule, get_rule
+
+GRAM_METHODS = ("conv", "unfold")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class _HebbLayer(nn.Module):
+    """Shared machinery: rule lookup, plastic flag, ΔW = Yᵀ X − M W."""
+
+    weight: nn.Parameter
+
+    def _init_rule(self, rule: str, rule_params: dict) -> None:
+        self.rule: Rule = get_rule(rule)
+        unknown = set(rule_params) - set(self.rule.defaults)
+        if unknown:
+            raise ValueError(
+                f"rule {rule!r} takes parameters {sorted(self.rule.defaults)}, got {sorted(unknown)}"
+            )
+        self.rule_params = {**self.rule.defaults, **rule_params}
+        self.plastic = False
+        self.delta: Tensor | None = None
+
+    def reset_parameters(self) -> None:
+        """Gaussian init whose neurons have norm about the rule's ``init_radius``."""
+        fan_in = self.weight[0].numel()
+        nn.init.normal_(self.weight, 0.0, self.rule.init_radius / math.sqrt(fan_in))
+
+    def _respond(self, u: Tensor) -> Tensor:
+        return u if self.rule.output is None else self.rule.output(u, self.weight)
+
+    def _delta(self, x: Tensor, u: Tensor) -> Tensor:
+        """ΔW for input ``x`` (already padded) and its pre-activation ``u``."""
+        w = self.weight.detach()
+        if self.rule.terms is None:
+            return torch.zeros_like(w)
+        extra = {"x_norm": self._row_norms(x)} if self.rule.needs_x_norm else {}
+        terms: HebbTerms = self.rule.terms(u, w, **extra, **self.rule_params)
+        yx = self._yt_x(x, terms.y)
+        if terms.m.dim() == 1:
+            return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w
+        return yx - (terms.m @ w.flatten(1)).view_as(w)
+
+    def update_direction(self, delta: Tensor) -> Tensor:
+        """The rule's step direction from raw ΔW (SoftHebb: max-normalised, per-neuron rate)."""
+        if self.rule.step_scale is None:
+            return delta
+        return self.rule.step_scale(delta, self.weight.detach())
+
+    @torch.no_grad()
+    def hebbian_delta(self, x: Tensor) -> Tensor:
+        """Raw ΔW (shape of ``weight``) for the batch ``x``, before learning rate or scaling."""
+        x = self._pad(x)
+        return self._delta(x, self._preact(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._pad(x)
+        u = self._preact(x)
+        if self.plastic:
+            with torch.no_grad():
+                self.delta = self._delta(x.detach(), u.detach())
+        return self._respond(u)
+
+    # geometry-specific pieces
+    def _pad(self, x: Tensor) -> Tensor:
+        return x
+
+    def _preact(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _row_norms(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class HebbConv2d(_HebbLayer):
+    """2-D convolution whose weight (K, C, kh, kw) learns with a Hebbian rule.
+
+    Args:
+        padding_mode: "zeros" or "reflect".
+        gram: how Yᵀ X is computed: "conv" (convolution weight-gradient kernel, oneDNN/cuDNN)
+            or "unfold" (im2col + one matmul).
+        rule_params: the rule's parameters (softhebb: t_inv; swta: temperature).
+    Input (B, C, H, W) -> output (B, K, Ho, Wo).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        padding_mode: str = "zeros",
+        rule: str = "softhebb",
+        gram: str = "conv",
+        **rule_params: float,
+    ) -> None:
+        super().__init__()
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+        if gram not in GRAM_METHODS:
+            raise ValueError(f"gram must be one of {GRAM_METHODS}, got {gram!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.padding_mode, self.gram = padding_mode, gram
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self._init_rule(rule, rule_params)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, padding_mode={self.padding_mode}, "
+                f"rule={self.rule.name}")
+
+    def _pad(self, x: Tensor) -> Tensor:
+        ph, pw = self.padding
+        if self.padding_mode == "reflect" and (ph or pw):
+            return F.pad(x, (pw, pw, ph, ph), mode="reflect")
+        return x
+
+    def _native_padding(self) -> tuple[int, int]:
+        return (0, 0) if self.padding_mode == "reflect" else self.padding
+
+    def _preact(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, None, self.stride, self._native_padding())
+
+    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+        y = y.to(x.dtype)
+        if self.gram == "conv":
+            # Yᵀ X is the weight gradient of the convolution with grad-output Y.
+            return torch.ops.aten.convolution_backward(
+                y, x, self.weight.detach(), None, list(self.stride),
+                list(self._native_padding()), [1, 1], False, [0, 0], 1, [False, True, False],
+            )[1]
+        patches = F.unfold(x, self.kernel_size, padding=self._native_padding(), stride=self.stride)
+        k, d = self.out_channels, patches.shape[1]
+        y2 = y.transpose(0, 1).reshape(k, -1)  # (K, N)
+        x2 = patches.transpose(1, 2).reshape(-1, d)  # (N, D)
+        return (y2 @ x2).view_as(self.weight)
+
+    def _row_norms(self, x: Tensor) -> Tensor:
+        ones = x.new_ones(1, *self.weight.shape[1:])
+        sq = F.conv2d(x * x, ones, None, self.stride, self._native_padding())
+        return sq.clamp_min(0).sqrt()  # (B, 1, Ho, Wo)
+
+
+class HebbLinear(_HebbLayer):
+    """Fully connected layer whose weight (K, D) learns with a Hebbian rule. (B, D) -> (B, K)."""
+
+    def __init__(self, in_features: int, out_features: int, rule: str = "softhebb",
+                 **rule_params: float) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self._init_rule(rule, rule_params)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, rule={self.rule.name}"
+
+    def _preact(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+        return y.to(x.dtype).T @ x
+
+    def _row_norms(self, x: Tensor) -> Tensor:
+        return x.norm(dim=1, keepdim=True)  # (B, 1)

@@ -1,0 +1,131 @@
+"""Hebbian rules in the fused FastHebb form, as pure functions.
+
+Every rule turns the pre-activations ``u`` of a layer into two terms such that the batch update is
+
+    ΔW = Yᵀ X − M W
+
+with X the layer's input patches (N×D), Y a post-synaptic coefficient matrix (N×K) and M a K×K
+matrix (given as a (K,) vector when it is diagonal). The layer computes ``Yᵀ X`` with a single
+convolution weight-gradient (or matmul) kernel; no N×K×D tensor is ever built.
+
+Layouts: ``u`` and ``y`` are (B, K, Ho, Wo) for convolutions and (B, K) for linear layers; the
+N = B·Ho·Wo rows of DESIGN §3 are every position but axis 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+EPS = 1e-8
+
+
+def rows(t: Tensor) -> int:
+    """N: the number of (sample, position) rows in a (B, K, ...) tensor."""
+    return t.numel() // t.shape[1]
+
+
+def colsum(t: Tensor) -> Tensor:
+    """Sum over every axis but the channel axis 1: (B, K, ...) -> (K,)."""
+    dims = [d for d in range(t.dim()) if d != 1]
+    return t.sum(dim=dims)
+
+
+def channel_gram(y: Tensor) -> Tensor:
+    """Yᵀ Y: (B, K, ...) -> (K, K)."""
+    k = y.shape[1]
+    y2 = y.transpose(0, 1).reshape(k, -1)
+    return y2 @ y2.T
+
+
+def _per_channel(v: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a (K,) vector against a (B, K, ...) tensor."""
+    return v.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def neuron_norms(w: Tensor) -> Tensor:
+    """‖w_k‖ for each of the K neurons of a (K, ...) weight -> (K,)."""
+    return w.flatten(1).norm(dim=1)
+
+
+@dataclass
+class HebbTerms:
+    """The two rule-specific terms of ΔW = Yᵀ X − M W."""
+
+    y: Tensor  # same layout as u: (B, K, Ho, Wo) or (B, K)
+    m: Tensor  # (K,) diagonal of M, or (K, K) full (lower-triangular for hpca)
+
+
+def hpca_terms(u: Tensor, w: Tensor) -> HebbTerms:
+    """Hebbian PCA, nonlinear Sanger rule: Y = relu(U), ΔW = (YᵀX − tril(YᵀY) W) / N."""
+    n = rows(u)
+    y = torch.relu(u)
+    return HebbTerms(y=y / n, m=torch.tril(channel_gram(y)) / n)
+
+
+def swta_terms(u: Tensor, w: Tensor, x_norm: Tensor, temperature: float = 0.02) -> HebbTerms:
+    """Soft winner-take-all with weighted-average reduction.
+
+    s = ((1 + cos(w_k, x_n)) / 2)², Z = softmax(s / T) over K, Gc = Z ⊙ Z / colsum(Z),
+    ΔW = Gcᵀ X − diag(colsum(Gc)) W.  ``x_norm`` is ‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1).
+    """
+    cos = u / (_per_channel(neuron_norms(w), u) * x_norm).clamp_min(EPS)
+    s = ((1 + cos) / 2) ** 2
+    z = torch.softmax(s / temperature, dim=1)
+    gc = z * z / _per_channel(colsum(z).clamp_min(EPS), z)
+    return HebbTerms(y=gc, m=colsum(gc))
+
+
+def softhebb_terms(u: Tensor, w: Tensor, t_inv: float = 1.0) -> HebbTerms:
+    """SoftHebb: Y = softmax(t_inv·U) over K, negated for every channel but the argmax;
+    ΔW = YᵀX − diag(Σₙ Y ⊙ U) W."""
+    soft = torch.softmax(t_inv * u, dim=1)
+    winner = torch.zeros_like(soft, dtype=torch.bool).scatter_(1, u.argmax(dim=1, keepdim=True), True)
+    y = torch.where(winner, soft, -soft)
+    return HebbTerms(y=y, m=colsum(y * u))
+
+
+def softhebb_step_scale(delta: Tensor, w: Tensor) -> Tensor:
+    """SoftHebb's update direction: ΔW / max|ΔW|, times |‖w_k‖ − 1|^0.5 per neuron."""
+    rate = (neuron_norms(w) - 1).abs().add(1e-10).sqrt()
+    return delta / delta.abs().max().clamp_min(EPS) * rate.view(-1, *([1] * (w.dim() - 1)))
+
+
+def output_normalized(u: Tensor, w: Tensor) -> Tensor:
+    """wᵀx / ‖w‖: the inference response of soft-WTA neurons."""
+    return u / _per_channel(neuron_norms(w), u).clamp_min(EPS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A plasticity rule: how it computes its terms, its defaults and its inference output."""
+
+    name: str
+    terms: Callable[..., HebbTerms] | None  # None: no plasticity
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_x_norm: bool = False
+    output: Callable[[Tensor, Tensor], Tensor] | None = None  # (u, w) -> response; None: u
+    step_scale: Callable[[Tensor, Tensor], Tensor] | None = None  # (ΔW, w) -> direction
+    init_radius: float = 1.0  # expected ‖w_k‖ at init: weights ~ N(0, radius² / fan_in)
+
+
+RULES: dict[str, Rule] = {
+    "hpca": Rule("hpca", hpca_terms),
+    "swta": Rule("swta", swta_terms, {"temperature": 0.02}, needs_x_norm=True,
+                 output=output_normalized),
+    "softhebb": Rule("softhebb", softhebb_terms, {"t_inv": 1.0}, step_scale=softhebb_step_scale,
+                     init_radius=25.0),  # SoftHebb starts far from the unit sphere it converges to
+    "none": Rule("none", None),
+}
+
+
+def get_rule(name: str) -> Rule:
+    """Look a rule up by its CLI name."""
+    try:
+        return RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown Hebbian rule {name!r}; choose one of {sorted(RULES)}") from None

@@ -1,0 +1,24 @@
+"""Backbones, registered with timm: ``timm.create_model("hebb_softhebb_c3")`` after ``import hebbret``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+
+from ._base import HebbNet, Triangle
+from .fasthebb import FastHebb6L, hebb_fasthebb_6l
+from .softhebb import SoftHebbC3, hebb_softhebb_c3
+
+MODEL_NAMES = ("hebb_softhebb_c3", "hebb_fasthebb_6l")
+
+
+def create_model(name: str, **kwargs: Any) -> HebbNet:
+    """Build a hebbret backbone by name through timm's registry."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; hebbret backbones: {', '.join(MODEL_NAMES)}")
+    return timm.create_model(name, **kwargs)
+
+
+__all__ = ["MODEL_NAMES", "FastHebb6L", "HebbNet", "SoftHebbC3", "Triangle", "create_model",
+           "hebb_fasthebb_6l", "hebb_softhebb_c3"]

@@ -1,0 +1,103 @@
+"""What every hebbret backbone shares: blocks that each hold one plastic layer, and timm's API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..hebb.layers import HebbConv2d, HebbLinear
+
+
+class Triangle(nn.Module):
+    """SoftHebb's activation: relu(x − mean over channels) ** power."""
+
+    def __init__(self, power: float = 1.0) -> None:
+        super().__init__()
+        self.power = power
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x - x.mean(dim=1, keepdim=True)) ** self.power
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}"
+
+
+class HebbNet(nn.Module):
+    """Base of hebbret backbones.
+
+    Subclasses fill ``self.blocks`` (each block holds exactly one Hebbian layer, so greedy
+    training can stop after block i), ``self.head`` and the attributes below, and implement
+    ``forward_head``. ``model_args`` holds the keyword arguments that rebuild the model.
+    """
+
+    blocks: nn.ModuleList
+    num_features: int
+    num_classes: int
+    drop_rate: float
+    default_cfg: dict[str, Any]
+    model_args: dict[str, Any]
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        return self.default_cfg
+
+    def hebb_layers(self) -> list[HebbConv2d | HebbLinear]:
+        """The plastic layers, input to output; layer i lives in ``blocks[i]``."""
+        return [m for m in self.modules() if isinstance(m, (HebbConv2d, HebbLinear))]
+
+    def forward_blocks(self, x: Tensor, upto: int | None = None) -> Tensor:
+        """Run blocks 0..upto (all when None)."""
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if upto is not None and i >= upto:
+                break
+        return x
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_blocks(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x.flatten(1)
+        if pre_logits:
+            return x
+        return self.head(self.head_drop(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.model_args["num_classes"] = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _check_input(self, x: Tensor) -> None:
+        want = self.default_cfg["input_size"][0]
+        if x.dim() != 4 or x.shape[1] != want:
+            raise ValueError(f"{type(self).__name__} expects (B, {want}, H, W) input, got {tuple(x.shape)}")
+
+
+def feature_shape(blocks: nn.Module, in_chans: int, img_size: tuple[int, int]) -> tuple[int, ...]:
+    """Shape of one sample's output of ``blocks`` for an input of this size."""
+    was_training = blocks.training
+    blocks.eval()
+    with torch.no_grad():
+        out = blocks(torch.zeros(1, in_chans, *img_size))
+    blocks.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def to_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop the keyword arguments timm.create_model adds for its own pretrained-weight logic."""
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY_KWARGS}

@@ -1,0 +1,52 @@
+import pytest
+import timm
+import torch
+
+import hebbret  # noqa: F401  (registers the backbones with timm)
+from hebbret.hebb import HebbConv2d, HebbLinear
+from hebbret.models import MODEL_NAMES, create_model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("chans,size", [(1, 28), (3, 32), (3, 96)])
+def test_backbone_runs_on_any_input_size_with_timm_api(name, chans, size):
+    torch.manual_seed(0)
+    model = timm.create_model(name, in_chans=chans, img_size=size, num_classes=7).eval()
+    x = torch.randn(2, chans, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        logits = model(x)
+    assert pre.shape == (2, model.num_features)
+    assert logits.shape == (2, 7)
+    assert model.default_cfg["input_size"] == (chans, size, size)
+    assert torch.isfinite(logits).all()
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.model_args["num_classes"] == 3
+
+
+def test_softhebb_c3_shapes_match_the_paper():
+    model = create_model("hebb_softhebb_c3")
+    convs = model.hebb_layers()
+    assert [c.out_channels for c in convs] == [96, 384, 1536]
+    assert all(isinstance(c, HebbConv2d) and c.padding_mode == "reflect" for c in convs)
+    assert [c.rule_params["t_inv"] for c in convs] == [1.0, 0.65, 0.25]
+    assert model.num_features == 24576
+
+
+def test_fasthebb_6l_has_four_conv_and_one_fc_hebbian_layer():
+    model = create_model("hebb_fasthebb_6l", rule="swta")
+    layers = model.hebb_layers()
+    assert [type(m) for m in layers] == [HebbConv2d] * 4 + [HebbLinear]
+    assert {m.rule.name for m in layers} == {"swta"}
+    assert len(model.blocks) == len(layers)
+
+
+def test_bad_model_arguments_are_explained():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+        create_model("resnet50")
+    with pytest.raises(ValueError, match="at least 16×16"):
+        create_model("hebb_fasthebb_6l", img_size=8)
+    model = create_model("hebb_softhebb_c3", in_chans=1, img_size=28)
+    with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\)"):
+        model(torch.randn(2, 3, 28, 28))
