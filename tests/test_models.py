@@ -45,7 +45,7 @@ def test_fasthebb_6l_has_four_conv_and_one_fc_hebbian_layer():
 def test_bad_model_arguments_are_explained():
     with pytest.raises(ValueError, match="unknown model 'resnet50'"):
         create_model("resnet50")
-    with pytest.raises(ValueError, match="at least 16×16"):
+    with pytest.raises(ValueError, match="at least 24×24"):
         create_model("hebb_fasthebb_6l", img_size=8)
     model = create_model("hebb_softhebb_c3", in_chans=1, img_size=28)
     with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\)"):

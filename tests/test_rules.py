@@ -21,7 +21,7 @@ def reference_delta(rule: str, rows: list[torch.Tensor], w2: torch.Tensor, **par
             cos = (w2 @ x) / (w2.norm(dim=1) * x.norm()).clamp_min(1e-8)
             zs.append(torch.softmax(((1 + cos) / 2) ** 2 / params["temperature"], dim=0))
         zsum = torch.stack(zs).sum(0)
-        for x, z in zip(rows, zs):
+        for x, z in zip(rows, zs, strict=True):
             for j in range(k):
                 delta[j] += z[j] ** 2 / zsum[j] * (x - w2[j])
         return delta

@@ -16,7 +16,7 @@ __all__ = ["FastHebb6L"]
 class FastHebb6L(HebbNet):
     """conv5×5 96 → maxpool2 → BN; conv3×3 128 → BN; conv3×3 192 → maxpool2 → BN;
     conv3×3 256 → BN; fc 4096 → BN; dropout → fc classifier. ReLU after every Hebbian layer,
-    no padding (as in FastHebb), so inputs must be at least 16×16.
+    no padding (as in FastHebb), so inputs must be at least 24×24.
 
     ``forward_features``: (B, C, H, W) -> (B, 4096); ``num_features`` = 4096.
     """
@@ -32,8 +32,8 @@ class FastHebb6L(HebbNet):
     ) -> None:
         super().__init__()
         img_size = to_size(img_size)
-        if min(img_size) < 16:
-            raise ValueError(f"hebb_fasthebb_6l needs inputs of at least 16×16 pixels, got {img_size}")
+        if min(img_size) < 24:
+            raise ValueError(f"hebb_fasthebb_6l needs inputs of at least 24×24 pixels, got {img_size}")
         self.model_args = dict(in_chans=in_chans, img_size=list(img_size), num_classes=num_classes,
                                rule=rule, widths=list(widths), drop_rate=drop_rate)
         c1, c2, c3, c4, f5 = widths

@@ -1,0 +1,74 @@
+"""Dataclass configs per stage. A TOML file gives defaults, explicit arguments override them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomllib
+
+C = TypeVar("C")
+
+
+@dataclass
+class PretrainConfig:
+    """Unsupervised Hebbian training of a backbone."""
+
+    data: str = ""  # image folder, or a named dataset: fashion-mnist
+    model: str = "hebb_softhebb_c3"  # a hebbret backbone (timm name)
+    rule: str | None = None  # hpca | swta | softhebb | none; None: the backbone's default
+    epochs: int | None = None  # passes over the data (per layer in greedy mode); None: default
+    batch_size: int | None = None  # None: the backbone's default
+    lr: list[float] | None = None  # one per Hebbian layer, or a single value for all; None: default
+    mode: str = "consecutive"  # consecutive: all layers learn together; greedy: one at a time
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # data order and initial weights
+    out: str = "runs/pretrain"  # run dir to write
+    split: str = "train"  # split of a named dataset
+    data_root: str | None = None  # where a named dataset's files are (fashion-mnist idx files)
+    in_chans: int | None = None  # None: the data's own (fashion-mnist 1, folders 3)
+    img_size: int | None = None  # None: the data's own (fashion-mnist 28) or the backbone's (32)
+    num_workers: int = 0  # data-loading processes
+    checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    quiet: bool = False  # no progress bar
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("consecutive", "greedy"):
+            raise ValueError(f"mode must be 'consecutive' or 'greedy', got {self.mode!r}")
+        if isinstance(self.lr, (int, float)):
+            self.lr = [float(self.lr)]
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, section: str | None = None,
+                **overrides: Any) -> C:
+    """Build ``cls`` from a TOML file (top level, or its ``[section]`` table) and overrides.
+
+    Overrides that are None are ignored, so unset command-line flags keep the file's values.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        values = doc.get(section, doc) if section else doc
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; {cls.__name__} takes {sorted(known)}")
+    values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+    return cls(**values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,300 @@
+"""Image data: folder scanning (labeled or not), named datasets, decoding and batching.
+
+Every dataset yields ``(image, label, index)`` with ``image`` float32 (C, H, W) normalised, or
+``None`` when the file cannot be decoded; :func:`collate` drops those and reports them, and
+:class:`SkippedFiles` warns once per bad file and counts them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+NAMED_DATASETS = ("fashion-mnist",)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders 'img2' before 'img10'."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of a dataset: where it comes from and its label (-1 when unlabeled)."""
+
+    path: str  # relative to the dataset root, '/'-separated
+    label: int = -1
+    class_name: str = ""
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def scan_image_folder(root: str | os.PathLike, labeled: bool | None = None
+                      ) -> tuple[list[Item], list[str]]:
+    """List the images under ``root`` in natural order.
+
+    Labeled when every image sits inside a sub-folder of ``root`` (the sub-folder names are the
+    classes, images at any depth below them); otherwise every image gets label -1.
+    ``labeled=None`` decides by that layout, True requires it, False ignores the folders.
+
+    Returns:
+        items, classes (empty when unlabeled).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"expected a folder of images, got a file: {root}")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root)
+        paths += [(rel / f).as_posix() for f in filenames if _is_image(f)]
+    if not paths:
+        raise ValueError(f"found 0 images under {root}; supported extensions: "
+                         f"{', '.join(IMAGE_EXTENSIONS)} (any letter case)")
+    paths.sort(key=natural_key)
+    in_subfolders = all("/" in p for p in paths)
+    if labeled and not in_subfolders:
+        loose = next(p for p in paths if "/" not in p)
+        raise ValueError(f"{root} is not a labeled folder: {loose!r} is not inside a class "
+                         f"sub-folder (expected ROOT/<class>/<image>)")
+    if labeled is False or not in_subfolders:
+        return [Item(p) for p in paths], []
+    classes = sorted({p.split("/", 1)[0] for p in paths}, key=natural_key)
+    index = {c: i for i, c in enumerate(classes)}
+    items = [Item(p, index[p.split("/", 1)[0]], p.split("/", 1)[0]) for p in paths]
+    return items, classes
+
+
+def load_image(path: str | os.PathLike, in_chans: int, img_size: tuple[int, int] | None
+               ) -> np.ndarray:
+    """Decode one image file -> uint8 (H, W, C), EXIF-rotated, resized and centre-cropped.
+
+    Raises OSError / ValueError for files that are not decodable images.
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"images can be loaded with 1 or 3 channels, not {in_chans}")
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img = img.convert("L" if in_chans == 1 else "RGB")
+        if img_size is not None and img.size != (img_size[1], img_size[0]):
+            img = ImageOps.fit(img, (img_size[1], img_size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+class ImageDataset(Dataset):
+    """Base for hebbret datasets: ``items``, ``classes``, ``root`` and normalisation."""
+
+    items: list[Item]
+    classes: list[str]
+    root: str
+
+    def __init__(self, in_chans: int, img_size: tuple[int, int] | None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.in_chans, self.img_size = in_chans, img_size
+        self.mean = torch.tensor(mean if mean is not None else [0.0] * in_chans).view(-1, 1, 1)
+        self.std = torch.tensor(std if std is not None else [1.0] * in_chans).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _to_tensor(self, arr: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([it.label for it in self.items], dtype=np.int64)
+
+    def describe(self) -> dict:
+        return {"root": self.root, "count": len(self), "classes": self.classes,
+                "in_chans": self.in_chans, "img_size": list(self.img_size or [])}
+
+
+class ImageFolder(ImageDataset):
+    """Images under a folder (see :func:`scan_image_folder`); unreadable files yield ``None``."""
+
+    def __init__(self, root: str | os.PathLike, in_chans: int = 3,
+                 img_size: int | tuple[int, int] | None = 32, labeled: bool | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        if isinstance(img_size, int):
+            img_size = (img_size, img_size)
+        super().__init__(in_chans, img_size, mean, std)
+        self.root = str(Path(root).resolve())
+        self.items, self.classes = scan_image_folder(root, labeled)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, int]:
+        item = self.items[i]
+        try:
+            arr = load_image(os.path.join(self.root, item.path), self.in_chans, self.img_size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
+                SyntaxError):
+            return None, item.label, i
+        return self._to_tensor(arr), item.label, i
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {arr.size} bytes")
+    return arr.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(f"{stem}(.gz) not found in {root}; install the Debian package "
+                            f"dataset-fashion-mnist or pass --data-root with the idx files")
+
+
+class FashionMNIST(ImageDataset):
+    """Fashion-MNIST (Zalando, MIT licence) from its original idx files; 1×28×28 by default."""
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 in_chans: int = 1, img_size: int | tuple[int, int] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"fashion-mnist split must be 'train' or 'test', got {split!r}")
+        if isinstance(img_size, int):
+            img_size = (img_size, img_size)
+        super().__init__(in_chans, img_size, mean, std)
+        root = Path(root) if root is not None else FASHION_MNIST_ROOT
+        if not root.is_dir():
+            raise FileNotFoundError(f"fashion-mnist folder not found: {root}; install the Debian "
+                                    f"package dataset-fashion-mnist or pass --data-root")
+        prefix = "train" if split == "train" else "t10k"
+        self.images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28)
+        labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+        self.root = str(root.resolve())
+        self.classes = list(FASHION_MNIST_CLASSES)
+        self.items = [Item(f"{split}/{i:05d}", int(c), FASHION_MNIST_CLASSES[c])
+                      for i, c in enumerate(labels)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        arr = self.images[i]
+        if self.in_chans != 1 or (self.img_size and self.img_size != arr.shape):
+            img = Image.fromarray(arr).convert("L" if self.in_chans == 1 else "RGB")
+            if self.img_size:
+                img = img.resize((self.img_size[1], self.img_size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return self._to_tensor(arr), self.items[i].label, i
+
+
+def native_format(source: str | os.PathLike) -> tuple[int, tuple[int, int] | None]:
+    """(channels, size) a source has on its own: fashion-mnist 1×28×28; folders RGB, any size."""
+    return (1, (28, 28)) if str(source) == "fashion-mnist" else (3, None)
+
+
+def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int | None = None,
+                 img_size: int | tuple[int, int] | None = None, data_root: str | None = None,
+                 labeled: bool | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> ImageDataset:
+    """A named dataset (``fashion-mnist``) or an image folder path."""
+    native_chans, _ = native_format(source)
+    in_chans = in_chans or native_chans
+    if str(source) == "fashion-mnist":
+        return FashionMNIST(data_root, split, in_chans, img_size, mean, std)
+    if str(source) in NAMED_DATASETS:
+        raise AssertionError(f"named dataset {source} has no loader")
+    if not Path(source).exists():
+        raise FileNotFoundError(f"data not found: {source} is neither an existing folder nor a "
+                                f"named dataset ({', '.join(NAMED_DATASETS)})")
+    if img_size is None:
+        raise ValueError(f"images in {source} need a size to be batched; pass img_size")
+    return ImageFolder(source, in_chans, img_size, labeled, mean, std)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float32 (B, C, H, W)
+    labels: torch.Tensor  # int64 (B,)
+    indices: torch.Tensor  # int64 (B,): dataset rows
+    skipped: list[int]  # dataset rows whose files could not be decoded
+
+
+def collate(samples: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
+    good = [s for s in samples if s[0] is not None]
+    skipped = [s[2] for s in samples if s[0] is None]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long),
+                     torch.empty(0, dtype=torch.long), skipped)
+    return Batch(torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]),
+                 torch.tensor([s[2] for s in good]), skipped)
+
+
+class SkippedFiles:
+    """Warns once per undecodable file, whatever the epoch or worker, and counts them."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+        self.rows: set[int] = set()
+
+    def add(self, rows: list[int]) -> None:
+        for r in rows:
+            if r not in self.rows:
+                self.rows.add(r)
+                path = os.path.join(self.dataset.root, self.dataset.items[r].path)
+                log.warning("skipping %s: not a decodable image", path)
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted((self.dataset.items[r].path for r in self.rows), key=natural_key)
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch (or plain order), starting part-way for resumed runs."""
+
+    def __init__(self, n: int, seed: int | None, epoch: int = 0, start: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def order(self) -> list[int]:
+        if self.seed is None:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, seed: int | None = None, epoch: int = 0,
+                skip_batches: int = 0, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """Batches of :class:`Batch`; shuffled by (seed, epoch) unless seed is None."""
+    sampler = EpochSampler(len(dataset), seed, epoch, skip_batches * batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate, drop_last=drop_last,
+                      persistent_workers=False)

@@ -1,0 +1,251 @@
+"""Unsupervised Hebbian training: a backbone learns from unlabeled images, no autograd.
+
+Each step is one forward pass in which every active Hebbian layer computes its fused FastHebb
+update ΔW from its own input and output, then an SGD step with gradient −(rule direction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from .config import PretrainConfig
+from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
+from .models import HebbNet, create_model
+from .runs import save_run
+
+log = logging.getLogger(__name__)
+
+STATE = "state.pt"
+# Fields that must not change when a run is resumed.
+_RUN_IDENTITY = ("data", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed", "split",
+                 "in_chans", "img_size", "model_kwargs")
+
+
+class NonFiniteUpdate(FloatingPointError):
+    """A Hebbian update or weight became NaN/inf; the run dir keeps its last good checkpoint."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use cpu or auto")
+    return torch.device(name)
+
+
+def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 active: list[int]) -> list[dict[str, float]]:
+    """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
+
+    Returns per active layer: max|ΔW| and the mean neuron norm after the step.
+    Raises NonFiniteUpdate before touching the weights if an update is not finite.
+    """
+    layers = model.hebb_layers()
+    for i, layer in enumerate(layers):
+        layer.plastic = i in active
+    try:
+        with torch.no_grad():
+            model.forward_blocks(x, upto=max(active))
+            stats = []
+            for i in active:
+                layer = layers[i]
+                delta = layer.delta
+                direction = layer.update_direction(delta)
+                if not torch.isfinite(direction).all():
+                    raise NonFiniteUpdate(f"Hebbian layer {i} ({layer.rule.name}) produced a "
+                                          f"non-finite update")
+                layer.weight.grad = direction.neg_()
+                stats.append({"layer": i, "max_delta": float(delta.abs().max())})
+            optimizer.step()
+            for s in stats:
+                w = layers[s["layer"]].weight
+                if not torch.isfinite(w).all():
+                    raise NonFiniteUpdate(f"Hebbian layer {s['layer']} has non-finite weights")
+                s["norm_mean"] = float(w.flatten(1).norm(dim=1).mean())
+    finally:
+        for layer in layers:
+            layer.plastic, layer.delta, layer.weight.grad = False, None, None
+    return stats
+
+
+def _resolve(cfg: PretrainConfig) -> dict[str, Any]:
+    """Fill the backbone defaults into a config: returns the resolved fields as a dict."""
+    chans, size = native_format(cfg.data)
+    in_chans = cfg.in_chans or chans
+    img_size = cfg.img_size or (size[0] if size else 32)
+    probe = create_model(cfg.model, in_chans=in_chans, img_size=img_size, **cfg.model_kwargs)
+    hebb = probe.default_cfg["hebb"]
+    n_layers = len(probe.hebb_layers())
+    lr = cfg.lr if cfg.lr is not None else hebb["lr"]
+    if len(lr) == 1:
+        lr = list(lr) * n_layers
+    if len(lr) != n_layers:
+        raise ValueError(f"{cfg.model} has {n_layers} Hebbian layers; give one learning rate or "
+                         f"{n_layers}, got {len(lr)}")
+    return {**asdict(cfg), "rule": cfg.rule or hebb["rule"], "epochs": cfg.epochs or hebb["epochs"],
+            "batch_size": cfg.batch_size or hebb["batch_size"], "lr": [float(v) for v in lr],
+            "in_chans": in_chans, "img_size": img_size}
+
+
+def _check_resume(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix runs."""
+    state_path = out / STATE
+    if not resolved["resume"]:
+        if state_path.exists() or (out / "model.safetensors").exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
+                                  f"choose another --out")
+        return None
+    if not state_path.exists():
+        raise FileNotFoundError(f"nothing to resume in {out}: {STATE} is missing")
+    saved = read_json(out / "config.json")
+    changed = [k for k in _RUN_IDENTITY if saved.get(k) != resolved.get(k)]
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {out} with different settings ({diff})")
+    return torch.load(state_path, map_location="cpu", weights_only=True)
+
+
+def _trim_log(path: Path, global_step: int) -> None:
+    """Drop log lines past the checkpoint (and a half-written last line) before resuming."""
+    if not path.exists():
+        return
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if row["step"] > global_step:
+                break
+            rows.append(row)
+    write_jsonl(path, rows)
+
+
+def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
+    """Train a backbone with Hebbian learning; returns the run dir.
+
+    Args:
+        config: a PretrainConfig, or the data source (folder or named dataset).
+        overrides: PretrainConfig fields, e.g. ``model="hebb_fasthebb_6l", rule="hpca"``.
+    Writes ``model.safetensors``, ``model.json``, ``config.json``, ``log.jsonl`` and the resume
+    state ``state.pt`` into ``out``, each file atomically.
+    """
+    cfg = PretrainConfig(data=config, **overrides) if isinstance(config, str) else config
+    if overrides and not isinstance(config, str):
+        cfg = PretrainConfig(**{**asdict(cfg), **overrides})
+    resolved = _resolve(cfg)
+    out = Path(cfg.out)
+    state = _check_resume(out, resolved)
+    if state is not None and state["finished"]:
+        log.info("%s is already complete", out)
+        return out
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, in_chans=resolved["in_chans"], img_size=resolved["img_size"],
+                         rule=resolved["rule"], **cfg.model_kwargs)
+    dcfg = model.default_cfg
+    dataset = open_dataset(cfg.data, cfg.split, resolved["in_chans"], resolved["img_size"],
+                           cfg.data_root, mean=dcfg["mean"], std=dcfg["std"])
+    if dataset.classes:
+        model.reset_classifier(len(dataset.classes))
+    model.to(device).train()
+    layers = model.hebb_layers()
+    optimizer = torch.optim.SGD([{"params": [layer.weight], "lr": lr}
+                                 for layer, lr in zip(layers, resolved["lr"], strict=True)])
+    skipped = SkippedFiles(dataset)
+    pos = {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, "images": 0, "seconds": 0.0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        pos = state["position"]
+        skipped.rows = set(state["skipped_rows"])
+        _trim_log(out / "log.jsonl", pos["global_step"])
+        log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
+                 pos["step"])
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", resolved)
+        write_jsonl(out / "log.jsonl", [])
+    phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
+                                                                             range(len(layers))]
+    _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out)
+    summary = {"images_seen": pos["images"], "steps": pos["global_step"],
+               "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
+               "dataset": dataset.describe()}
+    save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
+    _save_state(out, model, optimizer, pos, skipped, finished=True)
+    log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
+    return out
+
+
+def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
+                pos: dict[str, Any], skipped: SkippedFiles, finished: bool = False) -> None:
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "position": dict(pos),
+             "skipped_rows": sorted(skipped.rows), "finished": finished}
+    with atomic_path(out / STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
+           phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
+           skipped: SkippedFiles, device: torch.device, out: Path) -> None:
+    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
+    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    total = len(phases) * epochs * len(dataset)
+    done = ((pos["phase"] * epochs + pos["epoch"]) * steps_per_epoch + pos["step"]) * batch_size
+    bar = tqdm(total=total, initial=min(done, total), unit="img", unit_scale=True,
+               disable=cfg["quiet"], desc="hebbian", dynamic_ncols=True)
+    with open(out / "log.jsonl", "a") as logf, bar:
+        while pos["phase"] < len(phases):
+            active = phases[pos["phase"]]
+            while pos["epoch"] < epochs:
+                loader = make_loader(dataset, batch_size, cfg["seed"],
+                                     epoch=pos["phase"] * epochs + pos["epoch"],
+                                     skip_batches=pos["step"], num_workers=cfg["num_workers"])
+                for batch in loader:
+                    skipped.add(batch.skipped)
+                    t0 = time.perf_counter()
+                    if len(batch.images):
+                        try:
+                            stats = hebbian_step(model, optimizer, batch.images.to(device), active)
+                        except NonFiniteUpdate as e:
+                            raise NonFiniteUpdate(
+                                f"{e} at phase {pos['phase']} epoch {pos['epoch']} step "
+                                f"{pos['step']}; stopped. {out / STATE} keeps the last good "
+                                f"checkpoint (if any); try a lower --lr") from None
+                    else:
+                        stats = []
+                    pos["seconds"] += time.perf_counter() - t0
+                    pos["step"] += 1
+                    pos["global_step"] += 1
+                    pos["images"] += len(batch.images)
+                    row = {"step": pos["global_step"], "phase": pos["phase"], "epoch": pos["epoch"],
+                           "images": pos["images"], "skipped_files": skipped.count,
+                           "layers": stats}
+                    logf.write(json.dumps(row) + "\n")
+                    logf.flush()
+                    bar.update(len(batch.images) + len(batch.skipped))
+                    if pos["global_step"] % cfg["checkpoint_every"] == 0:
+                        _save_state(out, model, optimizer, pos, skipped)
+                pos["epoch"] += 1
+                pos["step"] = 0
+                _save_state(out, model, optimizer, pos, skipped)
+            pos["phase"] += 1
+            pos["epoch"] = 0
+
+
+def training_log(run: str | Path) -> list[dict[str, Any]]:
+    """The per-step rows of a run's ``log.jsonl``."""
+    return read_jsonl(Path(run) / "log.jsonl")

@@ -1,0 +1,50 @@
+"""Pictures of what a backbone learned: first-layer filters as an image grid."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._io import atomic_path
+from .runs import load_run
+
+
+def filter_grid(weight: torch.Tensor, scale: int = 4, pad: int = 1) -> np.ndarray:
+    """Tile conv filters (K, C, kh, kw) into one uint8 image (H, W, 3), each filter min-max scaled.
+
+    RGB filters stay RGB; other channel counts are averaged to grey.
+    """
+    w = weight.detach().float().cpu()
+    w = w if w.shape[1] == 3 else w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    k, _, kh, kw = w.shape
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    cell_h, cell_w = kh * scale + pad, kw * scale + pad
+    grid = np.ones((rows * cell_h + pad, cols * cell_w + pad, 3), dtype=np.float32)
+    tiles = w.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
+    for i in range(k):
+        r, c = divmod(i, cols)
+        grid[pad + r * cell_h: pad + r * cell_h + kh * scale,
+             pad + c * cell_w: pad + c * cell_w + kw * scale] = tiles[i]
+    return (grid * 255).round().astype(np.uint8)
+
+
+def save_filters(run: str | os.PathLike, out: str | os.PathLike | None = None,
+                 scale: int = 4) -> Path:
+    """Write the first Hebbian layer's filters of run dir ``run`` as a PNG grid; returns its path."""
+    model, _ = load_run(run)
+    first = model.hebb_layers()[0]
+    if first.weight.dim() != 4:
+        raise ValueError(f"the first Hebbian layer of {run} is not a convolution")
+    out = Path(out) if out is not None else Path(run) / "filters.png"
+    with atomic_path(out) as tmp:
+        Image.fromarray(filter_grid(first.weight, scale)).save(tmp, format="PNG")
+    return out

@@ -1,0 +1,620 @@
+"""Benchmark the fused FastHebb update (DESIGN §3) on this machine, as ratios within one process.
+
+1. Per Hebbian layer of both backbones, at their real shapes: the fused update
+   ``layer.hebbian_delta(x)`` with each Yᵀ X method (``gram="conv"`` / ``"unfold"``) against the
+   method FastHebb replaced, which materialises one K×D update per (sample, position) row and sums
+   them. The materialised method is checked against the fused one first, then timed on a few
+   samples and extrapolated linearly to the full batch.
+2. A full Hebbian training step of hebb_softhebb_c3: achieved GFLOP/s on the essential flops
+   (4·N·K·D per layer) as a fraction of this machine's fp32 GEMM rate, with a per-layer breakdown.
+3. A backprop step of the same network; the ratio Hebbian step / backprop step.
+
+    python tools/bench_hebb.py               # full run, a few minutes on 2 cores
+    python tools/bench_hebb.py --quick       # smoke run, seconds
+
+The tables go to stdout, progress to the log, everything to ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hebbret._io import write_json
+from hebbret.hebb.layers import HebbConv2d, HebbLinear
+from hebbret.models import create_model
+
+log = logging.getLogger("bench_hebb")
+
+DEFAULT_OUT = os.path.join("tools", "results", "bench_hebb.json")
+TARGETS = {"conv_speedup_min": 50.0, "step_gemm_fraction_min": 0.5, "hebb_over_backprop_max": 0.7}
+VERIFY_RTOL = 1e-3  # float32: max |materialised − fused| ≤ rtol · max |fused|
+
+HebbLayer = HebbConv2d | HebbLinear
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how hard."""
+
+    batch_size: int = 64  # B of every measurement
+    img_size: int = 32  # input is (B, 3, img_size, img_size)
+    warmup: int = 2  # untimed calls before each measurement
+    repeats: int = 7  # timed calls; the median is reported
+    mat_repeats: int = 3  # timed calls of the (slow) materialised method
+    mat_budget: float = 4e8  # elements of K×D updates per materialised call: picks how many samples
+    mat_warmup: int = 1  # untimed materialised calls
+    verify_samples: int = 2  # sub-batch on which materialised and fused ΔW are compared
+    verify_crop: int | None = None  # crop that sub-batch to this many pixels a side (None: whole)
+    chunk_mb: float = 256.0  # size of one (n_chunk, K, D) float32 chunk of the materialised method
+    gemm_sizes: tuple[int, ...] = (2048, 4096)  # square fp32 torch.mm sizes
+    gemm_repeats: int = 5  # best of these
+    swta: bool = True  # also benchmark hebb_fasthebb_6l with the swta rule
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------- timing
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
+    """Median / min / max seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "n": len(times)}
+
+
+def gemm_gflops(sizes: tuple[int, ...], repeats: int) -> dict[str, float]:
+    """Best fp32 torch.mm rate per square size, in GFLOP/s (2·n³ flops)."""
+    out = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        c = torch.empty(n, n)
+        t = time_call(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), repeats, warmup=1)["min"]
+        out[str(n)] = 2 * n**3 / t / 1e9
+        log.info("GEMM %d×%d: %.1f GFLOP/s", n, n, out[str(n)])
+    return out
+
+
+# ------------------------------------------------------------------------------- layer geometry
+def capture_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The input each Hebbian layer sees in one forward pass of ``x`` (train mode, no grad)."""
+    layers = model.hebb_layers()
+    seen: dict[int, Tensor] = {}
+
+    def keep(i: int) -> Callable[..., None]:
+        return lambda module, args, out: seen.__setitem__(i, args[0].detach())
+
+    hooks = [m.register_forward_hook(keep(i)) for i, m in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[i] for i in range(len(layers))]
+
+
+def padded(layer: HebbLayer, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """The input with reflect padding applied, and the zero padding the conv still has to do."""
+    if isinstance(layer, HebbLinear):
+        return x, (0, 0)
+    ph, pw = layer.padding
+    if layer.padding_mode == "reflect" and (ph or pw):
+        return F.pad(x, (pw, pw, ph, ph), mode="reflect"), (0, 0)
+    return x, (ph, pw)
+
+
+def preact(layer: HebbLayer, xp: Tensor, zero_pad: tuple[int, int]) -> Tensor:
+    """U: (B, K, Ho, Wo) for a conv, (B, K) for a linear layer."""
+    w = layer.weight.detach()
+    if isinstance(layer, HebbLinear):
+        return F.linear(xp, w)
+    return F.conv2d(xp, w, None, layer.stride, zero_pad)
+
+
+def geometry(layer: HebbLayer, x: Tensor) -> dict[str, int]:
+    """N, K, D and the shapes of DESIGN §3 for this layer and input."""
+    xp, zero_pad = padded(layer, x)
+    with torch.no_grad():
+        u = preact(layer, xp[:1], zero_pad)
+    k = layer.weight.shape[0]
+    d = layer.weight[0].numel()
+    rows_per_sample = u.numel() // k
+    geo = {"B": x.shape[0], "K": k, "D": d, "rows_per_sample": rows_per_sample,
+           "N": x.shape[0] * rows_per_sample}
+    if isinstance(layer, HebbConv2d):
+        geo.update(C=x.shape[1], H=x.shape[2], W=x.shape[3], kh=layer.kernel_size[0],
+                   kw=layer.kernel_size[1], Ho=u.shape[2], Wo=u.shape[3])
+    return geo
+
+
+def layer_name(layer: HebbLayer) -> str:
+    if isinstance(layer, HebbLinear):
+        return f"fc {layer.in_features}→{layer.out_features}"
+    kh, kw = layer.kernel_size
+    return f"conv{kh}×{kw} {layer.in_channels}→{layer.out_channels}"
+
+
+# -------------------------------------------------------------------- the materialised method
+def row_matrices(layer: HebbLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row patches X (N, D), coefficients Y (N, K) and decay coefficients C (N, K).
+
+    Row n's update is ΔW_n[k] = y_nk x_n − c_nk w_k for the diagonal rules (softhebb:
+    c = y ⊙ u; swta: c = y) and ΔW_n[k] = y_nk (x_n − Σ_{j≤k} c_nj w_j) for hpca (c = relu(u),
+    y = relu(u)/N). Y comes from ``layer.rule.terms`` on the same batch, so Σ_n ΔW_n = ΔW.
+    """
+    w = layer.weight.detach()
+    k = w.shape[0]
+    xp, zero_pad = padded(layer, x)
+    u = preact(layer, xp, zero_pad)
+    extra = {}
+    if layer.rule.needs_x_norm:
+        extra["x_norm"] = _row_norms(layer, xp, zero_pad)
+    terms = layer.rule.terms(u, w, **extra, **layer.rule_params)
+    if isinstance(layer, HebbLinear):
+        xr, yr, ur = xp, terms.y, u
+    else:
+        patches = F.unfold(xp, layer.kernel_size, padding=zero_pad, stride=layer.stride)
+        xr = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (N, D), rows (b, ho, wo)
+        yr = terms.y.movedim(1, -1).reshape(-1, k)  # (N, K), same row order
+        ur = u.movedim(1, -1).reshape(-1, k)
+    name = layer.rule.name
+    if name == "softhebb":
+        decay = yr * ur  # Σ_n y_nk u_nk = diag(M)
+    elif name == "swta":
+        decay = yr  # Σ_n Gc_nk = diag(M)
+    elif name == "hpca":
+        decay = torch.relu(ur)  # tril(Σ_n y_n p_nᵀ) = tril(PᵀP)/N = M with y = P/N
+    else:
+        raise ValueError(f"no materialised form for rule {name!r}")
+    return xr, yr.to(xr.dtype), decay.to(xr.dtype)
+
+
+def _row_norms(layer: HebbLayer, xp: Tensor, zero_pad: tuple[int, int]) -> Tensor:
+    """‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1)."""
+    if isinstance(layer, HebbLinear):
+        return xp.norm(dim=1, keepdim=True)
+    ones = xp.new_ones(1, *layer.weight.shape[1:])
+    return F.conv2d(xp * xp, ones, None, layer.stride, zero_pad).clamp_min(0).sqrt()
+
+
+def materialised_delta(layer: HebbLayer, x: Tensor, chunk_mb: float,
+                       max_rows: int | None = None) -> Tensor:
+    """ΔW the pre-FastHebb way: build every row's K×D update in (n_chunk, K, D) chunks and sum.
+
+    ``max_rows`` stops after that many (sample, position) rows (for timing a part of a sample).
+    """
+    w = layer.weight.detach()
+    w2 = w.flatten(1)  # (K, D)
+    k, d = w2.shape
+    xr, yr, decay = row_matrices(layer, x)
+    if max_rows is not None:
+        xr, yr, decay = xr[:max_rows], yr[:max_rows], decay[:max_rows]
+    chunk = max(1, int(chunk_mb * 2**20 / 4) // (k * d))
+    hpca = layer.rule.name == "hpca"
+    acc = torch.zeros_like(w2)
+    for s in range(0, xr.shape[0], chunk):
+        xs, ys, cs = xr[s:s + chunk], yr[s:s + chunk], decay[s:s + chunk]
+        upd = ys[:, :, None] * xs[:, None, :]  # (n, K, D): y_nk x_n
+        if hpca:
+            # y_nk Σ_{j≤k} p_nj w_j: the cumulative sum over neurons of p_nj w_j
+            upd -= ys[:, :, None] * (cs[:, :, None] * w2[None]).cumsum(dim=1)
+        else:
+            upd -= cs[:, :, None] * w2[None]  # c_nk w_k
+        acc += upd.sum(dim=0)
+    return acc.view_as(w)
+
+
+def verify_materialised(layer: HebbLayer, x: Tensor, chunk_mb: float) -> dict[str, Any]:
+    """Compare the materialised ΔW with ``hebbian_delta`` (each gram method) on the sub-batch x."""
+    with torch.no_grad():
+        ref = materialised_delta(layer, x, chunk_mb)
+        errs = {}
+        for gram in _grams(layer):
+            with _gram(layer, gram):
+                fused = layer.hebbian_delta(x)
+            scale = fused.abs().max().clamp_min(1e-30)
+            errs[gram] = float((ref - fused).abs().max() / scale)
+    worst = max(errs.values())
+    return {"samples": x.shape[0], "max_rel_err": worst, "per_gram": errs,
+            "ok": bool(math.isfinite(worst) and worst <= VERIFY_RTOL)}
+
+
+# ----------------------------------------------------------------------------- fused per layer
+def _grams(layer: HebbLayer) -> tuple[str, ...]:
+    return ("conv", "unfold") if isinstance(layer, HebbConv2d) else ("matmul",)
+
+
+class _gram:
+    """Temporarily set a conv layer's Yᵀ X method."""
+
+    def __init__(self, layer: HebbLayer, gram: str) -> None:
+        self.layer, self.gram = layer, gram
+
+    def __enter__(self) -> None:
+        if isinstance(self.layer, HebbConv2d):
+            self.old, self.layer.gram = self.layer.gram, self.gram
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.layer, HebbConv2d):
+            self.layer.gram = self.old
+
+
+def bench_layer(layer: HebbLayer, x: Tensor, cfg: BenchConfig) -> dict[str, Any]:
+    """Fused (both gram methods) vs materialised (extrapolated) ΔW for one layer and input."""
+    geo = geometry(layer, x)
+    flop = 4.0 * geo["N"] * geo["K"] * geo["D"]
+    row: dict[str, Any] = {"layer": layer_name(layer), "type": type(layer).__name__,
+                           "rule": layer.rule.name, "shape": geo, "gflop": flop / 1e9}
+
+    xv = x[:min(cfg.verify_samples, x.shape[0])]
+    if cfg.verify_crop and xv.dim() == 4:
+        xv = xv[:, :, :cfg.verify_crop, :cfg.verify_crop]
+    row["verify"] = verify_materialised(layer, xv, cfg.chunk_mb)
+    log.info("  %s: materialised vs fused max rel err %.2e (%s)", row["layer"],
+             row["verify"]["max_rel_err"], "ok" if row["verify"]["ok"] else "MISMATCH")
+
+    fused = {}
+    with torch.no_grad():
+        for gram in _grams(layer):
+            with _gram(layer, gram):
+                fused[gram] = time_call(lambda: layer.hebbian_delta(x), cfg.repeats, cfg.warmup)
+    best = min(fused, key=lambda g: fused[g]["median"])
+    row["fused_s"] = {g: t["median"] for g, t in fused.items()}
+    row["fused_timing"] = fused
+    row["best_gram"] = best
+    row["fused_best_s"] = fused[best]["median"]
+    row["fused_gflops"] = flop / fused[best]["median"] / 1e9
+
+    # whole samples where the budget allows, else the first rows of one sample
+    per_sample = geo["rows_per_sample"]
+    rows = int(max(1, cfg.mat_budget // (geo["K"] * geo["D"])))
+    rows = min(geo["N"], rows // per_sample * per_sample if rows >= per_sample else rows)
+    xs = x[:math.ceil(rows / per_sample)]
+    with torch.no_grad():
+        mat = time_call(lambda: materialised_delta(layer, xs, cfg.chunk_mb, max_rows=rows),
+                        cfg.mat_repeats, warmup=cfg.mat_warmup)
+    samples = rows / per_sample
+    row["mat_samples"] = samples
+    row["mat_rows"] = rows
+    row["mat_measured_s"] = mat["median"]
+    row["mat_extrapolated_s"] = mat["median"] * geo["N"] / rows
+    row["speedup"] = row["mat_extrapolated_s"] / row["fused_best_s"]
+    log.info("  %s: fused %s %.4fs (conv %.4f / unfold %s), materialised ≈ %.3fs "
+             "(%.3g samples, extrapolated) → %.0f×", row["layer"], best, row["fused_best_s"],
+             fused[_grams(layer)[0]]["median"],
+             f"{fused['unfold']['median']:.4f}" if "unfold" in fused else "-",
+             row["mat_extrapolated_s"], samples, row["speedup"])
+    return row
+
+
+# --------------------------------------------------------------------------- full train steps
+def hebbian_lrs(model: nn.Module) -> list[float]:
+    lr = model.default_cfg.get("hebb", {}).get("lr", 0.01)
+    layers = model.hebb_layers()
+    return list(lr) if isinstance(lr, (list, tuple)) else [float(lr)] * len(layers)
+
+
+def hebbian_step(model: nn.Module, x: Tensor, lrs: list[float]) -> None:
+    """One plastic forward pass and the weight update of every Hebbian layer."""
+    with torch.no_grad():
+        model.forward_features(x)
+        for layer, lr in zip(model.hebb_layers(), lrs, strict=True):
+            layer.weight += lr * layer.update_direction(layer.delta)
+
+
+def set_plastic(model: nn.Module, plastic: bool) -> None:
+    for layer in model.hebb_layers():
+        layer.plastic = plastic
+
+
+def backprop_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def step_breakdown(model: nn.Module, x: Tensor, lrs: list[float],
+                   cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Median time of every piece of the Hebbian step, block by block, on the real activations.
+
+    A Hebbian layer is split into pad / forward conv / rule terms (Y, M) / Yᵀ X / M W /
+    response / weight update; every other module of a block (BN, activation, pool) is one row.
+    """
+    reps, warm = cfg.repeats, min(cfg.warmup, 1)
+    out = []
+    layers = model.hebb_layers()
+    with torch.no_grad():
+        for bi, block in enumerate(model.blocks):
+            children = list(block) if isinstance(block, nn.Sequential) else [block]
+            for child in children:
+                if isinstance(child, (HebbConv2d, HebbLinear)):
+                    lr = lrs[layers.index(child)]
+                    for part, secs, gflop in _layer_parts(child, x, lr, reps, warm):
+                        out.append({"block": bi, "part": part, "module": layer_name(child),
+                                    "s": secs, "gflop": gflop})
+                    x = child(x)
+                else:
+                    secs = time_call(lambda c=child, x=x: c(x), reps, warm)["median"]
+                    out.append({"block": bi, "part": type(child).__name__, "module": "", "s": secs,
+                                "gflop": 0.0})
+                    x = child(x)
+    return out
+
+
+def _layer_parts(layer: HebbLayer, x: Tensor, lr: float, reps: int,
+                 warm: int) -> list[tuple[str, float, float]]:
+    """(part, seconds, GFLOP) for the pieces of one plastic Hebbian layer's forward and update."""
+    geo = geometry(layer, x)
+    fl = 2.0 * geo["N"] * geo["K"] * geo["D"] / 1e9
+    w = layer.weight.detach()
+    extra_fn = (lambda xp: {"x_norm": layer._row_norms(xp)}) if layer.rule.needs_x_norm else (
+        lambda xp: {})
+    xp = layer._pad(x)
+    u = layer._preact(xp)
+    terms = layer.rule.terms(u, w, **extra_fn(xp), **layer.rule_params)
+    yx = layer._yt_x(xp, terms.y)
+
+    def m_w() -> Tensor:
+        if terms.m.dim() == 1:
+            return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w
+        return yx - (terms.m @ w.flatten(1)).view_as(w)
+
+    delta = m_w()
+    scratch = w.clone()
+
+    def apply() -> None:
+        scratch.add_(lr * layer.update_direction(delta))
+
+    parts = [
+        ("pad", lambda: layer._pad(x), 0.0),
+        ("forward conv", lambda: layer._preact(xp), fl),
+        ("rule terms", lambda: layer.rule.terms(u, w, **extra_fn(xp), **layer.rule_params), 0.0),
+        (f"YᵀX ({getattr(layer, 'gram', 'matmul')})", lambda: layer._yt_x(xp, terms.y), fl),
+        ("− M W", m_w, 0.0),
+        ("response", lambda: layer._respond(u), 0.0),
+        ("weight update", apply, 0.0),
+    ]
+    return [(name, time_call(fn, reps, warm)["median"], g) for name, fn, g in parts]
+
+
+def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
+    """Hebbian vs backprop step of hebb_softhebb_c3 at batch ``cfg.batch_size``."""
+    torch.manual_seed(cfg.seed)
+    base = create_model("hebb_softhebb_c3", img_size=cfg.img_size).train()
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
+    labels = torch.randint(0, base.num_classes, (cfg.batch_size,))
+    lrs = hebbian_lrs(base)
+
+    inputs = capture_inputs(base, x)
+    flop = sum(4.0 * math.prod(geometry(m, xi)[k] for k in ("N", "K", "D"))
+               for m, xi in zip(base.hebb_layers(), inputs, strict=True))
+
+    hebb = copy.deepcopy(base)
+    set_plastic(hebb, True)
+    log.info("Hebbian step of hebb_softhebb_c3, batch %d", cfg.batch_size)
+    t_hebb = time_call(lambda: hebbian_step(hebb, x, lrs), cfg.repeats, cfg.warmup)
+
+    bp = copy.deepcopy(base)
+    set_plastic(bp, False)
+    opt = torch.optim.SGD(bp.parameters(), lr=1e-3, momentum=0.9)
+    log.info("backprop step of hebb_softhebb_c3, batch %d", cfg.batch_size)
+    t_bp = time_call(lambda: backprop_step(bp, opt, x, labels), cfg.repeats, cfg.warmup)
+
+    log.info("Hebbian step breakdown")
+    brk_model = copy.deepcopy(base)
+    set_plastic(brk_model, True)
+    try:
+        breakdown = step_breakdown(brk_model, x, lrs, cfg)
+    except (AttributeError, TypeError) as e:  # private layer API changed under us
+        log.warning("breakdown skipped: %s", e)
+        breakdown = []
+
+    gflops = flop / t_hebb["median"] / 1e9
+    return {
+        "model": "hebb_softhebb_c3", "rule": "softhebb", "batch_size": cfg.batch_size,
+        "grams": [getattr(m, "gram", "matmul") for m in base.hebb_layers()],
+        "essential_gflop": flop / 1e9,
+        "hebbian_s": t_hebb["median"], "hebbian_timing": t_hebb,
+        "hebbian_gflops": gflops,
+        "hebbian_gemm_fraction": gflops / gemm_best,
+        "backprop_s": t_bp["median"], "backprop_timing": t_bp,
+        "hebb_over_backprop": t_hebb["median"] / t_bp["median"],
+        "breakdown": breakdown,
+        "breakdown_sum_s": sum(r["s"] for r in breakdown),
+    }
+
+
+# -------------------------------------------------------------------------------------- report
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_start": _loadavg()}
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: other processes on this shared machine skew timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def format_report(res: dict[str, Any]) -> str:
+    lines = [f"# bench_hebb — `{res['command']}`", "",
+             f"{res['machine']['cpu']}, {res['machine']['torch_threads']} torch threads, "
+             f"torch {res['machine']['torch']}; batch {res['config']['batch_size']}, "
+             f"median of {res['config']['repeats']} after {res['config']['warmup']} warm-up; "
+             f"load average {res['machine']['loadavg_start']} → {res['machine']['loadavg_end']}",
+             "",
+             "## Fused vs materialised ΔW per layer", "",
+             "| model | rule | layer | N | K | D | fused conv (ms) | fused unfold (ms) | best | "
+             "fused GFLOP/s | materialised, extrapolated (ms) [samples timed] | speed-up | "
+             "verify rel err |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in res["layers"]:
+        g, fs = r["shape"], r["fused_s"]
+        conv = fs.get("conv", fs.get("matmul"))
+        unf = f"{fs['unfold'] * 1e3:.2f}" if "unfold" in fs else "–"
+        lines.append(
+            f"| {r['model']} | {r['rule']} | {r['layer']} | {g['N']} | {g['K']} | {g['D']} | "
+            f"{conv * 1e3:.2f} | {unf} | {r['best_gram']} | {r['fused_gflops']:.1f} | "
+            f"{r['mat_extrapolated_s'] * 1e3:.0f} [{r['mat_samples']:.3g}] | {r['speedup']:.0f}× | "
+            f"{r['verify']['max_rel_err']:.1e}{'' if r['verify']['ok'] else ' FAIL'} |")
+    s = res["steps"]
+    gemm = ", ".join(f"{n}: {v:.1f}" for n, v in res["gemm_gflops"].items())
+    lines += ["", "## Training steps (hebb_softhebb_c3)", "",
+              "| quantity | value |", "|---|---:|",
+              f"| fp32 GEMM GFLOP/s (torch.mm, best) | {gemm} |",
+              f"| essential GFLOP per Hebbian step (4·N·K·D) | {s['essential_gflop']:.2f} |",
+              f"| Hebbian step (ms) | {s['hebbian_s'] * 1e3:.1f} |",
+              f"| Hebbian step GFLOP/s | {s['hebbian_gflops']:.1f} |",
+              f"| fraction of GEMM rate (fastest repeat) | {s['hebbian_gemm_fraction']:.2f} "
+              f"({res['ratios']['hebbian_gemm_fraction_best']:.2f}) |",
+              f"| backprop step (ms) | {s['backprop_s'] * 1e3:.1f} |",
+              f"| Hebbian / backprop (fastest repeats) | {s['hebb_over_backprop']:.2f} "
+              f"({res['ratios']['hebb_over_backprop_best']:.2f}) |"]
+    if s["breakdown"]:
+        lines += ["", "## Hebbian step breakdown (each piece timed alone)", "",
+                  "| block | piece | ms | share | GFLOP/s |", "|---:|---|---:|---:|---:|"]
+        total = s["breakdown_sum_s"]
+        for b in s["breakdown"]:
+            rate = f"{b['gflop'] / b['s']:.1f}" if b["gflop"] else ""
+            name = f"{b['module']}: {b['part']}" if b["module"] else b["part"]
+            lines.append(f"| {b['block']} | {name} | {b['s'] * 1e3:.2f} | "
+                         f"{b['s'] / total:.1%} | {rate} |")
+        lines.append(f"| | sum of pieces (measured step {s['hebbian_s'] * 1e3:.1f}) | "
+                     f"{total * 1e3:.1f} | | |")
+    t = res["targets"]
+    lines += ["", "## Targets", "", "| target | value | pass |", "|---|---:|---|",
+              f"| materialised / fused ≥ {TARGETS['conv_speedup_min']:.0f}× on every conv layer | "
+              f"{res['ratios']['min_conv_speedup']:.0f}× (min) | {t['conv_speedup_ge_50x']} |",
+              f"| Hebbian step ≥ {TARGETS['step_gemm_fraction_min']:.0%} of GEMM GFLOP/s | "
+              f"{s['hebbian_gemm_fraction']:.0%} | {t['hebbian_step_ge_50pct_gemm']} |",
+              f"| Hebbian / backprop step ≤ {TARGETS['hebb_over_backprop_max']} | "
+              f"{s['hebb_over_backprop']:.2f} | {t['hebb_over_backprop_le_0_7']} |",
+              f"| materialised ΔW == fused ΔW (rel {VERIFY_RTOL:g}) | | "
+              f"{t['materialised_matches_fused']} |",
+              "", f"total runtime {res['total_runtime_s']:.0f} s"]
+    return "\n".join(lines)
+
+
+def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
+    """Every measurement; returns the JSON-ready result."""
+    t_start = time.perf_counter()
+    machine = machine_info()
+    torch.manual_seed(cfg.seed)
+    gemm = gemm_gflops(cfg.gemm_sizes, cfg.gemm_repeats)
+    gemm_best = max(gemm.values())
+
+    setups = [("hebb_softhebb_c3", "softhebb"), ("hebb_fasthebb_6l", "hpca")]
+    if cfg.swta:
+        setups.append(("hebb_fasthebb_6l", "swta"))
+    rows = []
+    for name, rule in setups:
+        torch.manual_seed(cfg.seed)
+        model = create_model(name, rule=rule, img_size=cfg.img_size).train()
+        x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
+        log.info("%s (%s): per-layer ΔW", name, rule)
+        inputs = capture_inputs(model, x)
+        for i, (layer, xi) in enumerate(zip(model.hebb_layers(), inputs, strict=True)):
+            rows.append({"model": name, "index": i, **bench_layer(layer, xi, cfg)})
+
+    steps = bench_steps(cfg, gemm_best)
+    conv_speedups = [r["speedup"] for r in rows if r["type"] == "HebbConv2d"]
+    ratios = {"min_conv_speedup": min(conv_speedups),
+              "hebbian_gemm_fraction": steps["hebbian_gemm_fraction"],
+              "hebb_over_backprop": steps["hebb_over_backprop"],
+              # the same from the fastest repeat: contention only ever adds time
+              "hebbian_gemm_fraction_best": (steps["essential_gflop"] / gemm_best
+                                             / steps["hebbian_timing"]["min"]),
+              "hebb_over_backprop_best": (steps["hebbian_timing"]["min"]
+                                          / steps["backprop_timing"]["min"])}
+    targets = {
+        "conv_speedup_ge_50x": bool(ratios["min_conv_speedup"] >= TARGETS["conv_speedup_min"]),
+        "hebbian_step_ge_50pct_gemm": bool(
+            ratios["hebbian_gemm_fraction"] >= TARGETS["step_gemm_fraction_min"]),
+        "hebb_over_backprop_le_0_7": bool(
+            ratios["hebb_over_backprop"] <= TARGETS["hebb_over_backprop_max"]),
+        "materialised_matches_fused": all(r["verify"]["ok"] for r in rows),
+    }
+    machine["loadavg_end"] = _loadavg()
+    return {"command": command, "config": asdict(cfg), "machine": machine,
+            "gemm_gflops": gemm, "gemm_best_gflops": gemm_best, "layers": rows, "steps": steps,
+            "ratios": ratios, "targets": targets, "target_values": TARGETS,
+            "total_runtime_s": time.perf_counter() - t_start}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=None, help="batch B (default 64; quick: 4)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing")
+    p.add_argument("--no-swta", action="store_true", help="skip hebb_fasthebb_6l with rule swta")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: batch 4, 1 repeat, small GEMMs, tiny materialised budget")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = BenchConfig()
+    if args.quick:
+        cfg = BenchConfig(batch_size=4, warmup=0, repeats=1, mat_repeats=1, mat_budget=2e7,
+                          mat_warmup=0, verify_samples=1, verify_crop=8,
+                          gemm_sizes=(256, 512), gemm_repeats=2, swta=False)
+    for field, value in (("batch_size", args.batch_size), ("repeats", args.repeats),
+                         ("warmup", args.warmup)):
+        if value is not None:
+            setattr(cfg, field, value)
+    if args.no_swta:
+        cfg.swta = False
+    if cfg.batch_size < 1 or cfg.repeats < 1 or cfg.warmup < 0:
+        raise SystemExit(f"need --batch-size ≥ 1, --repeats ≥ 1, --warmup ≥ 0; got "
+                         f"{cfg.batch_size}, {cfg.repeats}, {cfg.warmup}")
+    raw = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "tools/bench_hebb.py", *raw])
+    res = run(cfg, command)
+    write_json(args.out, res)
+    print(format_report(res))
+    log.info("wrote %s", args.out)
+    return res
+
+
+if __name__ == "__main__":
+    main()
