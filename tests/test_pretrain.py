@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import numpy as np
@@ -6,7 +7,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import hebbret.pretrain as pretrain_mod
 from hebbret import cli
 from hebbret.models import create_model
 from hebbret.pretrain import NonFiniteUpdate, pretrain, training_log
@@ -15,6 +15,8 @@ from hebbret.runs import load_run
 from .conftest import TINY_C3
 from .test_data import write_bad_files
 
+# the module, not the function `hebbret.pretrain` that shadows it as a package attribute
+pretrain_mod = importlib.import_module("hebbret.pretrain")
 TINY = dict(model_kwargs=TINY_C3, img_size=16, batch_size=4, quiet=True)
 
 
