@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -26,6 +27,89 @@ def _show_filters(args: argparse.Namespace) -> None:
     from .viz import save_filters
 
     print(save_filters(args.run, args.out, args.scale))
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from .embed import extract_embeddings
+
+    print(extract_embeddings(args.run, args.data, args.out, layer=args.layer, pool=args.pool,
+                             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                             split=args.split, data_root=args.data_root,
+                             num_workers=args.num_workers, quiet=args.quiet))
+
+
+def _index_build(args: argparse.Namespace) -> None:
+    from .index import build_index
+
+    print(build_index(args.embeddings, args.out, factory=args.factory, metric=args.metric,
+                      nprobe=args.nprobe, ef_search=args.ef_search))
+
+
+def _index_info(args: argparse.Namespace) -> None:
+    from .index import index_info
+
+    print(json.dumps(index_info(args.index), indent=2))
+
+
+def _search(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .index import format_results, search_by_image, search_index
+
+    if args.image:
+        found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
+                                ef_search=args.ef_search, device=args.device)
+    else:
+        queries = np.load(args.embeddings, mmap_mode="r")
+        names = [f"{args.embeddings}[{i}]" for i in range(len(queries))]
+        found = format_results(search_index(args.index, queries, args.k, args.nprobe,
+                                            args.ef_search), names)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    for q in found:
+        print(f"query {q['query']}")
+        print(f"{'rank':>4}  {'score':>7}  {'label':<16} path")
+        for r in q["results"]:
+            label = r.get("class_name") or r.get("label")
+            print(f"{r['rank']:>4}  {r['score']:>7.4f}  {label!s:<16} {r['path']}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    if args.kind == "knn":
+        opts = {"ks": args.k or [10, 20, 100, 200], "temperature": args.temperature}
+        result = evaluate("knn", args.train, args.test, args.out, **opts)
+        rows = [(f"k={k}", f"{v['top1']:.2f}", f"{v['top5']:.2f}") for k, v in result["k"].items()]
+        _print_table(["kNN", "top-1 %", "top-5 %"], rows)
+    elif args.kind == "linear":
+        result = evaluate("linear", args.train, args.test, args.out, epochs=args.epochs)
+        _print_table(["linear probe", "top-1 %", "top-5 %", "weight decay"],
+                     [("test", f"{result['top1']:.2f}", f"{result['top5']:.2f}",
+                       f"{result['weight_decay']:g}")])
+    else:
+        result = evaluate("retrieval", args.database, args.queries, args.out,
+                          ks=args.k or [1, 10, 100])
+        rows = [(f"k={k}", f"{result['mAP@k'][k]:.2f}", f"{result['P@k'][k]:.2f}",
+                 f"{result['Recall@k'][k]:.2f}") for k in result["P@k"]]
+        print(f"mAP (whole database): {result['mAP']:.2f}")
+        _print_table(["retrieval", "mAP@k %", "P@k %", "Recall@k %"], rows)
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+def _print_table(header: list[str], rows: list[tuple]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .embed import export_extractor
+
+    print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +144,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN/filters.png)")
     p.add_argument("--scale", type=int, default=4, help="pixels per weight")
     p.set_defaults(func=_show_filters)
+
+    p = sub.add_parser("embed", help="embed every image of a folder/dataset with a frozen backbone")
+    p.add_argument("run", help="run dir")
+    p.add_argument("data", help="image folder, or a named dataset: fashion-mnist")
+    p.add_argument("--out", required=True, help="embeddings dir to write")
+    p.add_argument("--layer", help="features (default) or block<i>")
+    p.add_argument("--pool", choices=["flatten", "avg", "max"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--split", default="train", help="split of a named dataset")
+    p.add_argument("--data-root", help="folder with a named dataset's files")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("index", help="build or describe a FAISS index")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build a FAISS index from an embeddings dir")
+    b.add_argument("embeddings", help="embeddings dir")
+    b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
+    b.add_argument("--factory", default="Flat", help="any FAISS index_factory string")
+    b.add_argument("--metric", choices=["ip", "l2"], default="ip",
+                   help="ip: inner product on L2-normalised vectors (cosine)")
+    b.add_argument("--nprobe", type=int, help="IVF lists visited per query")
+    b.add_argument("--ef-search", type=int, help="HNSW search depth")
+    b.set_defaults(func=_index_build)
+    b = isub.add_parser("info", help="print an index's meta")
+    b.add_argument("index", help="index dir")
+    b.set_defaults(func=_index_info)
+
+    p = sub.add_parser("search", help="query an index by image or by embeddings")
+    p.add_argument("index", help="index dir")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", nargs="+", help="query image files")
+    q.add_argument("--embeddings", help="query embeddings, a (Q, D) .npy file")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
+    p.add_argument("--nprobe", type=int)
+    p.add_argument("--ef-search", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true", help="machine-readable results")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("eval", help="kNN, linear-probe or retrieval evaluation of embeddings")
+    esub = p.add_subparsers(dest="kind", required=True)
+    for kind in ("knn", "linear"):
+        e = esub.add_parser(kind, help=f"{kind} evaluation: train embeddings vs test embeddings")
+        e.add_argument("train", help="train embeddings dir")
+        e.add_argument("test", help="test embeddings dir")
+        e.add_argument("--out", help="results JSON to write")
+        if kind == "knn":
+            e.add_argument("--k", type=int, nargs="+", help="default 10 20 100 200")
+            e.add_argument("--temperature", type=float, default=0.07)
+        else:
+            e.add_argument("--epochs", type=int, default=20)
+        e.set_defaults(func=_eval)
+    e = esub.add_parser("retrieval", help="mAP, mAP@k, P@k, Recall@k")
+    e.add_argument("--database", required=True, help="database embeddings dir")
+    e.add_argument("--queries", required=True, help="query embeddings dir")
+    e.add_argument("--k", type=int, nargs="+", help="default 1 10 100")
+    e.add_argument("--out", help="results JSON to write")
+    e.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export the embedding extractor of a run")
+    p.add_argument("run", help="run dir")
+    p.add_argument("--format", choices=["safetensors", "pt2", "onnx"], default="pt2")
+    p.add_argument("--out", help="file to write (default RUN/extractor.FORMAT)")
+    p.add_argument("--layer")
+    p.add_argument("--pool", choices=["flatten", "avg", "max"])
+    p.set_defaults(func=_export)
     return parser
 
 
@@ -67,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         args.func(args)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,

@@ -24,7 +24,7 @@ def test_pretrain_writes_a_run_dir_and_learns(image_folder, tmp_path):
     out = pretrain(str(image_folder), out=str(tmp_path / "run"), epochs=2, **TINY)
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model.json", "config.json",
                                                 "log.jsonl", "state.pt"}
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*tmp*"))
     card = json.loads((out / "model.json").read_text())
     assert card["architecture"] == "hebb_softhebb_c3" and card["rule"] == "softhebb"
     assert card["training"]["images_seen"] == 2 * 24

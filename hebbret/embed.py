@@ -1,0 +1,270 @@
+"""Frozen backbone -> embeddings dir: ``embeddings.npy`` (N×D), ``items.jsonl``, ``meta.json``.
+
+Rows are written to disk batch by batch (memory bounded by the batch), row *i* of the array is
+line *i* of ``items.jsonl``; files that cannot be decoded are skipped and counted in the meta.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from .data import SkippedFiles, make_loader, open_dataset
+from .models import HebbNet
+from .pretrain import pick_device
+from .runs import load_run
+
+log = logging.getLogger(__name__)
+
+POOLS = ("flatten", "avg", "max")
+DTYPES = ("float32", "float16")
+
+
+def layer_names(model: HebbNet) -> list[str]:
+    """Layers an embedding can be taken from: 'features' (the backbone's output) or 'block<i>'."""
+    return ["features"] + [f"block{i}" for i in range(len(model.blocks))]
+
+
+def _block_index(model: HebbNet, layer: str) -> int | None:
+    if layer == "features":
+        return None
+    if layer.startswith("block") and layer[5:].isdigit() and int(layer[5:]) < len(model.blocks):
+        return int(layer[5:])
+    raise ValueError(f"unknown layer {layer!r}; choose one of {layer_names(model)}")
+
+
+class Extractor(nn.Module):
+    """A backbone cut at ``layer`` plus pooling: normalised images (B, C, H, W) -> (B, D)."""
+
+    def __init__(self, model: HebbNet, layer: str = "features", pool: str = "flatten") -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.model, self.layer, self.pool = model, layer, pool
+        self.upto = _block_index(model, layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.model.forward_blocks(x, upto=self.upto)
+        if h.dim() == 4 and self.pool == "avg":
+            h = h.mean(dim=(2, 3))
+        elif h.dim() == 4 and self.pool == "max":
+            h = h.amax(dim=(2, 3))
+        return h.flatten(1).float()
+
+
+def embed_batch(model: HebbNet, x: Tensor, layer: str = "features", pool: str = "flatten") -> Tensor:
+    """Embeddings of a batch: x (B, C, H, W) -> float32 (B, D), no autograd."""
+    with torch.inference_mode():
+        return Extractor(model, layer, pool)(x)
+
+
+def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
+                       layer: str | None = None, pool: str | None = None, batch_size: int = 256,
+                       dtype: str = "float32", device: str = "auto", split: str = "train",
+                       data_root: str | None = None, num_workers: int = 0,
+                       quiet: bool = False) -> Path:
+    """Embed every image of ``data`` with the frozen backbone of run dir ``run``.
+
+    Args:
+        layer, pool: where to read the features and how to pool them; None: the backbone's
+            documented default (``model.json`` -> ``embedding``).
+        dtype: float32 or float16 storage of ``embeddings.npy``.
+    Returns the embeddings dir ``out``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    model, card = load_run(run)
+    layer = layer or card["embedding"]["layer"]
+    pool = pool or card["embedding"]["pool"]
+    spec = card["input"]
+    dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
+                           mean=spec["mean"], std=spec["std"])
+    dev = pick_device(device)
+    model.to(dev).eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped = SkippedFiles(dataset)
+    rows: list[int] = []
+    n = len(dataset)
+    with atomic_path(out / "embeddings.npy") as tmp, \
+            tqdm(total=n, unit="img", unit_scale=True, disable=quiet, desc="embed") as bar:
+        arr = None
+        for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers):
+            skipped.add(batch.skipped)
+            bar.update(len(batch.images) + len(batch.skipped))
+            if not len(batch.images):
+                continue
+            emb = embed_batch(model, batch.images.to(dev), layer, pool).cpu().numpy()
+            if arr is None:
+                arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, emb.shape[1]))
+            arr[len(rows): len(rows) + len(emb)] = emb
+            rows += batch.indices.tolist()
+        if arr is None:
+            raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
+        arr.flush()
+        if len(rows) < n:  # skipped files: copy the filled rows into a file of the right length
+            _truncate_npy(tmp, len(rows))
+        del arr
+    write_jsonl(out / "items.jsonl", [
+        {"path": dataset.items[r].path, "label": dataset.items[r].label,
+         "class_name": dataset.items[r].class_name} for r in rows])
+    meta = {
+        "count": len(rows), "dim": int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1]),
+        "dtype": dtype, "layer": layer, "pool": pool, "normalization": "none",
+        "model_run": str(Path(run).resolve()), "model_sha256": card["weights_sha256"],
+        "architecture": card["architecture"], "data": str(data), "data_root": dataset.root,
+        "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
+        "skipped_paths": skipped.paths, "hebbret_version": __version__,
+    }
+    write_json(out / "meta.json", meta)
+    log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
+             skipped.count)
+    return out
+
+
+def _truncate_npy(path: Path, rows: int, chunk: int = 4096) -> None:
+    """Rewrite an .npy file keeping its first ``rows`` rows, copying in chunks."""
+    src = np.load(path, mmap_mode="r")
+    part = path.with_name(path.name + ".part")
+    dst = open_memmap(part, mode="w+", dtype=src.dtype, shape=(rows, src.shape[1]))
+    for i in range(0, rows, chunk):
+        dst[i: i + chunk] = src[i: min(i + chunk, rows)]
+    dst.flush()
+    del dst, src
+    shutil.move(part, path)
+
+
+def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True
+                    ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """Open an embeddings dir: (embeddings memmap (N, D), items, meta), validated.
+
+    Raises FileNotFoundError naming a missing file, ValueError when the array and
+    ``items.jsonl`` disagree in length or the array holds NaN/inf (naming the first rows).
+    """
+    emb_dir = Path(emb_dir)
+    for name in ("embeddings.npy", "items.jsonl", "meta.json"):
+        if not (emb_dir / name).is_file():
+            raise FileNotFoundError(f"{emb_dir} is not an embeddings dir: {name} is missing")
+    emb = np.load(emb_dir / "embeddings.npy", mmap_mode="r")
+    items = read_jsonl(emb_dir / "items.jsonl")
+    if emb.ndim != 2:
+        raise ValueError(f"{emb_dir / 'embeddings.npy'} must be 2-D (N, D), got shape {emb.shape}")
+    if len(items) != emb.shape[0]:
+        raise ValueError(f"{emb_dir}: embeddings.npy has {emb.shape[0]} rows but items.jsonl has "
+                         f"{len(items)} lines; they must match row for row")
+    if check_finite:
+        check_finite_rows(emb, str(emb_dir / "embeddings.npy"))
+    return emb, items, read_json(emb_dir / "meta.json")
+
+
+def check_finite_rows(x: np.ndarray, name: str, chunk: int = 8192) -> None:
+    """Raise ValueError naming the first rows of ``x`` (N, D) that hold NaN or inf."""
+    bad: list[int] = []
+    for i in range(0, len(x), chunk):
+        block_bad = np.flatnonzero(~np.isfinite(np.asarray(x[i: i + chunk])).all(axis=1))
+        bad += (block_bad + i).tolist()
+        if len(bad) >= 5:
+            break
+    if bad:
+        raise ValueError(f"{name} holds NaN or inf in rows {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+
+
+def embed_images(model: HebbNet, card: dict[str, Any], paths: list[str | os.PathLike],
+                 layer: str, pool: str, device: str = "cpu") -> np.ndarray:
+    """Embeddings float32 (len(paths), D) of image files, preprocessed as the model card says.
+
+    Unlike dataset extraction, a query image that cannot be decoded is an error naming it.
+    """
+    from .data import load_image
+
+    spec = card["input"]
+    mean = torch.tensor(spec["mean"]).view(-1, 1, 1)
+    std = torch.tensor(spec["std"]).view(-1, 1, 1)
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"query image not found: {p}")
+        try:
+            arr = load_image(p, spec["in_chans"], tuple(spec["img_size"]))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"query image {p} cannot be decoded: {e}") from None
+        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255)
+        images.append((x - mean) / std)
+    dev = pick_device(device)
+    model.to(dev).eval()
+    return embed_batch(model, torch.stack(images).to(dev), layer, pool).cpu().numpy()
+
+
+EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
+
+
+def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,
+                     layer: str | None = None, pool: str | None = None) -> Path:
+    """Export the embedding extractor of a run dir.
+
+    ``pt2``: ``torch.export`` program with a dynamic batch dimension, loadable without hebbret
+    (``torch.export.load(path).module()(x)``); ``safetensors``: weights with the model card and
+    embedding spec in the file's metadata (:func:`load_extractor`); ``onnx``: needs ``onnx``.
+    Inputs are normalised images (B, C, H, W) as ``model.json`` -> ``input`` describes.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    model, card = load_run(run)
+    layer = layer or card["embedding"]["layer"]
+    pool = pool or card["embedding"]["pool"]
+    extractor = Extractor(model, layer, pool).eval()
+    out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
+    spec = card["input"]
+    example = torch.zeros(2, spec["in_chans"], *spec["img_size"])
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+        header = {"model_card": json.dumps(card), "layer": layer, "pool": pool}
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+    elif fmt == "pt2":
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(extractor, (example,), dynamic_shapes=({0: batch},))
+        with atomic_path(out) as tmp:
+            torch.export.save(program, str(tmp))
+    else:
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ValueError("ONNX export needs the onnx package: pip install onnx") from None
+        with atomic_path(out) as tmp:
+            torch.onnx.export(extractor, (example,), str(tmp), input_names=["images"],
+                              output_names=["embeddings"], dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+    log.info("exported %s (%s, layer %s, pool %s)", out, fmt, layer, pool)
+    return out
+
+
+def load_extractor(path: str | os.PathLike) -> Extractor:
+    """Rebuild an :class:`Extractor` from a ``safetensors`` export."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .models import create_model
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    if "model_card" not in header:
+        raise ValueError(f"{path} is not a hebbret extractor export (no model_card metadata)")
+    card = json.loads(header["model_card"])
+    model = create_model(card["architecture"], **card["model_args"])
+    model.load_state_dict(load_file(str(path)))
+    return Extractor(model.eval(), header["layer"], header["pool"]).eval()

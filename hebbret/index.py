@@ -1,0 +1,216 @@
+"""FAISS indexes built from an embeddings dir: ``index.faiss`` + ``items.jsonl`` + ``meta.json``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from . import __version__
+from ._io import atomic_path, read_json, read_jsonl, write_json
+from .embed import load_embeddings
+
+log = logging.getLogger(__name__)
+
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+INDEX_FILES = ("index.faiss", "items.jsonl", "meta.json")
+MIN_POINTS_PER_CENTROID = 39  # FAISS's own k-means warning threshold
+
+
+def _centroids(index: faiss.Index) -> int:
+    """The most centroids any k-means inside ``index`` must learn (0 if it needs no training)."""
+    need = 0
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        need = max(need, ivf.nlist)
+        inner = faiss.downcast_index(ivf)
+        if hasattr(inner, "pq"):
+            need = max(need, inner.pq.ksub)
+    inner = faiss.downcast_index(index)
+    if hasattr(inner, "pq"):
+        need = max(need, inner.pq.ksub)
+    return need
+
+
+def _as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
+    x = np.array(x, dtype=np.float32, order="C")
+    if normalize:
+        faiss.normalize_L2(x)
+    return x
+
+
+def set_search_params(index: faiss.Index, params: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``nprobe`` / ``efSearch`` (those that exist for this index); returns those now in force."""
+    ps = faiss.ParameterSpace()
+    for key, value in params.items():
+        if value is not None:
+            ps.set_index_parameter(index, key, value)
+    used: dict[str, Any] = {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        used["nprobe"] = int(ivf.nprobe)
+    inner = faiss.downcast_index(index)
+    if hasattr(inner, "hnsw"):
+        used["efSearch"] = int(inner.hnsw.efSearch)
+    return used
+
+
+def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str = "Flat",
+                metric: str = "ip", normalize: bool | None = None, nprobe: int | None = None,
+                ef_search: int | None = None, chunk: int = 65536, recall_queries: int = 500,
+                seed: int = 0) -> Path:
+    """Build a FAISS index (any ``index_factory`` string) over an embeddings dir.
+
+    Default: exact ``Flat`` with inner product on L2-normalised vectors (cosine). Approximate
+    indexes record their recall@10 against exact search on ``recall_queries`` database rows.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    normalize = metric == "ip" if normalize is None else normalize
+    emb, items, emb_meta = load_embeddings(emb_dir)
+    n, d = emb.shape
+    try:
+        index = faiss.index_factory(d, factory, METRICS[metric])
+    except RuntimeError as e:
+        raise ValueError(f"FAISS cannot build {factory!r} for dimension {d}: "
+                         f"{str(e).strip().splitlines()[-1]}") from None
+    if not index.is_trained:
+        need = _centroids(index)
+        if n < need:
+            raise ValueError(f"{factory!r} must learn {need} centroids but {emb_dir} has only {n} "
+                             f"vectors; use fewer lists (e.g. IVF{max(1, n // 39)}) or Flat")
+        if n < MIN_POINTS_PER_CENTROID * need:
+            log.warning("%s: %d vectors for %d centroids is fewer than %d per centroid; the "
+                        "clustering will be poor", factory, n, need, MIN_POINTS_PER_CENTROID)
+        rng = np.random.default_rng(seed)
+        train_rows = np.sort(rng.permutation(n)[: max(need * 256, 100_000)])
+        index.train(_as_float32(emb[train_rows], normalize))
+    for i in range(0, n, chunk):
+        index.add(_as_float32(emb[i: i + chunk], normalize))
+    search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
+    recall = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed) \
+        if "Flat" != factory.strip() else 1.0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "index.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(out / "items.jsonl") as tmp:
+        shutil.copyfile(Path(emb_dir) / "items.jsonl", tmp)
+    write_json(out / "meta.json", {
+        "factory": factory, "metric": metric, "dim": d, "count": int(index.ntotal),
+        "normalization": "l2" if normalize else "none", "search_params": search_params,
+        "recall_at_10_vs_flat": recall, "embeddings": str(Path(emb_dir).resolve()),
+        "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
+        "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
+        "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
+    })
+    log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,
+             recall)
+    return out
+
+
+def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize: bool,
+                     queries: int, seed: int, k: int = 10) -> float:
+    """Mean |approx top-k ∩ exact top-k| / k for database rows used as queries."""
+    n = len(emb)
+    k = min(k, n)
+    rows = np.sort(np.random.default_rng(seed).permutation(n)[: min(queries, n)])
+    q = _as_float32(emb[rows], normalize)
+    exact = faiss.IndexFlat(emb.shape[1], METRICS[metric])
+    for i in range(0, n, 65536):
+        exact.add(_as_float32(emb[i: i + 65536], normalize))
+    _, truth = exact.search(q, k)
+    _, found = index.search(q, k)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
+
+
+def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], dict[str, Any]]:
+    """(index, items, meta) of an index dir; names any missing file."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"index dir not found: {index_dir}")
+    for name in INDEX_FILES:
+        if not (index_dir / name).is_file():
+            raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
+    index = faiss.read_index(str(index_dir / "index.faiss"))
+    items = read_jsonl(index_dir / "items.jsonl")
+    meta = read_json(index_dir / "meta.json")
+    if index.ntotal != len(items):
+        raise ValueError(f"{index_dir}: index.faiss holds {index.ntotal} vectors but items.jsonl "
+                         f"has {len(items)} lines")
+    return index, items, meta
+
+
+def index_info(index_dir: str | os.PathLike) -> dict[str, Any]:
+    """The meta of an index dir, checked against the index it describes."""
+    index, _, meta = load_index(index_dir)
+    return {**meta, "ntotal": int(index.ntotal), "is_trained": bool(index.is_trained)}
+
+
+def search_index(index_dir: str | os.PathLike, queries: np.ndarray, k: int = 10,
+                 nprobe: int | None = None, ef_search: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]]:
+    """k nearest database rows of each query (Q, D).
+
+    Returns scores float32 (Q, k'), ids int64 (Q, k') with k' = min(k, index size), the index's
+    items and meta. Queries are normalised the way the database was.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    index, items, meta = load_index(index_dir)
+    queries = np.asarray(queries)
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise ValueError(f"queries have dimension {queries.shape[-1]} but {index_dir} holds "
+                         f"{index.d}-dimensional vectors")
+    if not np.isfinite(queries).all():
+        bad = np.flatnonzero(~np.isfinite(queries).all(axis=1))[:5].tolist()
+        raise ValueError(f"queries hold NaN or inf in rows {bad}")
+    set_search_params(index, {**meta.get("search_params", {}), "nprobe": nprobe,
+                              "efSearch": ef_search} if (nprobe or ef_search) else
+                      meta.get("search_params", {}))
+    k = min(k, index.ntotal)
+    scores, ids = index.search(_as_float32(queries, meta["normalization"] == "l2"), k)
+    return scores, ids, items, meta
+
+
+def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.PathLike],
+                    k: int = 10, run: str | os.PathLike | None = None, nprobe: int | None = None,
+                    ef_search: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    """Embed query images with the model the index was built from, then search.
+
+    ``run`` defaults to the run dir recorded in the index meta; its weights must have the sha256
+    the index records. Returns one {"query", "results": [{rank, score, path, label,
+    class_name}]} per image.
+    """
+    from .embed import embed_images
+    from .runs import load_run
+
+    _, _, meta = load_index(index_dir)
+    run = run or meta.get("model_run")
+    if not run:
+        raise ValueError(f"{index_dir} records no model run; pass the run dir that made it")
+    model, card = load_run(run)
+    if meta.get("model_sha256") and card["weights_sha256"] != meta["model_sha256"]:
+        raise ValueError(f"{index_dir} was built from model sha256 {meta['model_sha256'][:12]}, "
+                         f"but {run} holds sha256 {card['weights_sha256'][:12]}; embed the "
+                         f"queries with the same model as the index")
+    queries = embed_images(model, card, list(image_paths), meta["layer"], meta["pool"], device)
+    return format_results(search_index(index_dir, queries, k, nprobe, ef_search),
+                          [str(p) for p in image_paths])
+
+
+def format_results(found: tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]],
+                   names: list[str]) -> list[dict[str, Any]]:
+    """Ranked results per query from ``search_index``'s output."""
+    scores, ids, items, _ = found
+    out = []
+    for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
+        results = [{"rank": r + 1, "score": float(s), "row": int(i), **items[i]}
+                   for r, (s, i) in enumerate(zip(row_scores, row_ids, strict=True)) if i >= 0]
+        out.append({"query": name, "results": results})
+    return out
