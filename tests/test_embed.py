@@ -1,0 +1,115 @@
+"""Embeddings dirs, export, search by image, and the whole chain through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hebbret import cli
+from hebbret.data import ImageFolder
+from hebbret.embed import (
+    embed_batch,
+    export_extractor,
+    extract_embeddings,
+    load_embeddings,
+    load_extractor,
+)
+from hebbret.index import build_index, search_by_image
+from hebbret.pretrain import pretrain
+from hebbret.runs import load_run
+
+from .conftest import TINY_C3
+from .test_data import write_bad_files
+
+
+@pytest.fixture
+def run_dir(image_folder, tmp_path):
+    return pretrain(str(image_folder), out=str(tmp_path / "run"), model_kwargs=TINY_C3,
+                    img_size=16, batch_size=4, quiet=True)
+
+
+def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_path):
+    n_bad = write_bad_files(image_folder / "class_2")
+    out = extract_embeddings(run_dir, image_folder, tmp_path / "emb", batch_size=5, quiet=True)
+    emb, items, meta = load_embeddings(out)
+    assert emb.shape == (24, 32 * 2 * 2) and len(items) == 24
+    assert meta["skipped_files"] == n_bad and meta["layer"] == "features"
+    assert meta["model_sha256"] == json.loads((run_dir / "model.json").read_text())["weights_sha256"]
+    model, card = load_run(run_dir)
+    ds = ImageFolder(image_folder, 3, 16, mean=card["input"]["mean"], std=card["input"]["std"])
+    row = 7
+    where = next(i for i, it in enumerate(ds.items) if it.path == items[row]["path"])
+    expected = embed_batch(model, ds[where][0][None])[0].numpy()
+    np.testing.assert_allclose(emb[row], expected, rtol=1e-5, atol=1e-5)
+    assert items[row]["label"] == ds.items[where].label
+
+
+def test_layers_pools_and_float16(run_dir, image_folder, tmp_path):
+    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0", layer="block0", pool="avg",
+                             dtype="float16", quiet=True)
+    emb, _, meta = load_embeddings(out)
+    assert emb.dtype == np.float16 and emb.shape == (24, 8) and meta["pool"] == "avg"
+    with pytest.raises(ValueError, match="unknown layer 'block9'"):
+        extract_embeddings(run_dir, image_folder, tmp_path / "x", layer="block9", quiet=True)
+
+
+def test_pt2_and_safetensors_exports_give_the_same_embeddings(run_dir):
+    model, _ = load_run(run_dir)
+    x = torch.randn(3, 3, 16, 16)
+    reference = embed_batch(model, x)
+    program = torch.export.load(str(export_extractor(run_dir, "pt2"))).module()
+    assert (program(x) - reference).abs().max() < 1e-5
+    single = embed_batch(model, x[:1])  # dynamic batch dimension: batch 1 works too
+    assert (program(x[:1]) - single).abs().max() < 1e-5
+    restored = load_extractor(export_extractor(run_dir, "safetensors"))
+    with torch.no_grad():
+        assert (restored(x) - reference).abs().max() < 1e-5
+
+
+def test_onnx_export_when_onnx_is_installed(run_dir):
+    pytest.importorskip("onnx")
+    assert export_extractor(run_dir, "onnx").stat().st_size > 0
+
+
+def test_search_by_image_refuses_a_different_model(run_dir, image_folder, tmp_path):
+    emb = extract_embeddings(run_dir, image_folder, tmp_path / "emb", quiet=True)
+    index = build_index(emb, tmp_path / "idx")
+    query = image_folder / "class_1" / "img_3.png"
+    found = search_by_image(index, [query], k=3)
+    assert found[0]["results"][0]["path"] == "class_1/img_3.png"  # an image finds itself first
+    other = pretrain(str(image_folder), out=str(tmp_path / "other"), model_kwargs=TINY_C3,
+                     img_size=16, batch_size=4, seed=5, quiet=True)
+    with pytest.raises(ValueError, match="was built from model sha256 .* but .*other holds"):
+        search_by_image(index, [query], run=other)
+
+
+def test_end_to_end_cli_chain(image_folder, tmp_path, capsys):
+    run, emb, idx = tmp_path / "run", tmp_path / "emb", tmp_path / "idx"
+    cfg = tmp_path / "p.toml"
+    cfg.write_text("model_kwargs = { widths = [8, 16, 32] }\n")
+    steps = [
+        ["pretrain", str(image_folder), "--out", str(run), "--img-size", "16", "--batch-size",
+         "4", "--config", str(cfg), "--quiet"],
+        ["embed", str(run), str(image_folder), "--out", str(emb), "--quiet"],
+        ["index", "build", str(emb), "--out", str(idx)],
+        ["index", "info", str(idx)],
+    ]
+    for argv in steps:
+        assert cli.main(argv) == 0, argv
+    capsys.readouterr()
+    assert cli.main(["search", str(idx), "--image", str(image_folder / "class_0" / "img_1.png"),
+                     "--k", "5", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found[0]["results"][0]["path"] == "class_0/img_1.png"
+    assert [r["rank"] for r in found[0]["results"]] == [1, 2, 3, 4, 5]
+    assert cli.main(["eval", "knn", str(emb), str(emb), "--k", "3", "--out",
+                     str(tmp_path / "knn.json")]) == 0
+    knn = json.loads((tmp_path / "knn.json").read_text())
+    assert knn["self_match_excluded"] and knn["k"]["3"]["top1"] > 100 / 3  # better than chance
+    assert cli.main(["eval", "retrieval", "--database", str(emb), "--queries", str(emb),
+                     "--k", "1", "5", "--out", str(tmp_path / "ret.json")]) == 0
+    ret = json.loads((tmp_path / "ret.json").read_text())
+    assert ret["self_match_excluded"] and 0 < ret["mAP"] <= 100
+    assert cli.main(["search", str(idx), "--embeddings", str(emb / "embeddings.npy"), "--k",
+                     "0"]) == 2

@@ -1,0 +1,135 @@
+"""FAISS indexes against numpy brute force, and their error paths."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from numpy.lib.format import open_memmap
+
+from hebbret._io import write_json, write_jsonl
+from hebbret.embed import load_embeddings
+from hebbret.index import build_index, index_info, load_index, search_index
+
+
+def write_embeddings(path, x, labels=None):
+    path.mkdir(parents=True, exist_ok=True)
+    np.save(path / "embeddings.npy", x)
+    labels = labels if labels is not None else np.zeros(len(x), int)
+    write_jsonl(path / "items.jsonl", [{"path": f"img{i}.png", "label": int(c), "class_name": str(c)}
+                                       for i, c in enumerate(labels)])
+    write_json(path / "meta.json", {"model_sha256": "abc", "layer": "features", "pool": "flatten",
+                                    "data_root": str(path)})
+    return path
+
+
+@pytest.fixture
+def clustered(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(16, 24))
+    labels = rng.integers(0, 16, 1500)
+    x = (centers[labels] + 0.3 * rng.normal(size=(1500, 24))).astype(np.float32)
+    return write_embeddings(tmp_path / "emb", x, labels), x
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_search_equals_numpy_brute_force(clustered, tmp_path, metric):
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "idx", metric=metric)
+    q = np.random.default_rng(1).normal(size=(20, 24)).astype(np.float32)
+    scores, ids, items, meta = search_index(out, q, k=7)
+    if metric == "ip":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        brute = qn @ xn.T
+        expected = np.argsort(-brute, axis=1)[:, :7]
+        np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-4)
+    else:
+        dist = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        expected = np.argsort(dist, axis=1)[:, :7]
+        np.testing.assert_allclose(scores, np.take_along_axis(dist, expected, 1), rtol=1e-3)
+    np.testing.assert_array_equal(ids, expected)
+    assert meta["normalization"] == ("l2" if metric == "ip" else "none")
+    assert len(items) == len(x) and items[ids[0, 0]]["path"] == f"img{ids[0, 0]}.png"
+
+
+def test_ivf_reports_recall_against_flat_and_nprobe_is_overridable(clustered, tmp_path):
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "ivf", factory="IVF16,Flat", nprobe=1)
+    info = index_info(out)
+    assert info["search_params"] == {"nprobe": 1}
+    assert 0.0 < info["recall_at_10_vs_flat"] <= 1.0
+    flat = build_index(emb_dir, tmp_path / "flat")
+    q = x[:30] + 0.05
+    _, exact, _, _ = search_index(flat, q, k=10)
+    _, approx_all, _, _ = search_index(out, q, k=10, nprobe=16)  # every list: exact again
+    np.testing.assert_array_equal(approx_all, exact)
+
+
+def test_hnsw_search_param_is_recorded(clustered, tmp_path):
+    emb_dir, _ = clustered
+    out = build_index(emb_dir, tmp_path / "hnsw", factory="HNSW16", ef_search=48)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["search_params"] == {"efSearch": 48} and meta["recall_at_10_vs_flat"] > 0.5
+
+
+def test_too_few_vectors_for_centroids(tmp_path, caplog):
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    emb = write_embeddings(tmp_path / "emb", x)
+    with pytest.raises(ValueError, match="must learn 64 centroids but .* has only 50 vectors"):
+        build_index(emb, tmp_path / "idx", factory="IVF64,Flat")
+    with caplog.at_level(logging.WARNING, logger="hebbret.index"):
+        build_index(emb, tmp_path / "idx", factory="IVF4,Flat")
+    assert "fewer than 39 per centroid" in caplog.text
+
+
+def test_k_larger_than_the_index_returns_what_exists(clustered, tmp_path):
+    x = np.eye(3, dtype=np.float32)
+    out = build_index(write_embeddings(tmp_path / "e", x), tmp_path / "i")
+    scores, ids, _, _ = search_index(out, x[:1], k=10)
+    assert ids.shape == (1, 3) and ids[0, 0] == 0
+
+
+def test_bad_input_is_named(clustered, tmp_path):
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "idx")
+    with pytest.raises(ValueError, match="dimension 5 but .* holds 24-dimensional"):
+        search_index(out, np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="k must be positive"):
+        search_index(out, x[:1], k=0)
+    bad_q = x[:4].copy()
+    bad_q[2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[2\]"):
+        search_index(out, bad_q)
+    (out / "items.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="items.jsonl is missing"):
+        load_index(out)
+    with pytest.raises(FileNotFoundError, match="index dir not found"):
+        load_index(tmp_path / "nope")
+
+
+def test_embeddings_dir_validation(tmp_path):
+    x = np.ones((4, 3), np.float32)
+    x[1, 2] = np.inf
+    x[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[1, 3\]"):
+        load_embeddings(write_embeddings(tmp_path / "a", x))
+    short = write_embeddings(tmp_path / "b", np.ones((4, 3), np.float32))
+    write_jsonl(short / "items.jsonl", [{"path": "x", "label": 0}])
+    with pytest.raises(ValueError, match="4 rows but items.jsonl has 1 lines"):
+        load_embeddings(short)
+    (short / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json is missing"):
+        load_embeddings(short)
+
+
+def test_large_memmap_is_added_in_chunks(tmp_path):
+    d = tmp_path / "big"
+    d.mkdir()
+    arr = open_memmap(d / "embeddings.npy", mode="w+", dtype=np.float16, shape=(1000, 8))
+    arr[:] = np.random.default_rng(0).normal(size=(1000, 8))
+    arr.flush()
+    write_jsonl(d / "items.jsonl", [{"path": str(i), "label": 0} for i in range(1000)])
+    write_json(d / "meta.json", {})
+    out = build_index(d, tmp_path / "idx", chunk=128)
+    assert index_info(out)["ntotal"] == 1000
