@@ -112,6 +112,19 @@ def _export(args: argparse.Namespace) -> None:
     print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool))
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from .finetune import FinetuneConfig, finetune
+
+    cfg = load_config(FinetuneConfig, args.config, section="finetune", run=args.run,
+                      data=args.data, labels_per_class=args.labels_per_class,
+                      label_fraction=args.label_fraction, mode=args.mode, epochs=args.epochs,
+                      lr=args.lr, batch_size=args.batch_size, augment=args.augment or None,
+                      from_scratch=args.from_scratch or None, out=args.out, split=args.split,
+                      data_root=args.data_root, device=args.device, seed=args.seed,
+                      quiet=args.quiet or None)
+    print(finetune(cfg))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hebbret", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -144,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN/filters.png)")
     p.add_argument("--scale", type=int, default=4, help="pixels per weight")
     p.set_defaults(func=_show_filters)
+
+    p = sub.add_parser("finetune", help="supervised fine-tuning on (few) labels")
+    p.add_argument("run", help="parent run dir")
+    p.add_argument("data", nargs="?", help="labeled image folder, or fashion-mnist")
+    few = p.add_mutually_exclusive_group()
+    few.add_argument("--labels-per-class", type=int)
+    few.add_argument("--label-fraction", type=float)
+    p.add_argument("--mode", choices=["full", "linear"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="same architecture from random weights: the baseline")
+    p.add_argument("--out", help="run dir to write (default runs/finetune)")
+    p.add_argument("--config", help="TOML file of defaults (top level or a [finetune] table)")
+    p.add_argument("--split")
+    p.add_argument("--data-root")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("embed", help="embed every image of a folder/dataset with a frozen backbone")
     p.add_argument("run", help="run dir")

@@ -273,28 +273,63 @@ class SkippedFiles:
 
 
 class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch (or plain order), starting part-way for resumed runs."""
+    """A seeded permutation per epoch (or plain order) of ``rows`` (default: all), starting
+    part-way for resumed runs."""
 
-    def __init__(self, n: int, seed: int | None, epoch: int = 0, start: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+    def __init__(self, rows: Sequence[int], seed: int | None, epoch: int = 0, start: int = 0
+                 ) -> None:
+        self.rows, self.seed, self.epoch, self.start = list(rows), seed, epoch, start
 
     def order(self) -> list[int]:
         if self.seed is None:
-            return list(range(self.n))
+            return self.rows
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        return [self.rows[i] for i in torch.randperm(len(self.rows), generator=g).tolist()]
 
     def __iter__(self):
         return iter(self.order()[self.start:])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self.rows) - self.start
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, seed: int | None = None, epoch: int = 0,
-                skip_batches: int = 0, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """Batches of :class:`Batch`; shuffled by (seed, epoch) unless seed is None."""
-    sampler = EpochSampler(len(dataset), seed, epoch, skip_batches * batch_size)
+                skip_batches: int = 0, num_workers: int = 0, drop_last: bool = False,
+                rows: Sequence[int] | None = None) -> DataLoader:
+    """Batches of :class:`Batch` over ``rows`` (default all); shuffled by (seed, epoch) unless
+    seed is None."""
+    rows = range(len(dataset)) if rows is None else rows
+    sampler = EpochSampler(rows, seed, epoch, skip_batches * batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, drop_last=drop_last,
                       persistent_workers=False)
+
+
+def few_label_rows(labels: Sequence[int], per_class: int | None = None,
+                   fraction: float | None = None, seed: int = 0) -> np.ndarray:
+    """A class-balanced, seeded choice of labeled rows: ``per_class`` items of every class, or
+    ``fraction`` of the whole set split evenly over the classes. Returns sorted row numbers.
+
+    A class with fewer items than asked gives all it has, with a warning.
+    """
+    if (per_class is None) == (fraction is None):
+        raise ValueError("give exactly one of labels_per_class and label_fraction")
+    labels = np.asarray(labels)
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) == 0:
+        raise ValueError("few-label selection needs labeled data (class sub-folders)")
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+        per_class = max(1, round(fraction * int((labels >= 0).sum()) / len(classes)))
+    if per_class < 1:
+        raise ValueError(f"labels_per_class must be at least 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        rows = np.flatnonzero(labels == c)
+        if len(rows) < per_class:
+            log.warning("class %s has %d items, fewer than the %d asked for; taking all", c,
+                        len(rows), per_class)
+        chosen.append(rng.permutation(rows)[:per_class])
+    return np.sort(np.concatenate(chosen))
