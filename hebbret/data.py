@@ -26,7 +26,8 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-NAMED_DATASETS = ("fashion-mnist",)
+NAMED_DATASETS = ("fashion-mnist", "fashion-mnist-mini")
+MINI_FILE = Path(__file__).parent / "datasets" / "fashion_mnist_mini.npz"
 
 
 def natural_key(text: str) -> list:
@@ -143,6 +144,10 @@ class ImageFolder(ImageDataset):
         self.root = str(Path(root).resolve())
         self.items, self.classes = scan_image_folder(root, labeled)
 
+    def raw(self, i: int) -> np.ndarray:
+        """The decoded image as stored in the model's channels: uint8 (H, W, C)."""
+        return load_image(os.path.join(self.root, self.items[i].path), self.in_chans, None)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, int]:
         item = self.items[i]
         try:
@@ -174,24 +179,35 @@ def _find_idx(root: Path, stem: str) -> Path:
 
 
 class FashionMNIST(ImageDataset):
-    """Fashion-MNIST (Zalando, MIT licence) from its original idx files; 1×28×28 by default."""
+    """Fashion-MNIST (Zalando, MIT licence) from its original idx files; 1×28×28 by default.
+
+    ``mini=True`` reads the class-balanced subset shipped inside hebbret instead
+    (500 train + 100 test images per class, made by tools/make_fashion_mnist_mini.py).
+    """
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  in_chans: int = 1, img_size: int | tuple[int, int] | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 mini: bool = False) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"fashion-mnist split must be 'train' or 'test', got {split!r}")
         if isinstance(img_size, int):
             img_size = (img_size, img_size)
         super().__init__(in_chans, img_size, mean, std)
-        root = Path(root) if root is not None else FASHION_MNIST_ROOT
-        if not root.is_dir():
-            raise FileNotFoundError(f"fashion-mnist folder not found: {root}; install the Debian "
-                                    f"package dataset-fashion-mnist or pass --data-root")
-        prefix = "train" if split == "train" else "t10k"
-        self.images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28)
-        labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-        self.root = str(root.resolve())
+        if mini:
+            with np.load(MINI_FILE) as arrays:
+                self.images = arrays[f"{split}_images"]
+                labels = arrays[f"{split}_labels"]
+            self.root = str(MINI_FILE)
+        else:
+            root = Path(root) if root is not None else FASHION_MNIST_ROOT
+            if not root.is_dir():
+                raise FileNotFoundError(f"fashion-mnist folder not found: {root}; install the "
+                                        f"Debian package dataset-fashion-mnist or pass --data-root")
+            prefix = "train" if split == "train" else "t10k"
+            self.images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28)
+            labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+            self.root = str(root.resolve())
         self.classes = list(FASHION_MNIST_CLASSES)
         self.items = [Item(f"{split}/{i:05d}", int(c), FASHION_MNIST_CLASSES[c])
                       for i, c in enumerate(labels)]
@@ -206,10 +222,14 @@ class FashionMNIST(ImageDataset):
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         return self._to_tensor(arr), self.items[i].label, i
 
+    def raw(self, i: int) -> np.ndarray:
+        """The stored image: uint8 (28, 28, 1)."""
+        return self.images[i][:, :, None]
+
 
 def native_format(source: str | os.PathLike) -> tuple[int, tuple[int, int] | None]:
     """(channels, size) a source has on its own: fashion-mnist 1×28×28; folders RGB, any size."""
-    return (1, (28, 28)) if str(source) == "fashion-mnist" else (3, None)
+    return (1, (28, 28)) if str(source).startswith("fashion-mnist") else (3, None)
 
 
 def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int | None = None,
@@ -219,8 +239,9 @@ def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int 
     """A named dataset (``fashion-mnist``) or an image folder path."""
     native_chans, _ = native_format(source)
     in_chans = in_chans or native_chans
-    if str(source) == "fashion-mnist":
-        return FashionMNIST(data_root, split, in_chans, img_size, mean, std)
+    if str(source) in ("fashion-mnist", "fashion-mnist-mini"):
+        return FashionMNIST(data_root, split, in_chans, img_size, mean, std,
+                            mini=str(source) == "fashion-mnist-mini")
     if str(source) in NAMED_DATASETS:
         raise AssertionError(f"named dataset {source} has no loader")
     if not Path(source).exists():

@@ -32,6 +32,8 @@ def test_quick_benchmark_writes_finite_positive_ratios(tmp_path, capsys):
     assert res["config"]["batch_size"] == 4 and "--quick" in res["command"]
     assert res["machine"]["torch_threads"] >= 1 and res["machine"]["cpu"]
     assert all(positive(v) for v in res["gemm_gflops"].values())
+    assert set(res["gemm_onednn_gflops"]) == set(res["gemm_gflops"])
+    assert all(positive(v) for v in res["gemm_onednn_gflops"].values())
 
     # every Hebbian layer of both backbones: c3 has 3 convs, 6l has 4 convs and 1 fc
     layers = res["layers"]
