@@ -125,10 +125,29 @@ def _finetune(args: argparse.Namespace) -> None:
     print(finetune(cfg))
 
 
+def _run(args: argparse.Namespace) -> None:
+    from .pipeline import load_run_config, results_table, run_pipeline
+
+    cfg = load_run_config(args.config, data_root=args.data_root, out=args.out, device=args.device,
+                          quiet=args.quiet or None)
+    results = run_pipeline(cfg)
+    print(results_table(results))
+    print(f"report: {cfg.out}/report/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hebbret", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the main job: pretrain, fine-tune, embed, index, evaluate")
+    p.add_argument("config", nargs="?", help="shipped config (default, fashion-mnist, cifar10) or "
+                   "a TOML file; none: the embedded default")
+    p.add_argument("--data-root", help="data folder (cifar10: DIR with train/ and test/)")
+    p.add_argument("--out", help="output folder (report in OUT/report)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("pretrain", help="unsupervised Hebbian training of a backbone")
     p.add_argument("data", nargs="?", help="image folder, or a named dataset: fashion-mnist")
