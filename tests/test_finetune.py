@@ -1,3 +1,4 @@
+import importlib
 import json
 import logging
 
@@ -66,7 +67,7 @@ def test_linear_mode_changes_only_the_head(parent, tmp_path):
 def test_from_scratch_starts_from_random_weights(parent, tmp_path, monkeypatch):
     data, run = parent
     seen = {}
-    import hebbret.finetune as ft_mod
+    ft_mod = importlib.import_module("hebbret.finetune")  # the module, not the function
 
     real_train = ft_mod._train
 
