@@ -203,12 +203,13 @@ def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
                  val_fraction: float = 0.1, epochs: int = 20, batch_size: int = 512,
-                 lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+                 lr: float = 1e-3, seed: int = 0, memory_mb: int = 2048) -> dict[str, Any]:
     """Multinomial logistic regression on frozen, L2-normalised, standardised features.
 
     The L2 penalty is chosen on a class-stratified validation split carved from train (never on
     test); the chosen value is then refit on all of train. Mini-batch Adam, so the features can
-    be a memory-mapped (N, D) array larger than RAM.
+    be a memory-mapped (N, D) array larger than RAM: the preprocessed features are held in memory
+    when they fit in ``memory_mb`` (float32, else float16), otherwise streamed every epoch.
 
     Returns:
         {"top1", "top5", "weight_decay", "val_top1": {wd: %}, ...}
@@ -228,14 +229,14 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     val_scores = {}
     for wd in weight_decays:
         model = _fit_logreg(train_feats, y, fit, mean, std, num_classes, wd, epochs, batch_size,
-                            lr, seed)
+                            lr, seed, memory_mb)
         val_scores[wd] = _accuracy(model, train_feats[np.sort(val)], y[np.sort(val)], mean, std)[0]
         log.info("linear probe: weight decay %g -> val top-1 %.2f%%", wd, val_scores[wd])
     best = max(val_scores, key=lambda wd: (val_scores[wd], -wd))
     everything = np.arange(len(y))
     mean, std = _feature_stats(train_feats, everything)
     model = _fit_logreg(train_feats, y, everything, mean, std, num_classes, best, epochs,
-                        batch_size, lr, seed)
+                        batch_size, lr, seed, memory_mb)
     top1, top5 = _accuracy(model, test_feats, np.asarray(test_labels), mean, std)
     return {"top1": top1, "top5": top5, "weight_decay": best, "val_top1": val_scores,
             "val_size": len(val), "epochs": epochs, "optimizer": f"Adam lr {lr}",
@@ -256,9 +257,25 @@ def _feature_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 4096
     return mean.float(), std.float().clamp_min(1e-6)
 
 
+def _standardized(x: np.ndarray, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                  budget_mb: int, chunk: int = 4096) -> torch.Tensor | None:
+    """The L2-normalised, standardised rows of ``x`` held in memory (float32, or float16 when
+    that is what fits in ``budget_mb``), or None when even float16 does not fit."""
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
+        if len(rows) * x.shape[1] * size <= budget_mb * 2**20:
+            out = torch.empty(len(rows), x.shape[1], dtype=dtype)
+            for i in range(0, len(rows), chunk):
+                out[i: i + chunk] = (_normalized(x[rows[i: i + chunk]]) - mean) / std
+            return out
+    return None
+
+
 def _fit_logreg(x: np.ndarray, y: np.ndarray, rows: np.ndarray, mean: torch.Tensor,
                 std: torch.Tensor, num_classes: int, weight_decay: float, epochs: int,
-                batch_size: int, lr: float, seed: int) -> torch.nn.Linear:
+                batch_size: int, lr: float, seed: int, budget_mb: int = 2048) -> torch.nn.Linear:
+    rows = np.sort(rows)
+    held = _standardized(x, rows, mean, std, budget_mb)  # one pass over x instead of one per epoch
+    labels = torch.from_numpy(y[rows])
     g = torch.Generator().manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], num_classes)
     torch.nn.init.zeros_(model.weight)
@@ -266,11 +283,16 @@ def _fit_logreg(x: np.ndarray, y: np.ndarray, rows: np.ndarray, mean: torch.Tens
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in range(epochs):
-        perm = rows[torch.randperm(len(rows), generator=g).numpy()]
+        perm = torch.randperm(len(rows), generator=g)
         for i in range(0, len(perm), batch_size):
-            idx = np.sort(perm[i: i + batch_size])
-            xb = (_normalized(x[idx]) - mean) / std
-            loss = F.cross_entropy(model(xb), torch.from_numpy(y[idx]))
+            take = perm[i: i + batch_size]
+            if held is not None:
+                xb = held[take].float()
+            else:
+                idx = np.sort(rows[take.numpy()])
+                take = torch.from_numpy(np.searchsorted(rows, idx))
+                xb = (_normalized(x[idx]) - mean) / std
+            loss = F.cross_entropy(model(xb), labels[take])
             loss = loss + weight_decay * model.weight.pow(2).sum()
             opt.zero_grad()
             loss.backward()

@@ -56,6 +56,7 @@ def test_quick_benchmark_writes_finite_positive_ratios(tmp_path, capsys):
     assert steps["breakdown"] and all(positive(b["s"]) for b in steps["breakdown"])
     assert all(positive(v) for v in res["ratios"].values())
     assert set(res["targets"]) == {"conv_speedup_ge_50x", "hebbian_step_ge_50pct_gemm",
+                                   "hebbian_step_ge_50pct_onednn_gemm",
                                    "hebb_over_backprop_le_0_7", "materialised_matches_fused"}
     assert all(isinstance(v, bool) for v in res["targets"].values())
     assert res["targets"]["materialised_matches_fused"]

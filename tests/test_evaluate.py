@@ -96,6 +96,17 @@ def test_linear_probe_picks_regularisation_on_validation_and_learns():
     assert r["val_size"] == pytest.approx(50, abs=3)
 
 
+def test_linear_probe_streams_features_that_do_not_fit_in_memory():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    x = (rng.normal(size=(3, 16))[y] * 2 + rng.normal(size=(300, 16))).astype(np.float32)
+    held = linear_probe(x[:250], y[:250], x[250:], y[250:], weight_decays=(0.0,), epochs=3)
+    streamed = linear_probe(x[:250], y[:250], x[250:], y[250:], weight_decays=(0.0,), epochs=3,
+                            memory_mb=0)
+    assert held["top1"] == pytest.approx(streamed["top1"], abs=2.0)
+    assert streamed["top1"] > 80.0
+
+
 def test_bad_arguments_are_explained():
     x, y = on_circle([0, 10]), np.array([0, 1])
     with pytest.raises(ValueError, match="k must be positive"):
