@@ -32,6 +32,7 @@ class PretrainConfig:
     in_chans: int | None = None  # None: the data's own (fashion-mnist 1, folders 3)
     img_size: int | None = None  # None: the data's own (fashion-mnist 28) or the backbone's (32)
     num_workers: int = 0  # data-loading processes
+    channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     quiet: bool = False  # no progress bar

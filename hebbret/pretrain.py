@@ -43,6 +43,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  active: list[int]) -> list[dict[str, float]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
@@ -159,7 +163,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                            cfg.data_root, mean=dcfg["mean"], std=dcfg["std"])
     if dataset.classes:
         model.reset_classifier(len(dataset.classes))
-    model.to(device).train()
+    model.to(device, memory_format=memory_format(cfg.channels_last)).train()
     layers = model.hebb_layers()
     optimizer = torch.optim.SGD([{"params": [layer.weight], "lr": lr}
                                  for layer, lr in zip(layers, resolved["lr"], strict=True)])
@@ -219,7 +223,9 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     t0 = time.perf_counter()
                     if len(batch.images):
                         try:
-                            stats = hebbian_step(model, optimizer, batch.images.to(device), active)
+                            x = batch.images.to(device).contiguous(
+                                memory_format=memory_format(cfg["channels_last"]))
+                            stats = hebbian_step(model, optimizer, x, active)
                         except NonFiniteUpdate as e:
                             raise NonFiniteUpdate(
                                 f"{e} at phase {pos['phase']} epoch {pos['epoch']} step "

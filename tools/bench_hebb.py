@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
 from hebbret.models import create_model
+from hebbret.pretrain import hebbian_step, memory_format
 
 log = logging.getLogger("bench_hebb")
 
@@ -69,6 +70,7 @@ class BenchConfig:
     gemm_repeats: int = 5  # best of these
     max_wait_s: float = 300.0  # total time to spend waiting for other processes to go quiet
     swta: bool = True  # also benchmark hebb_fasthebb_6l with the swta rule
+    channels_last: bool = True  # train steps in the memory format pretraining uses
     seed: int = 0
 
 
@@ -407,14 +409,6 @@ def hebbian_lrs(model: nn.Module) -> list[float]:
     return list(lr) if isinstance(lr, (list, tuple)) else [float(lr)] * len(layers)
 
 
-def hebbian_step(model: nn.Module, x: Tensor, lrs: list[float]) -> None:
-    """One plastic forward pass and the weight update of every Hebbian layer."""
-    with torch.no_grad():
-        model.forward_features(x)
-        for layer, lr in zip(model.hebb_layers(), lrs, strict=True):
-            layer.weight += lr * layer.update_direction(layer.delta)
-
-
 def set_plastic(model: nn.Module, plastic: bool) -> None:
     for layer in model.hebb_layers():
         layer.plastic = plastic
@@ -502,12 +496,17 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
     flop = sum(4.0 * math.prod(geometry(m, xi)[k] for k in ("N", "K", "D"))
                for m, xi in zip(base.hebb_layers(), inputs, strict=True))
 
-    hebb = copy.deepcopy(base)
-    set_plastic(hebb, True)
+    # both steps as training runs them: channels-last activations (PretrainConfig.channels_last)
+    fmt = memory_format(cfg.channels_last)
+    x = x.contiguous(memory_format=fmt)
+    hebb = copy.deepcopy(base).to(memory_format=fmt)
+    hebb_opt = torch.optim.SGD([{"params": [m.weight], "lr": lr}
+                                for m, lr in zip(hebb.hebb_layers(), lrs, strict=True)])
+    active = list(range(len(lrs)))
     log.info("Hebbian step of hebb_softhebb_c3, batch %d", cfg.batch_size)
-    t_hebb = time_call(lambda: hebbian_step(hebb, x, lrs), cfg.repeats, cfg.warmup)
+    t_hebb = time_call(lambda: hebbian_step(hebb, hebb_opt, x, active), cfg.repeats, cfg.warmup)
 
-    bp = copy.deepcopy(base)
+    bp = copy.deepcopy(base).to(memory_format=fmt)
     set_plastic(bp, False)
     opt = torch.optim.SGD(bp.parameters(), lr=1e-3, momentum=0.9)
     log.info("backprop step of hebb_softhebb_c3, batch %d", cfg.batch_size)
@@ -525,6 +524,7 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
     gflops = flop / t_hebb["median"] / 1e9
     return {
         "model": "hebb_softhebb_c3", "rule": "softhebb", "batch_size": cfg.batch_size,
+        "channels_last": cfg.channels_last,
         "grams": [getattr(m, "gram", "matmul") for m in base.hebb_layers()],
         "essential_gflop": flop / 1e9,
         "hebbian_s": t_hebb["median"], "hebbian_timing": t_hebb,
@@ -716,6 +716,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before timing")
     p.add_argument("--no-swta", action="store_true", help="skip hebb_fasthebb_6l with rule swta")
+    p.add_argument("--contiguous", action="store_true",
+                   help="train steps in NCHW instead of channels-last (pretraining's default)")
     p.add_argument("--max-wait", type=float, default=None,
                    help="seconds, in all, to wait for other processes to leave the CPUs before "
                         "measurements (default 300; quick: 0)")
@@ -743,6 +745,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             setattr(cfg, field, value)
     if args.no_swta:
         cfg.swta = False
+    if args.contiguous:
+        cfg.channels_last = False
     if args.max_wait is not None:
         cfg.max_wait_s = args.max_wait
     global wait_quiet

@@ -84,8 +84,8 @@ def softhebb_terms(u: Tensor, w: Tensor, t_inv: float = 1.0) -> HebbTerms:
     """SoftHebb: Y = softmax(t_inv·U) over K, negated for every channel but the argmax;
     ΔW = YᵀX − diag(Σₙ Y ⊙ U) W."""
     soft = torch.softmax(t_inv * u, dim=1)
-    winner = torch.zeros_like(soft, dtype=torch.bool).scatter_(1, u.argmax(dim=1, keepdim=True), True)
-    y = torch.where(winner, soft, -soft)
+    winner = soft.argmax(dim=1, keepdim=True)  # softmax keeps the order of u
+    y = soft.neg().scatter_(1, winner, soft.gather(1, winner))
     return HebbTerms(y=y, m=colsum(y * u))
 
 
