@@ -242,8 +242,6 @@ def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int 
     if str(source) in ("fashion-mnist", "fashion-mnist-mini"):
         return FashionMNIST(data_root, split, in_chans, img_size, mean, std,
                             mini=str(source) == "fashion-mnist-mini")
-    if str(source) in NAMED_DATASETS:
-        raise AssertionError(f"named dataset {source} has no loader")
     if not Path(source).exists():
         raise FileNotFoundError(f"data not found: {source} is neither an existing folder nor a "
                                 f"named dataset ({', '.join(NAMED_DATASETS)})")

@@ -95,6 +95,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     model.to(dev).eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # written last: marks a complete dir
     skipped = SkippedFiles(dataset)
     rows: list[int] = []
     n = len(dataset)

@@ -115,7 +115,7 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         scores = _mask_own(scores, own_rows[rows])
         sims, idx = scores.topk(kmax, dim=1)  # sorted, most similar first
         neighbour_labels = train_labels[idx]
-        weights = (sims / temperature).exp()
+        weights = ((sims - sims[:, :1]) / temperature).exp()  # shifted by the row max: same vote
         truth = test_labels[rows].unsqueeze(1)
         for k in ks_used:
             votes = torch.zeros(len(sims), num_classes)
@@ -159,6 +159,8 @@ def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: 
             **{f"r@{k}": 0.0 for k in ks}}
     counted = 0
     ranks = torch.arange(1, n + 1, dtype=torch.float32)
+    # argsort indices, gathered labels, rel, hits and prec: about 40 bytes per (query, item)
+    sort_block = max(1, min(sort_block, memory_mb * 2**20 // (40 * n)))
     for rows, scores in cosine_blocks(query_feats, db_feats, memory_mb):
         for s0 in range(0, len(scores), sort_block):
             block = scores[s0: s0 + sort_block]
@@ -222,9 +224,13 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     y = np.asarray(train_labels, dtype=np.int64)
     num_classes = int(y.max()) + 1
     rng = np.random.default_rng(seed)
-    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: max(1, int(round(
-        val_fraction * (y == c).sum())))] for c in np.unique(y)])
+    val = np.concatenate([  # classes with one item stay wholly in the fit split
+        rng.permutation(rows)[: min(max(1, round(val_fraction * len(rows))), len(rows) - 1)]
+        for rows in (np.flatnonzero(y == c) for c in np.unique(y))])
     fit = np.setdiff1d(np.arange(len(y)), val)
+    if len(val) == 0:
+        raise ValueError("the linear probe needs at least 2 train items in some class to carve "
+                         "out a validation split")
     mean, std = _feature_stats(train_feats, fit)
     val_scores = {}
     for wd in weight_decays:
@@ -318,6 +324,21 @@ def _labels(items: list[dict]) -> np.ndarray:
     return np.array([it["label"] for it in items], dtype=np.int64)
 
 
+def aligned_labels(items: list[dict], classes: list[str] | None, reference: list[str] | None,
+                   name: str) -> np.ndarray:
+    """Labels of ``items`` renumbered into ``reference``'s class order (two folders number
+    their classes independently, by sorted name). Raises if a class is unknown to it."""
+    labels = _labels(items)
+    if not classes or not reference or list(classes) == list(reference):
+        return labels
+    index = {c: i for i, c in enumerate(reference)}
+    unknown = sorted(set(classes) - set(index))
+    if unknown:
+        raise ValueError(f"{name} has classes {unknown} that the train/database set does not have")
+    remap = np.array([index[c] for c in classes], dtype=np.int64)
+    return np.where(labels >= 0, remap[labels.clip(min=0)], labels)
+
+
 def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
              **options: Any) -> dict[str, Any]:
     """Load two embeddings dirs, run one evaluation, optionally write ``out`` (JSON).
@@ -339,7 +360,9 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
                          f"{x_test.shape[1]}-d; embed both with the same model and layer")
     if meta_train.get("model_sha256") != meta_test.get("model_sha256"):
         log.warning("%s and %s come from different models", train_emb, test_emb)
-    y_train, y_test = _labels(items_train), _labels(items_test)
+    y_train = _labels(items_train)
+    y_test = aligned_labels(items_test, meta_test.get("classes"), meta_train.get("classes"),
+                            str(test_emb))
     rows = None  # test items that are also train / database rows: same data root and path
     if meta_train.get("data_root") == meta_test.get("data_root"):
         where = {it["path"]: i for i, it in enumerate(items_train)}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ._io import write_json, write_jsonl
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
+from .evaluate import aligned_labels
 from .models import HebbNet, create_model
 from .pretrain import pick_device
 from .runs import load_run, save_run
@@ -80,6 +81,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
     epoch) and ``labeled_items.jsonl`` (the labeled items used, for auditing).
     """
     cfg = FinetuneConfig(**{**(asdict(config) if config else {}), **overrides})
+    if not cfg.data:
+        raise ValueError("no labeled data given: pass DATA or set data in --config")
     parent, card = load_run(cfg.run)
     torch.manual_seed(cfg.seed)
     if cfg.from_scratch:
@@ -190,16 +193,24 @@ def evaluate_classifier(run: str | Path, data: str, split: str = "test",
     spec = card["input"]
     dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
                            mean=spec["mean"], std=spec["std"])
+    trained_on = card.get("training", {}).get("classes")
+    remap = torch.as_tensor(aligned_labels([{"label": i} for i in range(len(dataset.classes))],
+                                           dataset.classes, trained_on, str(data)))
     dev = pick_device(device)
     model.to(dev).eval()
+    skipped = SkippedFiles(dataset)
     top1 = top5 = n = 0
     for batch in make_loader(dataset, batch_size):
+        skipped.add(batch.skipped)
         if not len(batch.images):
             continue
         logits = model(batch.images.to(dev))
-        truth = batch.labels.to(dev).unsqueeze(1)
+        truth = remap[batch.labels].to(dev).unsqueeze(1)  # in the classifier's class order
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
         top1 += int((ranked[:, :1] == truth).any(1).sum())
         top5 += int((ranked == truth).any(1).sum())
         n += len(truth)
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n}
+    if n == 0:
+        raise ValueError(f"none of the files under {dataset.root} could be decoded")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n,
+            "skipped_files": skipped.count}

@@ -97,6 +97,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         if "Flat" != factory.strip() else 1.0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # written last: marks a complete dir
     with atomic_path(out / "index.faiss") as tmp:
         faiss.write_index(index, str(tmp))
     with atomic_path(out / "items.jsonl") as tmp:

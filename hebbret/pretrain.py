@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 STATE = "state.pt"
 # Fields that must not change when a run is resumed.
-_RUN_IDENTITY = ("data", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed", "split",
-                 "in_chans", "img_size", "model_kwargs")
+_RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed",
+                 "split", "in_chans", "img_size", "model_kwargs", "channels_last")
 
 
 class NonFiniteUpdate(FloatingPointError):
@@ -148,6 +148,9 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     cfg = PretrainConfig(data=config, **overrides) if isinstance(config, str) else config
     if overrides and not isinstance(config, str):
         cfg = PretrainConfig(**{**asdict(cfg), **overrides})
+    if not cfg.data:
+        raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
+                         "data in --config")
     resolved = _resolve(cfg)
     out = Path(cfg.out)
     state = _check_resume(out, resolved)

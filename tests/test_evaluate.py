@@ -1,7 +1,5 @@
 """Metrics against small hand-computed examples."""
 
-import math
-
 import numpy as np
 import pytest
 
@@ -24,6 +22,13 @@ def test_average_precision_of_a_known_ranking():
     assert r["P@k"][1] == pytest.approx(100.0) and r["P@k"][3] == pytest.approx(100 * 2 / 3)
     assert r["Recall@k"][1] == pytest.approx(100.0)
     assert r["normalizers"]["mAP@k"] == "min(R, k)"
+    # R = 3 relevant: mAP@1 divides by min(3, 1) = 1, mAP@5 by min(3, 5) = 3
+    r = retrieval_metrics(db, db_labels, on_circle([0]), np.array([1]), ks=[1, 5])
+    assert r["mAP@k"][1] == pytest.approx(100.0)
+    assert r["mAP@k"][5] == pytest.approx(100 * (1 + 2 / 3 + 3 / 5) / 3, rel=1e-5)
+    # R = 2 (label 0: ranks 2 and 4), k = 3: (1/2) / min(2, 3)
+    r = retrieval_metrics(db, db_labels, on_circle([0]), np.array([0]), ks=[3])
+    assert r["mAP@k"][3] == pytest.approx(100 * (1 / 2) / 2, rel=1e-5)
 
 
 def test_query_never_matches_itself():
@@ -51,13 +56,19 @@ def test_knn_weighted_vote_with_known_weights():
     r = knn_classify(train, train_labels, on_circle([0]), np.array([1]), ks=[1, 3, 50],
                      temperature=1.0)
     # k=1: only class 0 votes. k=3: class 1 gets e^0.5 + e^0.866 = 4.03 > e^1 = 2.72 for class 0
-    assert math.exp(0.5) + math.exp(math.cos(math.radians(30))) > math.e
     assert r["k"][1]["top1"] == 0.0 and r["k"][3]["top1"] == 100.0
     assert set(r["k"]) == {1, 3}  # k = 50 is capped at the 3 train items
     assert r["k"][1]["top5"] == 100.0 and r["num_classes"] == 2
     # with a low temperature the single closest item outweighs the two others
     cold = knn_classify(train, train_labels, on_circle([0]), np.array([1]), ks=[3], temperature=0.1)
     assert cold["k"][3]["top1"] == 0.0
+
+
+def test_knn_vote_does_not_overflow_at_tiny_temperatures():
+    train = on_circle([0, 2, 3])
+    r = knn_classify(train, np.array([0, 1, 1]), on_circle([0]), np.array([1]), ks=[3],
+                     temperature=0.001)
+    assert r["k"][3]["top1"] == 0.0  # exp(1/0.001) overflows unless the vote is shifted
 
 
 def test_knn_excludes_the_query_from_its_own_neighbours():
@@ -117,3 +128,13 @@ def test_bad_arguments_are_explained():
         retrieval_metrics(x, y, np.ones((1, 3), np.float32), np.array([0]))
     with pytest.raises(ValueError, match="unlabeled"):
         knn_classify(x, np.array([-1, -1]), x, y)
+
+
+def test_labels_of_differently_numbered_folders_are_aligned_by_class_name():
+    from hebbret.evaluate import aligned_labels
+
+    items = [{"label": 0}, {"label": 1}, {"label": 0}]
+    # test folder has classes (cat, dog); train had (ant, cat, dog)
+    assert aligned_labels(items, ["cat", "dog"], ["ant", "cat", "dog"], "t").tolist() == [1, 2, 1]
+    with pytest.raises(ValueError, match=r"classes \['emu'\]"):
+        aligned_labels(items, ["cat", "emu"], ["ant", "cat", "dog"], "t")
