@@ -13,8 +13,9 @@ def test_run_on_a_tiny_config_writes_every_report_file(tmp_path, capsys):
     write_image_folder(data / "train", classes=3, per_class=8, seed=0)
     write_image_folder(data / "test", classes=3, per_class=3, seed=1)
     cfg = tmp_path / "tiny.toml"
+    # a data name that is not a named dataset plus --data-root, as `hebbret run cifar10 --data-root`
     cfg.write_text(f"""[run]
-data = "{data}"
+data = "my-images"
 img_size = 16
 model_kwargs = {{ widths = [8, 16, 32] }}
 pretrain_batch_size = 6
@@ -26,7 +27,7 @@ retrieval_k = 5
 queries_shown = 2
 out = "{tmp_path / 'out'}"
 """)
-    assert cli.main(["run", str(cfg), "--quiet"]) == 0
+    assert cli.main(["run", str(cfg), "--data-root", str(data), "--quiet"]) == 0
     report = tmp_path / "out" / "report"
     results = json.loads((report / "results.json").read_text())
     assert set(results["rows"]) == {"hebbian", "random", "scratch"}
