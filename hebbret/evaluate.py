@@ -43,6 +43,13 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
     return ks
 
 
+def top1_top5_hits(scores: torch.Tensor, truth: torch.Tensor) -> tuple[int, int]:
+    """How many rows of ``scores`` (Q, C) rank class ``truth`` (Q,) first, and in the top 5."""
+    ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    hit = ranked == truth.view(-1, 1)
+    return int(hit[:, :1].any(1).sum()), int(hit.any(1).sum())
+
+
 def cosine_blocks(queries: np.ndarray, database: np.ndarray, memory_mb: int = 1024
                   ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (query rows, cosine similarities float32 (q, N)) for blocks of queries.
@@ -120,9 +127,9 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         for k in ks_used:
             votes = torch.zeros(len(sims), num_classes)
             votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
-            ranked = votes.topk(min(5, num_classes), dim=1).indices
-            hits[k][0] += int((ranked[:, :1] == truth).any(1).sum())
-            hits[k][1] += int((ranked == truth).any(1).sum())
+            top1, top5 = top1_top5_hits(votes, truth)
+            hits[k][0] += top1
+            hits[k][1] += top5
     q = len(test_feats)
     return {
         "k": {k: {"top1": 100.0 * h[0] / q, "top5": 100.0 * h[1] / q} for k, h in hits.items()},
@@ -313,10 +320,8 @@ def _accuracy(model: torch.nn.Linear, x: np.ndarray, y: np.ndarray, mean: torch.
     top1 = top5 = 0
     for i in range(0, len(x), chunk):
         logits = model((_normalized(x[i: i + chunk]) - mean) / std)
-        truth = torch.from_numpy(np.asarray(y[i: i + chunk])).unsqueeze(1)
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += int((ranked[:, :1] == truth).any(1).sum())
-        top5 += int((ranked == truth).any(1).sum())
+        h1, h5 = top1_top5_hits(logits, torch.from_numpy(np.asarray(y[i: i + chunk])))
+        top1, top5 = top1 + h1, top5 + h5
     return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ._io import write_json, write_jsonl
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
-from .evaluate import aligned_labels
+from .evaluate import aligned_labels, top1_top5_hits
 from .models import HebbNet, create_model
 from .pretrain import pick_device
 from .runs import load_run, save_run
@@ -205,11 +205,9 @@ def evaluate_classifier(run: str | Path, data: str, split: str = "test",
         if not len(batch.images):
             continue
         logits = model(batch.images.to(dev))
-        truth = remap[batch.labels].to(dev).unsqueeze(1)  # in the classifier's class order
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += int((ranked[:, :1] == truth).any(1).sum())
-        top5 += int((ranked == truth).any(1).sum())
-        n += len(truth)
+        truth = remap[batch.labels].to(dev)  # in the classifier's class order
+        h1, h5 = top1_top5_hits(logits, truth)
+        top1, top5, n = top1 + h1, top5 + h5, n + len(truth)
     if n == 0:
         raise ValueError(f"none of the files under {dataset.root} could be decoded")
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n,
