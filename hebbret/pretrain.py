@@ -64,12 +64,12 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
             for i in active:
                 layer = layers[i]
                 delta = layer.delta
-                direction = layer.update_direction(delta)
-                if not torch.isfinite(direction).all():
+                max_delta = float(delta.abs().max())  # NaN/inf anywhere propagate into the max
+                if not math.isfinite(max_delta):
                     raise NonFiniteUpdate(f"Hebbian layer {i} ({layer.rule.name}) produced a "
                                           f"non-finite update")
-                layer.weight.grad = direction.neg_()
-                stats.append({"layer": i, "max_delta": float(delta.abs().max())})
+                layer.weight.grad = layer.update_direction(delta).neg_()
+                stats.append({"layer": i, "max_delta": max_delta})
             optimizer.step()
             for s in stats:
                 w = layers[s["layer"]].weight
