@@ -103,6 +103,13 @@ def load_image(path: str | os.PathLike, in_chans: int, img_size: tuple[int, int]
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def to_tensor(arr: np.ndarray, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W, C) -> normalised float32 (C, H, W): (x / 255 - mean) / std per channel."""
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255)
+    return (x - torch.as_tensor(mean).view(-1, 1, 1)) / torch.as_tensor(std).view(-1, 1, 1)
+
+
 class ImageDataset(Dataset):
     """Base for hebbret datasets: ``items``, ``classes``, ``root`` and normalisation."""
 
@@ -120,8 +127,7 @@ class ImageDataset(Dataset):
         return len(self.items)
 
     def _to_tensor(self, arr: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std
+        return to_tensor(arr, self.mean, self.std)
 
     @property
     def labels(self) -> np.ndarray:

@@ -188,11 +188,9 @@ def embed_images(model: HebbNet, card: dict[str, Any], paths: list[str | os.Path
 
     Unlike dataset extraction, a query image that cannot be decoded is an error naming it.
     """
-    from .data import load_image
+    from .data import load_image, to_tensor
 
     spec = card["input"]
-    mean = torch.tensor(spec["mean"]).view(-1, 1, 1)
-    std = torch.tensor(spec["std"]).view(-1, 1, 1)
     images = []
     for p in paths:
         if not Path(p).is_file():
@@ -201,8 +199,7 @@ def embed_images(model: HebbNet, card: dict[str, Any], paths: list[str | os.Path
             arr = load_image(p, spec["in_chans"], tuple(spec["img_size"]))
         except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"query image {p} cannot be decoded: {e}") from None
-        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255)
-        images.append((x - mean) / std)
+        images.append(to_tensor(arr, spec["mean"], spec["std"]))
     dev = pick_device(device)
     model.to(dev).eval()
     return embed_batch(model, torch.stack(images).to(dev), layer, pool).cpu().numpy()
