@@ -18,7 +18,8 @@ def _pretrain(args: argparse.Namespace) -> None:
                       batch_size=args.batch_size, lr=args.lr, mode=args.mode, device=args.device,
                       seed=args.seed, out=args.out, split=args.split, data_root=args.data_root,
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
-                      checkpoint_every=args.checkpoint_every, resume=args.resume or None,
+                      checkpoint_every=args.checkpoint_every, precision=args.precision,
+                      resume=args.resume or None,
                       quiet=args.quiet or None)
     print(pretrain(cfg))
 
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_pretrain)
 

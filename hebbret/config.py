@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import tomllib
 
 C = TypeVar("C")
+PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class PretrainConfig:
     img_size: int | None = None  # None: the data's own (fashion-mnist 28) or the backbone's (32)
     num_workers: int = 0  # data-loading processes
     channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
+    precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)
+    keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers (~20% faster steps)
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     quiet: bool = False  # no progress bar
@@ -41,6 +44,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("consecutive", "greedy"):
             raise ValueError(f"mode must be 'consecutive' or 'greedy', got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, (int, float)):
             self.lr = [float(self.lr)]
         for name in ("epochs", "batch_size", "checkpoint_every"):

@@ -25,7 +25,7 @@ from ._io import write_json, write_jsonl
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
 from .evaluate import aligned_labels, top1_top5_hits
 from .models import HebbNet, create_model
-from .pretrain import pick_device
+from .pretrain import keep_freed_memory, pick_device
 from .runs import load_run, save_run
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
         for r in rows])
     model.reset_classifier(len(dataset.classes))
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     model.to(device)
     history = _train(model, dataset, rows, cfg, device)
     write_jsonl(out / "log.jsonl", history)

@@ -6,9 +6,11 @@ update ΔW from its own input and output, then an SGD step with gradient −(rul
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
-from .config import PretrainConfig
+from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
 from .models import HebbNet, create_model
 from .runs import save_run
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 STATE = "state.pt"
 # Fields that must not change when a run is resumed.
 _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed",
-                 "split", "in_chans", "img_size", "model_kwargs", "channels_last")
+                 "split", "in_chans", "img_size", "model_kwargs", "channels_last", "precision")
 
 
 class NonFiniteUpdate(FloatingPointError):
@@ -43,13 +45,36 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing large freed buffers back to the OS after every step.
+
+    By default glibc serves blocks over 128 KiB-32 MiB by mmap and unmaps them on free, so every
+    step page-faults its activations in again (about a fifth of a CPU Hebbian step, as system
+    time). Raising the mmap and trim thresholds keeps them in the heap for reuse; the process's
+    resident memory then stays at its peak. Process-wide; a no-op where glibc is absent.
+    Returns whether the thresholds were set.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers (malloc.h)
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
+        libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 active: list[int]) -> list[dict[str, float]]:
+                 active: list[int], autocast: torch.dtype | None = None) -> list[dict[str, float]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
+
+    ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
+    rule terms, ΔW and the weights stay float32.
 
     Returns per active layer: max|ΔW| and the mean neuron norm after the step.
     Raises NonFiniteUpdate before touching the weights if an update is not finite.
@@ -59,7 +84,9 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
         layer.plastic = i in active
     try:
         with torch.no_grad():
-            model.forward_blocks(x, upto=max(active))
+            with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
+                                enabled=autocast is not None):
+                model.forward_blocks(x, upto=max(active))
             stats = []
             for i in active:
                 layer = layers[i]
@@ -158,6 +185,8 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         log.info("%s is already complete", out)
         return out
     device = pick_device(cfg.device)
+    if cfg.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_chans=resolved["in_chans"], img_size=resolved["img_size"],
                          rule=resolved["rule"], **cfg.model_kwargs)
@@ -209,6 +238,8 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
            phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
            skipped: SkippedFiles, device: torch.device, out: Path) -> None:
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
+    low = PRECISIONS[cfg["precision"]]
+    autocast = getattr(torch, low) if low else None
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total = len(phases) * epochs * len(dataset)
     done = ((pos["phase"] * epochs + pos["epoch"]) * steps_per_epoch + pos["step"]) * batch_size
@@ -228,7 +259,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                         try:
                             x = batch.images.to(device).contiguous(
                                 memory_format=memory_format(cfg["channels_last"]))
-                            stats = hebbian_step(model, optimizer, x, active)
+                            stats = hebbian_step(model, optimizer, x, active, autocast)
                         except NonFiniteUpdate as e:
                             raise NonFiniteUpdate(
                                 f"{e} at phase {pos['phase']} epoch {pos['epoch']} step "

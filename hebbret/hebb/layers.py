@@ -22,6 +22,14 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The low-precision dtype when autocast is on for ``x``'s device, else None."""
+    kind = x.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
+
+
 class _HebbLayer(nn.Module):
     """Shared machinery: rule lookup, plastic flag, ΔW = Yᵀ X − M W."""
 
@@ -51,9 +59,18 @@ class _HebbLayer(nn.Module):
         w = self.weight.detach()
         if self.rule.terms is None:
             return torch.zeros_like(w)
-        extra = {"x_norm": self._row_norms(x)} if self.rule.needs_x_norm else {}
+        low = _autocast_dtype(x)
+        if low is None:
+            return self._combine(x, u, w, x)
+        # under autocast: Yᵀ X in the low dtype (it costs as much as the forward), the rest in
+        # the weights' dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return self._combine(x, u.to(w.dtype), w, x.to(low))
+
+    def _combine(self, x: Tensor, u: Tensor, w: Tensor, x_gram: Tensor) -> Tensor:
+        extra = {"x_norm": self._row_norms(x.to(w.dtype))} if self.rule.needs_x_norm else {}
         terms: HebbTerms = self.rule.terms(u, w, **extra, **self.rule_params)
-        yx = self._yt_x(x, terms.y)
+        yx = self._yt_x(x_gram, terms.y).to(w.dtype)
         if terms.m.dim() == 1:
             return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w
         return yx - (terms.m @ w.flatten(1)).view_as(w)
@@ -149,7 +166,7 @@ class HebbConv2d(_HebbLayer):
         if self.gram == "conv":
             # Yᵀ X is the weight gradient of the convolution with grad-output Y.
             return torch.ops.aten.convolution_backward(
-                y, x, self.weight.detach(), None, list(self.stride),
+                y, x, self.weight.detach().to(x.dtype), None, list(self.stride),
                 list(self._native_padding()), [1, 1], False, [0, 0], 1, [False, True, False],
             )[1]
         patches = F.unfold(x, self.kernel_size, padding=self._native_padding(), stride=self.stride)
