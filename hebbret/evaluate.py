@@ -302,7 +302,7 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total_loss += float(loss) * len(take)
+            total_loss += loss.item() * len(take)
             correct += int((logits.argmax(1) == labels[take]).sum())
             seen += len(take)
         sched.step()

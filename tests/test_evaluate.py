@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hebbret.evaluate import knn_classify, linear_probe, retrieval_metrics
+from hebbret.evaluate import knn_classify, linear_probe, retrieval_metrics, softhebb_readout
 
 
 def on_circle(degrees):
@@ -138,3 +138,16 @@ def test_labels_of_differently_numbered_folders_are_aligned_by_class_name():
     assert aligned_labels(items, ["cat", "dog"], ["ant", "cat", "dog"], "t").tolist() == [1, 2, 1]
     with pytest.raises(ValueError, match=r"classes \['emu'\]"):
         aligned_labels(items, ["cat", "emu"], ["ant", "cat", "dog"], "t")
+
+
+def test_softhebb_readout_learns_raw_features_and_is_seeded():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 700)
+    x = np.abs(rng.normal(size=(4, 64))[y] * 3 + rng.normal(size=(700, 64))).astype(np.float16)
+    a = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12)
+    b = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12)
+    assert a["top1"] > 90.0 and a["top1"] == b["top1"]
+    assert a["top5"] == 100.0  # 4 classes: always within the top 5
+    assert a["lr_halved_at"] == [10, 17, 25, 30, 35, 40, 45] and a["dropout"] == 0.5
+    with pytest.raises(ValueError, match="dimension"):
+        softhebb_readout(x[:600], y[:600], x[600:, :10], y[600:], epochs=1)

@@ -129,3 +129,22 @@ def test_cli_pretrain_config_file_and_show_filters(image_folder, tmp_path, caplo
         assert img.mode == "RGB" and img.width > 20 and img.height > 20
     assert cli.main(["pretrain", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "neither an existing folder" in caplog.text
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_a_close_update(image_folder, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("hebb_softhebb_c3", img_size=16, **TINY_C3)
+    x = torch.rand(6, 3, 16, 16)
+    layer = model.hebb_layers()[1]
+    h = model.forward_blocks(x, upto=0)
+    exact = layer.hebbian_delta(h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer.hebbian_delta(h)
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # bf16 Yᵀ X did run
+    assert (low - exact).norm() / exact.norm() < 2e-2
+    out = pretrain(str(image_folder), out=str(tmp_path / "bf16"), precision="bf16", **TINY)
+    model, card = load_run(out)
+    assert card["training"]["precision"] == "bf16"
+    assert all(w.dtype == torch.float32 for w in model.state_dict().values() if w.is_floating_point())
+    with pytest.raises(ValueError, match="precision"):
+        pretrain(str(image_folder), out=str(tmp_path / "x"), precision="fp8", **TINY)

@@ -24,27 +24,34 @@ rewritten from the JSON after each stage (``--readme-only`` just rewrites it).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
 import hebbret
-from hebbret._io import read_json, write_json
+from hebbret._io import atomic_path, read_json, write_json
 from hebbret.embed import extract_embeddings, load_embeddings
-from hebbret.evaluate import aligned_labels, knn_classify, linear_probe, retrieval_metrics
-from hebbret.evaluate import softhebb_readout
+from hebbret.evaluate import (
+    aligned_labels,
+    cosine_blocks,
+    knn_classify,
+    linear_probe,
+    retrieval_metrics,
+    softhebb_readout,
+)
+from hebbret.finetune import evaluate_classifier
+from hebbret.index import build_index, load_index, search_index
 
 log = logging.getLogger("reproduce_cifar10")
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +76,8 @@ class Settings:
     pca_dim: int = 256
     linear_epochs: int = 20  # logistic-regression probe of the per-layer table
     embed_batch: int = 256
-    skip: tuple[str, ...] = ()  # few-label cells not to run ("c3/0.1"): reported as too slow
+    speed_steps: int = 200  # batches per round of the interleaved step-rate measurement
+    skip: tuple[str, ...] = ()  # few-label cells not to run ("c3-scratch/0.1"): "too slow"
 
 
 class Results:
@@ -194,8 +202,221 @@ def stage_softhebb(work: Path, data: Path, res: Results, settings: Settings) -> 
         log.info("softhebb/%s: readout top-1 %.2f", variant, readout["top1"])
 
 
+# ---------------------------------------------------------------- stage 2: retrieval and kNN
+def retrieval_row(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                  y_test: np.ndarray, settings: Settings) -> dict[str, Any]:
+    knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
+                       temperature=0.07)
+    ret, ret_s = timed(retrieval_metrics, x_train, y_train, x_test, y_test, ks=[1, 100])
+    return {"dim": int(x_train.shape[1]), "knn_top1": knn["k"][settings.knn_k]["top1"],
+            "knn_top5": knn["k"][settings.knn_k]["top5"], "knn_k": settings.knn_k,
+            "knn_temperature": 0.07, "mAP": ret["mAP"], "mAP@100": ret["mAP@k"][100],
+            "P@100": ret["P@k"][100], "Recall@1": ret["Recall@k"][1], "knn_s": knn_s,
+            "retrieval_s": ret_s}
+
+
+def pca_vectors(index_dir: Path, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Apply the index's L2 normalisation and PCA to ``x`` (N, D) -> float32 (N, d)."""
+    index, _, meta = load_index(index_dir)
+    pca = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    parts = []
+    for i in range(0, len(x), chunk):
+        xb = np.array(x[i: i + chunk], dtype=np.float32)
+        if meta["normalization"] == "l2":
+            faiss.normalize_L2(xb)
+        parts.append(pca.apply(xb))
+    return np.concatenate(parts)
+
+
+def stage_retrieval(work: Path, data: Path, res: Results, settings: Settings) -> None:
+    factory = f"PCA{settings.pca_dim},L2norm,Flat"
+    for variant in C3_VARIANTS:
+        root = work / f"c3-{variant}"
+        if not (root / "emb_test" / "meta.json").exists():
+            raise FileNotFoundError(f"{root} has no cached features; run --stage softhebb first")
+        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        if not res.get("retrieval", variant):
+            res.put("retrieval", variant, retrieval_row(x_train, y_train, x_test, y_test, settings))
+            log.info("retrieval/%s: %s", variant, res.get("retrieval", variant))
+        key = f"{variant}-pca{settings.pca_dim}"
+        if res.get("retrieval", key):
+            continue
+        index_dir = root / f"index_pca{settings.pca_dim}"
+        _, build_s = timed(build_index, root / "emb_train", index_dir, factory=factory)
+        z_train, z_test = pca_vectors(index_dir, x_train), pca_vectors(index_dir, x_test)
+        row = retrieval_row(z_train, y_train, z_test, y_test, settings)
+        # the index answers queries as the metrics rank them: compare its top 10 on 500 queries
+        probe = np.arange(min(500, len(x_test)))
+        _, ids, _, _ = search_index(index_dir, np.asarray(x_test[probe], dtype=np.float32), k=10)
+        exact = next(cosine_blocks(z_test[probe], z_train))[1].topk(10, dim=1).indices.numpy()
+        agree = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=True)]))
+        meta = read_json(index_dir / "meta.json")
+        row.update({"factory": factory, "index_build_s": build_s,
+                    "recall_at_10_vs_full_dim": meta["recall_at_10_vs_flat"],
+                    "index_vs_metric_top10_agreement": agree})
+        res.put("retrieval", key, row)
+        log.info("retrieval/%s: %s", key, row)
+
+
+# ---------------------------------------------------------------- stage 3: few labels
+FEW_LABEL_ARCHS = {  # name -> (backbone, Hebbian rule); "scratch" rows reuse the architecture
+    "6l-hpca": ("hebb_fasthebb_6l", "hpca"),
+    "6l-swta": ("hebb_fasthebb_6l", "swta"),
+    "c3-softhebb": ("hebb_softhebb_c3", "softhebb"),
+    "6l-scratch": ("hebb_fasthebb_6l", None),
+    "c3-scratch": ("hebb_softhebb_c3", None),
+}
+
+
+def hebbian_run(work: Path, data: Path, arch: str, settings: Settings) -> Path:
+    """The Hebbian-pretrained run behind a few-label row (scratch rows: its architecture)."""
+    model, rule = FEW_LABEL_ARCHS[arch]
+    if model == "hebb_softhebb_c3":
+        c3_features(work, data, "hebbian", settings)
+        return work / "c3-hebbian" / "run"
+    rule = rule or "hpca"
+    run = work / f"6l-{rule}" / "run"
+    pretrain_once(run, data, model=model, rule=rule, epochs=settings.sixl_epochs,
+                  model_kwargs=settings.sixl_kwargs)
+    return run
+
+
+def stage_few_labels(work: Path, data: Path, res: Results, settings: Settings) -> None:
+    for budget in settings.budgets:
+        for arch, (model, rule) in FEW_LABEL_ARCHS.items():
+            for seed in settings.seeds:
+                key = f"{arch}/{budget:g}/seed{seed}"
+                if res.get("few-labels", key):
+                    continue
+                if f"{arch}/{budget:g}" in settings.skip:
+                    res.put("few-labels", key, {"arch": arch, "budget": budget, "seed": seed,
+                                                "skipped": "too slow for this CPU (--skip)"})
+                    continue
+                parent = hebbian_run(work, data, arch, settings)
+                out = work / "few-labels" / arch / f"{budget:g}" / f"seed{seed}"
+                _, train_s = timed(hebbret.finetune, run=str(parent), data=str(data / "train"),
+                                   label_fraction=budget, mode="full", from_scratch=rule is None,
+                                   epochs=settings.finetune_epochs, seed=seed, out=str(out),
+                                   quiet=True)
+                scores, eval_s = timed(evaluate_classifier, out, str(data / "test"))
+                card = read_json(out / "model.json")["training"]
+                res.put("few-labels", key, {
+                    "arch": arch, "model": model, "rule": rule or "scratch", "budget": budget,
+                    "seed": seed, "labeled_items": card["labeled_items"], "top1": scores["top1"],
+                    "top5": scores["top5"], "final_train_loss": card["final_train_loss"],
+                    "finetune_s": train_s, "eval_s": eval_s,
+                    "protocol": f"finetune --mode full, {settings.finetune_epochs} epochs"})
+                log.info("few-labels/%s: top-1 %.2f (%.0f s)", key, scores["top1"], train_s)
+
+
+# ---------------------------------------------------------------- stage 4: per-layer table
+def stage_layers(work: Path, data: Path, res: Results, settings: Settings) -> None:
+    for rule in ("hpca", "swta"):
+        run = hebbian_run(work, data, f"6l-{rule}", settings)
+        n_blocks = len(read_json(run / "model.json")["model_args"]["widths"])
+        for block in range(n_blocks):
+            key = f"6l-{rule}/block{block}"
+            if res.get("layers", key):
+                continue
+            embs = {}
+            for split in ("train", "test"):
+                embs[split] = work / f"6l-{rule}" / f"emb_block{block}_{split}"
+                embed_once(run, data / split, embs[split], settings, layer=f"block{block}",
+                           pool="flatten", dtype="float16")
+            x_train, y_train, x_test, y_test = labels_of(embs["train"], embs["test"])
+            knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test,
+                               ks=[settings.knn_k])
+            lin, lin_s = timed(linear_probe, x_train, y_train, x_test, y_test,
+                               epochs=settings.linear_epochs)
+            res.put("layers", key, {"rule": rule, "layer": f"block{block}",
+                                    "dim": int(x_train.shape[1]),
+                                    "knn_top1": knn["k"][settings.knn_k]["top1"],
+                                    "linear_top1": lin["top1"],
+                                    "linear_weight_decay": lin["weight_decay"],
+                                    "knn_s": knn_s, "linear_s": lin_s})
+            log.info("layers/%s: %s", key, res.get("layers", key))
+
+
+# ---------------------------------------------------------------- stage 5: speed
+def step_rates(data: Path, settings: Settings, steps: int = 200, rounds: int = 2
+               ) -> dict[str, Any]:
+    """Images/s of the c3 Hebbian step (fp32, bf16) and of a backprop step, interleaved in one
+    process on the same real batches (batch 10, channels-last), so drift hits all alike."""
+    from hebbret.data import make_loader, open_dataset
+    from hebbret.models import create_model
+    from hebbret.pretrain import hebbian_step, keep_freed_memory
+
+    keep_freed_memory()
+    torch.manual_seed(0)
+    probe = create_model("hebb_softhebb_c3", img_size=32, **settings.c3_kwargs)
+    cfg = probe.default_cfg
+    ds = open_dataset(str(data / "train"), "train", 3, (32, 32), mean=cfg["mean"], std=cfg["std"])
+    batches = []
+    for b in make_loader(ds, 10, seed=0):
+        batches.append((b.images.contiguous(memory_format=torch.channels_last), b.labels))
+        if len(batches) == steps:
+            break
+
+    def hebbian(autocast: torch.dtype | None) -> Callable[[], None]:
+        model = create_model("hebb_softhebb_c3", img_size=32, **settings.c3_kwargs)
+        model = model.to(memory_format=torch.channels_last).train()
+        layers = model.hebb_layers()
+        opt = torch.optim.SGD([{"params": [m.weight], "lr": lr} for m, lr in
+                               zip(layers, cfg["hebb"]["lr"], strict=True)])
+        return lambda x, y: hebbian_step(model, opt, x, list(range(len(layers))), autocast)
+
+    def backprop() -> Callable[[], None]:
+        model = create_model("hebb_softhebb_c3", img_size=32, **settings.c3_kwargs)
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    kinds = {"hebbian_fp32": hebbian(None), "hebbian_bf16": hebbian(torch.bfloat16),
+             "backprop_fp32": backprop()}
+    seconds = {k: [] for k in kinds}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, step in kinds.items():
+            t0 = time.perf_counter()
+            for x, y in batches:
+                step(x, y)
+            if r:
+                seconds[name].append(time.perf_counter() - t0)
+    images = sum(len(y) for _, y in batches)
+    out = {}
+    for name, ts in seconds.items():
+        best = min(ts)
+        out[name] = {"images_per_s": round(images / best, 1),
+                     "epoch_s_projected": round(50_000 * best / images, 1),
+                     "round_s": [round(t, 2) for t in ts]}
+    out["protocol"] = (f"{steps} real batches of 10, {rounds} interleaved rounds after a warm-up "
+                       f"round, fastest round; projected to 50,000 images")
+    return out
+
+
+def stage_speed(work: Path, data: Path, res: Results, settings: Settings) -> None:
+    if not res.get("speed", "step_rates"):
+        res.put("speed", "step_rates", step_rates(data, settings, settings.speed_steps))
+    if not res.get("speed", "bf16_epoch"):
+        root, info = c3_features(work, data, "hebbian", settings, precision="bf16")
+        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        readout, wall = timed(softhebb_readout, x_train, y_train, x_test, y_test,
+                              epochs=settings.readout_epochs, seed=0)
+        row = {**info, "readout_top1": readout["top1"], "readout_s": wall}
+        if not info.get("reused"):
+            row["images_per_s"] = round(row["images"] / row["wall_s"], 1)
+        res.put("speed", "bf16_epoch", row)
+
+
 STAGE_FUNCS: dict[str, Callable[[Path, Path, Results, Settings], None]] = {
-    "softhebb": stage_softhebb,
+    "softhebb": stage_softhebb, "retrieval": stage_retrieval, "few-labels": stage_few_labels,
+    "layers": stage_layers, "speed": stage_speed,
 }
 
 
@@ -218,9 +439,14 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
                         help="README whose Results section is rewritten ('' for none)")
     parser.add_argument("--force", action="store_true", help="redo the chosen stages")
     parser.add_argument("--readme-only", action="store_true")
+    parser.add_argument("--skip", nargs="*", metavar="ARCH/BUDGET",
+                        help="few-label cells to record as too slow for this CPU, e.g. "
+                             "c3-softhebb/0.1 c3-scratch/0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()
+    if args.skip is not None:
+        settings.skip = tuple(args.skip)
     res = Results(Path(args.results), argv)
     if not args.readme_only:
         if not args.data_root:
@@ -250,14 +476,139 @@ def write_readme(readme: Path, doc: dict[str, Any]) -> None:
         raise ValueError(f"{readme} has no {BEGIN} ... {END} section to fill")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    from hebbret._io import atomic_path
-
     with atomic_path(readme) as tmp:
         Path(tmp).write_text(head + BEGIN + "\n" + render(doc) + END + tail)
 
 
+def _f(v: Any, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured yet" if ok is None else ("**met**" if ok else "**missed**")
+
+
 def render(doc: dict[str, Any]) -> str:
-    return "_No CIFAR-10 results yet._\n"
+    """Markdown tables for the README from the results document."""
+    st = doc.get("stages", {})
+    out: list[str] = []
+    sh, ret, few, lay, spd = (st.get(k, {}) for k in STAGES)
+    heb, rnd = sh.get("hebbian"), sh.get("random")
+    out += ["**1. SoftHebb protocol** (`hebb_softhebb_c3`, rule softhebb, 1 Hebbian epoch at batch "
+            "10, fp32; SoftHebb's linear readout on the frozen 24,576-d features: dropout 0.5, "
+            "Adam 1e-3, 50 epochs, lr halved at epochs 10/17/25/30/35/40/45, no augmentation)",
+            "", "| features | readout test top-1 | Hebbian epoch wall (s) | images/s |",
+            "|---|---:|---:|---:|"]
+    for name, row in (("Hebbian (softhebb)", heb), ("random init", rnd)):
+        if row:
+            hebb = name.startswith("Hebbian")
+            out.append(f"| {name} | {_f(row['readout_top1'])} | "
+                       f"{_f(row.get('wall_s'), 0) if hebb else '–'} | "
+                       f"{_f(row.get('images_per_s'), 1) if hebb else '–'} |")
+    out.append(f"| SoftHebb's own code, this machine (anchor) | {ANCHOR['readout_top1']} | "
+               f"{ANCHOR['hebbian_epoch_s']:.0f} | {50_000 / ANCHOR['hebbian_epoch_s']:.1f} |")
+    out += ["", f"Target readout ≥ 78.0%: {_verdict(heb and heb['readout_top1'] >= 78.0)}"
+            + (f" ({_f(heb['readout_top1'])}%)." if heb else "."), ""]
+
+    out += ["**2. kNN and retrieval** (train = database, test = queries; cosine; kNN k = 20, "
+            "T = 0.07; mAP over the whole database, mAP@100 normalised by min(R, 100)). PCA rows: "
+            "a FAISS `PCA256,L2norm,Flat` index, PCA fitted in torch (randomised SVD).", "",
+            "| features | dim | kNN top-1 | mAP | mAP@100 | P@100 | Recall@1 |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, row in ret.items():
+        name = ("Hebbian" if key.startswith("hebbian") else "random init") + \
+            (" + PCA" if "pca" in key else "")
+        out.append(f"| {name} | {row['dim']} | {_f(row['knn_top1'])} | {_f(row['mAP'])} | "
+                   f"{_f(row['mAP@100'])} | {_f(row['P@100'])} | {_f(row['Recall@1'])} |")
+    if ret.get("hebbian") and ret.get("random"):
+        gap = ret["hebbian"]["knn_top1"] - ret["random"]["knn_top1"]
+        out += ["", f"Target kNN ≥ random init + 10 points: {_verdict(gap >= 10)} "
+                f"({gap:+.2f} points)."]
+    out.append("")
+
+    out += ["**3. Few labels** (FastHebb's protocol, `hebbret finetune --mode full`: dropout 0.5 + "
+            "linear head, SGD Nesterov lr 1e-3, wd 5e-4, 20 epochs, lr halved every epoch of the "
+            "second half; class-balanced label subsets; test top-1, mean ± std over seeds (n))",
+            ""]
+    budgets = sorted({0.01, 0.05, 0.1} | {r["budget"] for r in few.values()})
+    out += ["| backbone | " + " | ".join(f"{b:.0%}" for b in budgets) + " |",
+            "|---|" + "---:|" * len(budgets)]
+    cells: dict[tuple[str, float], list[float]] = {}
+    skipped: set[tuple[str, float]] = set()
+    for r in few.values():
+        if "skipped" in r:
+            skipped.add((r["arch"], r["budget"]))
+        else:
+            cells.setdefault((r["arch"], r["budget"]), []).append(r["top1"])
+
+    def cell(arch: str, b: float) -> str:
+        v = cells.get((arch, b))
+        if not v:
+            return "too slow for this CPU, not run" if (arch, b) in skipped else "not run yet"
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{statistics.mean(v):.2f} ± {sd:.2f} ({len(v)})"
+
+    for arch in FEW_LABEL_ARCHS:
+        out.append(f"| {arch} | " + " | ".join(cell(arch, b) for b in budgets) + " |")
+    wins = {}
+    for b in (0.01, 0.05):
+        best = None
+        for arch in ("6l-hpca", "6l-swta", "c3-softhebb"):
+            base = "c3-scratch" if arch.startswith("c3") else "6l-scratch"
+            if cells.get((arch, b)) and cells.get((base, b)):
+                gap = statistics.mean(cells[(arch, b)]) - statistics.mean(cells[(base, b)])
+                best = gap if best is None else max(best, gap)
+        wins[b] = best
+    met = None if None in wins.values() else all(g >= 5 for g in wins.values())
+    out += ["", "Target Hebbian ≥ scratch + 5 points at 1% and 5% (best rule): "
+            f"{_verdict(met)} (" + ", ".join(
+                f"{b:.0%}: {'–' if g is None else f'{g:+.2f}'}" for b, g in wins.items()) + ").",
+            ""]
+
+    out += ["**4. Per layer** (`hebb_fasthebb_6l`, 1 Hebbian epoch; flattened block outputs; kNN "
+            "k = 20; linear probe = `hebbret eval linear`)", "",
+            "| rule | layer | dim | kNN top-1 | linear top-1 |", "|---|---|---:|---:|---:|"]
+    for row in lay.values():
+        out.append(f"| {row['rule']} | {row['layer']} | {row['dim']} | {_f(row['knn_top1'])} | "
+                   f"{_f(row['linear_top1'])} |")
+    if not lay:
+        out.append("| not run yet | | | | |")
+    out.append("")
+
+    rates, bf16 = spd.get("step_rates"), spd.get("bf16_epoch")
+    out += ["**5. Speed** (`hebb_softhebb_c3`, batch 10, 50,000 images; anchor: SoftHebb's own "
+            f"code on this machine, {ANCHOR['hebbian_epoch_s']:.0f} s)", "",
+            "| measurement | epoch (s) | images/s | vs anchor |", "|---|---:|---:|---:|"]
+    a = ANCHOR["hebbian_epoch_s"]
+    if heb and heb.get("wall_s"):
+        out.append(f"| Hebbian epoch fp32, measured (stage 1) | {heb['wall_s']:.0f} | "
+                   f"{heb['images_per_s']:.1f} | {a / heb['wall_s']:.2f}× |")
+    if bf16 and bf16.get("wall_s"):
+        out.append(f"| Hebbian epoch bf16 autocast, measured | {bf16['wall_s']:.0f} | "
+                   f"{bf16['images_per_s']:.1f} | {a / bf16['wall_s']:.2f}× |")
+    if rates:
+        for name, label in (("hebbian_fp32", "Hebbian step fp32"),
+                            ("hebbian_bf16", "Hebbian step bf16"),
+                            ("backprop_fp32", "backprop step fp32 (SGD, CE loss)")):
+            r = rates[name]
+            out.append(f"| {label}, projected from step rate | {r['epoch_s_projected']:.0f} | "
+                       f"{r['images_per_s']:.1f} | {a / r['epoch_s_projected']:.2f}× |")
+        out += ["", f"Step rates: {rates['protocol']}. Hebbian / backprop time per image: "
+                f"{rates['backprop_fp32']['images_per_s'] / rates['hebbian_fp32']['images_per_s']:.2f}"
+                " (fp32)."]
+    fp32_ok = None if not (heb and heb.get("wall_s")) else heb["wall_s"] <= 620
+    bf16_ok = None
+    if bf16 and bf16.get("wall_s") and heb:
+        bf16_ok = bf16["wall_s"] <= 370 and abs(bf16["readout_top1"] - heb["readout_top1"]) <= 0.5
+    out += ["", f"Target fp32 epoch ≤ 620 s: {_verdict(fp32_ok)}. Target bf16 epoch ≤ 370 s with "
+            f"readout within 0.5 points: {_verdict(bf16_ok)}"
+            + (f" (bf16 readout {_f(bf16['readout_top1'])}% vs fp32 {_f(heb['readout_top1'])}%)."
+               if bf16 and heb else ".")]
+    commits = sorted({r.get("git_commit", "?") for s in st.values() for r in s.values()})
+    machines = sorted({r.get("machine", "?") for s in st.values() for r in s.values()})
+    out += ["", f"Produced by `tools/reproduce_cifar10.py` (commits {', '.join(commits) or '–'}; "
+            f"{'; '.join(machines) or '–'}); raw numbers in `tools/results/cifar10.json`.", ""]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

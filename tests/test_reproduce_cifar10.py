@@ -1,0 +1,64 @@
+"""Smoke test of tools/reproduce_cifar10.py: every stage on a tiny synthetic CIFAR-like folder."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY_C3, write_image_folder
+
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "reproduce_cifar10.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
+    repro = load_script()
+    data = tmp_path / "data" / "cifar10"
+    write_image_folder(data / "train", classes=3, per_class=12, size=32, seed=0)
+    write_image_folder(data / "test", classes=3, per_class=4, size=32, seed=1)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- cifar10-results:begin -->\nold\n<!-- cifar10-results:end -->\ntail\n")
+    settings = repro.Settings(c3_kwargs=TINY_C3, sixl_kwargs={"widths": [8, 8, 8, 8, 16]},
+                              readout_epochs=2, budgets=(0.5,), seeds=(0,), finetune_epochs=1,
+                              linear_epochs=1, pca_dim=4, skip=("c3-scratch/0.5",),
+                              speed_steps=3)
+    results = tmp_path / "cifar10.json"
+    argv = [str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--results", str(results),
+            "--readme", str(readme)]
+    for stage in repro.STAGES:  # one stage per call: each merges into the same JSON
+        repro.main([*argv, "--stage", stage], settings)
+    doc = json.loads(results.read_text())
+    st = doc["stages"]
+    assert set(st) == set(repro.STAGES)
+    for variant in ("hebbian", "random"):
+        row = st["softhebb"][variant]
+        assert 0 <= row["readout_top1"] <= 100 and row["dim"] == 32 * 4 * 4
+        assert row["git_commit"] and row["machine"] and "--stage softhebb" in row["command"]
+        assert st["retrieval"][f"{variant}-pca4"]["dim"] == 4
+        assert st["retrieval"][f"{variant}-pca4"]["index_vs_metric_top10_agreement"] == 1.0
+    assert st["softhebb"]["hebbian"]["images"] == 36 and st["softhebb"]["hebbian"]["images_per_s"] > 0
+    few = st["few-labels"]
+    assert few["6l-hpca/0.5/seed0"]["labeled_items"] == 18
+    assert few["c3-scratch/0.5/seed0"]["skipped"].startswith("too slow")
+    assert len([k for k in st["layers"] if k.startswith("6l-swta/")]) == 5
+    assert {"hebbian_fp32", "hebbian_bf16", "backprop_fp32"} <= set(st["speed"]["step_rates"])
+    assert st["speed"]["bf16_epoch"]["readout_top1"] >= 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("tail\n")
+    assert f"| Hebbian (softhebb) | {st['softhebb']['hebbian']['readout_top1']:.2f} |" in text
+    assert "too slow for this CPU, not run" in text and "| swta | block4 | 16 |" in text
+    # finished results are kept: a rerun redoes nothing
+    before = results.read_text()
+    repro.main([*argv, "--stage", "softhebb", "few-labels"], settings)
+    assert results.read_text() == before
+    with pytest.raises(FileNotFoundError, match="train/ and test/"):
+        repro.main([str(tmp_path / "nowhere"), "--results", str(results), "--readme", ""], settings)
