@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
+from .hebb.rules import neuron_norms
 from .models import HebbNet, create_model
 from .runs import save_run
 
@@ -102,7 +103,7 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
                 w = layers[s["layer"]].weight
                 if not torch.isfinite(w).all():
                     raise NonFiniteUpdate(f"Hebbian layer {s['layer']} has non-finite weights")
-                s["norm_mean"] = float(w.flatten(1).norm(dim=1).mean())
+                s["norm_mean"] = float(neuron_norms(w).mean())
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None

@@ -48,8 +48,12 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
 
 
 def neuron_norms(w: Tensor) -> Tensor:
-    """‖w_k‖ for each of the K neurons of a (K, ...) weight -> (K,)."""
-    return w.flatten(1).norm(dim=1)
+    """‖w_k‖ for each of the K neurons of a (K, ...) weight -> (K,).
+
+    A reduction over the trailing dims, not ``flatten(1)``: that would copy a channels-last
+    weight (21 MB for SoftHebb's third layer) on every call.
+    """
+    return torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())))
 
 
 @dataclass
