@@ -84,8 +84,12 @@ def _eval(args: argparse.Namespace) -> None:
         result = evaluate("knn", args.train, args.test, args.out, **opts)
         rows = [(f"k={k}", f"{v['top1']:.2f}", f"{v['top5']:.2f}") for k, v in result["k"].items()]
         _print_table(["kNN", "top-1 %", "top-5 %"], rows)
+    elif args.kind == "linear" and args.protocol == "softhebb":
+        result = evaluate("softhebb", args.train, args.test, args.out, epochs=args.epochs or 50)
+        _print_table(["SoftHebb readout", "top-1 %", "top-5 %"],
+                     [("test", f"{result['top1']:.2f}", f"{result['top5']:.2f}")])
     elif args.kind == "linear":
-        result = evaluate("linear", args.train, args.test, args.out, epochs=args.epochs)
+        result = evaluate("linear", args.train, args.test, args.out, epochs=args.epochs or 20)
         _print_table(["linear probe", "top-1 %", "top-5 %", "weight decay"],
                      [("test", f"{result['top1']:.2f}", f"{result['top5']:.2f}",
                        f"{result['weight_decay']:g}")])
@@ -256,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--k", type=int, nargs="+", help="default 10 20 100 200")
             e.add_argument("--temperature", type=float, default=0.07)
         else:
-            e.add_argument("--epochs", type=int, default=20)
+            e.add_argument("--protocol", choices=["logreg", "softhebb"], default="logreg",
+                           help="logreg: L2 penalty chosen on a validation split, standardised "
+                                "features; softhebb: SoftHebb's readout (dropout 0.5, Adam 1e-3, "
+                                "step decay, raw features)")
+            e.add_argument("--epochs", type=int, help="default 20 (logreg), 50 (softhebb)")
         e.set_defaults(func=_eval)
     e = esub.add_parser("retrieval", help="mAP, mAP@k, P@k, Recall@k")
     e.add_argument("--database", required=True, help="database embeddings dir")

@@ -418,11 +418,11 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
     """Load two embeddings dirs, run one evaluation, optionally write ``out`` (JSON).
 
     Args:
-        kind: "knn" | "linear" | "retrieval" (for retrieval, train_emb is the database and
-            test_emb the queries; queries that are database rows -- same data root and path --
-            are excluded from their own results).
-        options: passed to :func:`knn_classify`, :func:`linear_probe` or
-            :func:`retrieval_metrics`.
+        kind: "knn" | "linear" | "softhebb" (SoftHebb's readout) | "retrieval" (for retrieval,
+            train_emb is the database and test_emb the queries; queries that are database
+            rows -- same data root and path -- are excluded from their own results).
+        options: passed to :func:`knn_classify`, :func:`linear_probe`, :func:`softhebb_readout`
+            or :func:`retrieval_metrics`.
     """
     from ._io import write_json
     from .embed import load_embeddings
@@ -446,10 +446,12 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
         result = knn_classify(x_train, y_train, x_test, y_test, query_db_rows=rows, **options)
     elif kind == "linear":
         result = linear_probe(x_train, y_train, x_test, y_test, **options)
+    elif kind == "softhebb":
+        result = softhebb_readout(x_train, y_train, x_test, y_test, **options)
     elif kind == "retrieval":
         result = retrieval_metrics(x_train, y_train, x_test, y_test, query_db_rows=rows, **options)
     else:
-        raise ValueError(f"unknown evaluation {kind!r}; choose knn, linear or retrieval")
+        raise ValueError(f"unknown evaluation {kind!r}; choose knn, linear, softhebb or retrieval")
     result = {"evaluation": kind, "train" if kind != "retrieval" else "database": str(train_emb),
               "test" if kind != "retrieval" else "queries": str(test_emb),
               "model_sha256": meta_train.get("model_sha256"), "layer": meta_train.get("layer"),

@@ -111,5 +111,10 @@ def test_end_to_end_cli_chain(image_folder, tmp_path, capsys):
                      "--k", "1", "5", "--out", str(tmp_path / "ret.json")]) == 0
     ret = json.loads((tmp_path / "ret.json").read_text())
     assert ret["self_match_excluded"] and 0 < ret["mAP"] <= 100
+    assert cli.main(["eval", "linear", str(emb), str(emb), "--protocol", "softhebb", "--epochs",
+                     "3", "--out", str(tmp_path / "sh.json")]) == 0
+    readout = json.loads((tmp_path / "sh.json").read_text())
+    assert readout["evaluation"] == "softhebb" and readout["epochs"] == 3
+    assert 0 <= readout["top1"] <= 100
     assert cli.main(["search", str(idx), "--embeddings", str(emb / "embeddings.npy"), "--k",
                      "0"]) == 2
