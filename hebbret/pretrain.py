@@ -118,13 +118,14 @@ def _resolve(cfg: PretrainConfig) -> dict[str, Any]:
     probe = create_model(cfg.model, in_chans=in_chans, img_size=img_size, **cfg.model_kwargs)
     hebb = probe.default_cfg["hebb"]
     n_layers = len(probe.hebb_layers())
-    lr = cfg.lr if cfg.lr is not None else hebb["lr"]
+    rule = cfg.rule or hebb["rule"]
+    lr = cfg.lr if cfg.lr is not None else hebb.get("lr_by_rule", {}).get(rule, hebb["lr"])
     if len(lr) == 1:
         lr = list(lr) * n_layers
     if len(lr) != n_layers:
         raise ValueError(f"{cfg.model} has {n_layers} Hebbian layers; give one learning rate or "
                          f"{n_layers}, got {len(lr)}")
-    return {**asdict(cfg), "rule": cfg.rule or hebb["rule"], "epochs": cfg.epochs or hebb["epochs"],
+    return {**asdict(cfg), "rule": rule, "epochs": cfg.epochs or hebb["epochs"],
             "batch_size": cfg.batch_size or hebb["batch_size"], "lr": [float(v) for v in lr],
             "in_chans": in_chans, "img_size": img_size}
 

@@ -502,16 +502,19 @@ def render(doc: dict[str, Any]) -> str:
     out += ["**1. SoftHebb protocol** (`hebb_softhebb_c3`, rule softhebb, 1 Hebbian epoch at batch "
             "10, fp32; SoftHebb's linear readout on the frozen 24,576-d features: dropout 0.5, "
             "Adam 1e-3, 50 epochs, lr halved at epochs 10/17/25/30/35/40/45, no augmentation)",
-            "", "| features | readout test top-1 | Hebbian epoch wall (s) | images/s |",
-            "|---|---:|---:|---:|"]
+            "", "| features | readout test top-1 | Hebbian epoch wall (s) | images/s | "
+            "feature extraction, 60k images (s) |", "|---|---:|---:|---:|---:|"]
     for name, row in (("Hebbian (softhebb)", heb), ("random init", rnd)):
         if row:
             hebb = name.startswith("Hebbian")
+            embed = (row["embed_train_s"] + row["embed_test_s"]
+                     if "embed_train_s" in row and "embed_test_s" in row else None)
             out.append(f"| {name} | {_f(row['readout_top1'])} | "
                        f"{_f(row.get('wall_s'), 0) if hebb else '–'} | "
-                       f"{_f(row.get('images_per_s'), 1) if hebb else '–'} |")
+                       f"{_f(row.get('images_per_s'), 1) if hebb else '–'} | {_f(embed, 0)} |")
     out.append(f"| SoftHebb's own code, this machine (anchor) | {ANCHOR['readout_top1']} | "
-               f"{ANCHOR['hebbian_epoch_s']:.0f} | {50_000 / ANCHOR['hebbian_epoch_s']:.1f} |")
+               f"{ANCHOR['hebbian_epoch_s']:.0f} | {50_000 / ANCHOR['hebbian_epoch_s']:.1f} | "
+               f"{ANCHOR['embed_60k_s']:.0f} |")
     out += ["", f"Target readout ≥ 78.0%: {_verdict(heb and heb['readout_top1'] >= 78.0)}"
             + (f" ({_f(heb['readout_top1'])}%)." if heb else "."), ""]
 

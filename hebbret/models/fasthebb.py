@@ -69,7 +69,10 @@ def _cfg(in_chans: int, img_size: tuple[int, int], num_classes: int) -> dict[str
         "num_classes": num_classes,
         "mean": (0.5,) * in_chans,
         "std": (0.25,) * in_chans,
-        "hebb": {"rule": "hpca", "lr": [1e-2] * 5, "batch_size": 64, "epochs": 1,
+        # hpca (Sanger) is stable only for lr·‖x‖² ≲ 1: on BN-normalised inputs ‖x‖² ≈ fan-in, so
+        # its rates shrink with depth (lr 1e-2 everywhere diverges on CIFAR-10 within 6 steps)
+        "hebb": {"rule": "hpca", "lr": [1e-2] * 5, "lr_by_rule": {"hpca": [1e-2, 1e-3, 1e-3, 5e-4, 4e-4]},
+                 "batch_size": 64, "epochs": 1,
                  "mode": "consecutive"},
         "embedding": {"layer": "features", "pool": "flatten"},
     }
