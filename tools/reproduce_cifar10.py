@@ -89,7 +89,8 @@ class Results:
                                                            "stages": {}}
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!tools/results", ":!README.md"],  # this script's own outputs
                                capture_output=True, text=True, cwd=REPO).stdout.strip()
         self.provenance = {"command": " ".join(["python", "tools/reproduce_cifar10.py", *argv]),
                            "git_commit": commit + ("+dirty" if dirty else ""),
@@ -447,11 +448,18 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     parser.add_argument("--skip", nargs="*", metavar="ARCH/BUDGET",
                         help="few-label cells to record as too slow for this CPU, e.g. "
                              "c3-softhebb/0.1 c3-scratch/0.1")
+    parser.add_argument("--budgets", type=float, nargs="+",
+                        help="few-label fractions to run now (default 0.01 0.05 0.1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="few-label seeds (default 0 1 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()
     if args.skip is not None:
         settings.skip = tuple(args.skip)
+    if args.budgets:
+        settings.budgets = tuple(args.budgets)
+    if args.seeds is not None:
+        settings.seeds = tuple(args.seeds)
     res = Results(Path(args.results), argv)
     if not args.readme_only:
         if not args.data_root:
@@ -553,8 +561,9 @@ def render(doc: dict[str, Any]) -> str:
         v = cells.get((arch, b))
         if not v:
             return "too slow for this CPU, not run" if (arch, b) in skipped else "not run yet"
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{statistics.mean(v):.2f} ± {sd:.2f} ({len(v)})"
+        if len(v) == 1:
+            return f"{v[0]:.2f} (1 seed)"
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)})"
 
     for arch in FEW_LABEL_ARCHS:
         out.append(f"| {arch} | " + " | ".join(cell(arch, b) for b in budgets) + " |")
