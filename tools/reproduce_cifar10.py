@@ -575,13 +575,14 @@ def render(doc: dict[str, Any]) -> str:
                 n = min(len(cells[(arch, b)]), len(cells[(base, b)]))
                 gap = statistics.mean(cells[(arch, b)]) - statistics.mean(cells[(base, b)])
                 gaps.setdefault(arch, {})[b] = (gap, n)
-    complete = [a for a, g in gaps.items() if len(g) == 2]
+    complete = [a for a, g in gaps.items() if len(g) == 2 and all(n >= 3 for _, n in g.values())]
     met = True if any(all(g >= 5 for g, _ in gaps[a].values()) for a in complete) else (
         False if len(complete) == 3 else None)
     detail = "; ".join(f"{a}: " + ", ".join(f"{b:.0%} {g:+.2f} (n={n})" for b, (g, n) in
                                            sorted(gaps[a].items())) for a in gaps)
     out += ["", "Target Hebbian ≥ scratch + 5 points at both 1% and 5%, for at least one rule: "
-            f"{_verdict(met)} ({detail or 'no pairs yet'}).", ""]
+            f"{'not settled: 3 seeds per cell still to run' if met is None else _verdict(met)} "
+            f"({detail or 'no pairs yet'}).", ""]
 
     out += ["**4. Per layer** (`hebb_fasthebb_6l`, 1 Hebbian epoch; flattened block outputs; kNN "
             "k = 20; linear probe = `hebbret eval linear`)", "",
