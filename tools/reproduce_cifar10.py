@@ -8,12 +8,14 @@ DATA_ROOT holds ``train/<class>/`` and ``test/<class>/`` (or ``cifar10/train`` .
 - ``softhebb``: hebb_softhebb_c3, 1 Hebbian epoch (rule softhebb, batch 10), frozen flattened
   features cached as float16, SoftHebb's linear readout; the same on the random-init network.
 - ``retrieval``: kNN and retrieval metrics on those features (train = database, test =
-  queries), in 24,576-d and after ``PCA256,Flat``.
+  queries), in 24,576-d and after PCA to 256-d (a FAISS ``PCA256,L2norm,Flat`` index whose
+  PCA is fitted in torch; L2norm so that the index ranks exactly as the cosine metrics do).
 - ``few-labels``: FastHebb's semi-supervised protocol (``finetune --mode full``) at 1/5/10% of
   the labels, 3 seeds, Hebbian-pretrained vs from scratch.
 - ``layers``: per-layer kNN and linear-probe top-1 of hebb_fasthebb_6l (hpca, swta).
-- ``speed``: Hebbian epoch fp32 vs bf16 autocast, against the published anchor, and one
-  backprop epoch of the same network.
+- ``speed``: a full Hebbian epoch with bf16 autocast (+ its readout, to check accuracy), and
+  fp32 Hebbian / bf16 Hebbian / backprop step rates interleaved in one process, projected to
+  an epoch; the fp32 epoch itself is the ``softhebb`` stage's run.
 
 Every finished unit of work is merged into ``--results`` (JSON) at once, with the command line,
 git commit, machine and wall times, and is skipped when it is already there: the stages can be
