@@ -140,7 +140,7 @@ def _check_resume(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not state_path.exists():
         raise FileNotFoundError(f"nothing to resume in {out}: {STATE} is missing")
-    saved = read_json(out / "config.json")
+    saved = {**asdict(PretrainConfig()), **read_json(out / "config.json")}  # older runs: defaults
     changed = [k for k in _RUN_IDENTITY if saved.get(k) != resolved.get(k)]
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in changed)
