@@ -35,7 +35,7 @@ class PretrainConfig:
     num_workers: int = 0  # data-loading processes
     channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
     precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)
-    keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers (~20% faster steps)
+    keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers instead of unmapping them
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     quiet: bool = False  # no progress bar

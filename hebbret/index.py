@@ -140,7 +140,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
             log.warning("%s: %d vectors for %d centroids is fewer than %d per centroid; the "
                         "clustering will be poor", factory, n, need, MIN_POINTS_PER_CENTROID)
         rng = np.random.default_rng(seed)
-        sample = min(max(need * 256, 100_000), max(need * 256, pca_sample_bytes // (4 * d)))
+        sample = max(need * 256, min(100_000, pca_sample_bytes // (4 * d)))
         train_rows = np.sort(rng.permutation(n)[:sample])
         x_train = _as_float32(emb[train_rows], normalize)
         if not _set_pca(index, x_train, seed):
