@@ -62,3 +62,13 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     assert results.read_text() == before
     with pytest.raises(FileNotFoundError, match="train/ and test/"):
         repro.main([str(tmp_path / "nowhere"), "--results", str(results), "--readme", ""], settings)
+
+
+def test_a_cell_with_some_seeds_run_and_the_rest_skipped_says_both():
+    repro = load_script()
+    rows = {"c3-scratch/0.1/seed0": {"arch": "c3-scratch", "budget": 0.1, "seed": 0, "top1": 60.0},
+            "c3-scratch/0.1/seed1": {"arch": "c3-scratch", "budget": 0.1, "seed": 1,
+                                     "skipped": "too slow for this CPU (--skip)"}}
+    text = repro.render({"stages": {"few-labels": rows}})
+    assert ("| c3-scratch | not run yet | not run yet | 60.00 (1 seed; the other seeds too slow "
+            "for this CPU, not run) |") in text

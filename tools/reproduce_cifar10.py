@@ -563,9 +563,10 @@ def render(doc: dict[str, Any]) -> str:
         v = cells.get((arch, b))
         if not v:
             return "too slow for this CPU, not run" if (arch, b) in skipped else "not run yet"
+        rest = "; the other seeds too slow for this CPU, not run" if (arch, b) in skipped else ""
         if len(v) == 1:
-            return f"{v[0]:.2f} (1 seed)"
-        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)})"
+            return f"{v[0]:.2f} (1 seed{rest})"
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)}{rest})"
 
     for arch in FEW_LABEL_ARCHS:
         out.append(f"| {arch} | " + " | ".join(cell(arch, b) for b in budgets) + " |")
