@@ -262,11 +262,13 @@ SOFTHEBB_MILESTONES = (10, 17, 25, 30, 35, 40, 45)
 def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                      test_labels: np.ndarray, epochs: int = 50, batch_size: int = 64,
                      lr: float = 1e-3, dropout: float = 0.5,
-                     milestones: Sequence[int] = SOFTHEBB_MILESTONES, init_scale: float = 0.1105,
-                     seed: int = 0) -> dict[str, Any]:
+                     milestones: Sequence[int] = SOFTHEBB_MILESTONES,
+                     init_scale: float | None = 0.1105, seed: int = 0) -> dict[str, Any]:
     """SoftHebb's linear readout (Journé et al. 2023) on frozen features, as they come.
 
-    Dropout ``dropout`` -> linear layer (weights ``init_scale``·U(0, 1), as in SoftHebb's demo),
+    Dropout ``dropout`` -> linear layer (weights ``init_scale``·U(0, 1) and bias 0, as in
+    SoftHebb's demo; ``init_scale=None``: weights and bias U(±1/√D), nn.Linear's default, as in
+    SoftHebb's full code),
     Adam ``lr``, cross-entropy, ``epochs`` epochs of batches of ``batch_size``, learning rate
     halved at each of ``milestones``; no feature normalisation, no validation split, the final
     model is tested once. Features: (N, D) float32 or float16 (held in memory in their dtype).
@@ -286,8 +288,13 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
     g = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(held.shape[1], int(labels.max()) + 1)
     with torch.no_grad():
-        head.weight.copy_(init_scale * torch.rand(head.weight.shape, generator=g))
-        head.bias.zero_()
+        if init_scale is None:
+            bound = held.shape[1] ** -0.5
+            head.weight.uniform_(-bound, bound, generator=g)
+            head.bias.uniform_(-bound, bound, generator=g)
+        else:
+            head.weight.copy_(init_scale * torch.rand(head.weight.shape, generator=g))
+            head.bias.zero_()
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.5)
     correct = seen = 0
@@ -322,7 +329,9 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
             "train_top1_last_epoch": 100.0 * correct / max(seen, 1),
             "train_loss_last_epoch": total_loss / max(seen, 1), "epochs": epochs,
             "batch_size": batch_size, "optimizer": f"Adam lr {lr}", "dropout": dropout,
-            "lr_halved_at": list(milestones), "features": "as extracted (no normalisation)"}
+            "lr_halved_at": list(milestones), "features": "as extracted (no normalisation)",
+            "init": ("U(±1/√D), nn.Linear's default" if init_scale is None
+                     else f"{init_scale}·U(0, 1), bias 0")}
 
 
 def _feature_stats(x: np.ndarray, rows: np.ndarray, chunk: int = 4096

@@ -144,9 +144,10 @@ def test_softhebb_readout_learns_raw_features_and_is_seeded():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 4, 700)
     x = np.abs(rng.normal(size=(4, 64))[y] * 3 + rng.normal(size=(700, 64))).astype(np.float16)
-    a = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12)
-    b = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12)
-    assert a["top1"] > 90.0 and a["top1"] == b["top1"]
+    for init_scale in (0.1105, None):  # SoftHebb's demo init; nn.Linear's default
+        a = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12, init_scale=init_scale)
+        b = softhebb_readout(x[:600], y[:600], x[600:], y[600:], epochs=12, init_scale=init_scale)
+        assert a["top1"] > 90.0 and a["top1"] == b["top1"]
     assert a["top5"] == 100.0  # 4 classes: always within the top 5
     assert a["lr_halved_at"] == [10, 17, 25, 30, 35, 40, 45] and a["dropout"] == 0.5
     with pytest.raises(ValueError, match="dimension"):
