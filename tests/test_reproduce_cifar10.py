@@ -60,6 +60,11 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     before = results.read_text()
     repro.main([*argv, "--stage", "softhebb", "few-labels"], settings)
     assert results.read_text() == before
+    # --archs and --budgets narrow a session's few-label work to some cells
+    repro.main([*argv, "--stage", "few-labels", "--archs", "6l-scratch", "--budgets", "0.25"],
+               settings)
+    added = set(json.loads(results.read_text())["stages"]["few-labels"]) - set(few)
+    assert added == {"6l-scratch/0.25/seed0"}
     with pytest.raises(FileNotFoundError, match="train/ and test/"):
         repro.main([str(tmp_path / "nowhere"), "--results", str(results), "--readme", ""], settings)
 

@@ -80,6 +80,7 @@ class Settings:
     embed_batch: int = 256
     speed_steps: int = 200  # batches per round of the interleaved step-rate measurement
     skip: tuple[str, ...] = ()  # few-label cells not to run ("c3-scratch/0.1"): "too slow"
+    archs: tuple[str, ...] = ()  # few-label rows to run now (default: all of FEW_LABEL_ARCHS)
 
 
 class Results:
@@ -288,7 +289,8 @@ def stage_few_labels(work: Path, data: Path, res: Results, settings: Settings) -
     # cheapest cells first (c3 costs ~8x the 6l per image), so a partial run covers most
     # (architecture, budget) pairs; each finished run is in the JSON at once
     cells = sorted(((budget * (8 if arch.startswith("c3") else 1), budget, arch)
-                    for budget in settings.budgets for arch in FEW_LABEL_ARCHS),
+                    for budget in settings.budgets
+                    for arch in (settings.archs or FEW_LABEL_ARCHS)),
                    key=lambda c: (c[0], c[1], list(FEW_LABEL_ARCHS).index(c[2])))
     for _, budget, arch in cells:
         model, rule = FEW_LABEL_ARCHS[arch]
@@ -453,6 +455,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     parser.add_argument("--budgets", type=float, nargs="+",
                         help="few-label fractions to run now (default 0.01 0.05 0.1)")
     parser.add_argument("--seeds", type=int, nargs="+", help="few-label seeds (default 0 1 2)")
+    parser.add_argument("--archs", nargs="+", choices=list(FEW_LABEL_ARCHS),
+                        help="few-label backbones to run now (default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()
@@ -462,6 +466,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
         settings.budgets = tuple(args.budgets)
     if args.seeds is not None:
         settings.seeds = tuple(args.seeds)
+    if args.archs:
+        settings.archs = tuple(args.archs)
     res = Results(Path(args.results), argv)
     if not args.readme_only:
         if not args.data_root:
