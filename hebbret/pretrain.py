@@ -77,12 +77,18 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
     rule terms, ΔW and the weights stay float32.
 
+    Blocks below the lowest active layer run in eval mode, so a greedy phase normalises with
+    the BatchNorm statistics its finished blocks learned (SoftHebb's successive training).
+
     Returns per active layer: max|ΔW| and the mean neuron norm after the step.
     Raises NonFiniteUpdate before touching the weights if an update is not finite.
     """
     layers = model.hebb_layers()
     for i, layer in enumerate(layers):
         layer.plastic = i in active
+    modes = [block.training for block in model.blocks]
+    for block in model.blocks[:min(active)]:
+        block.eval()
     try:
         with torch.no_grad():
             with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
@@ -107,6 +113,8 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
+        for block, mode in zip(model.blocks, modes):
+            block.train(mode)
     return stats
 
 

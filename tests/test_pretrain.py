@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from hebbret import cli
 from hebbret.models import create_model
-from hebbret.pretrain import NonFiniteUpdate, pretrain, training_log
+from hebbret.pretrain import NonFiniteUpdate, hebbian_step, pretrain, training_log
 from hebbret.runs import load_run
 
 from .conftest import TINY_C3
@@ -148,3 +148,17 @@ def test_bf16_autocast_keeps_fp32_weights_and_a_close_update(image_folder, tmp_p
     assert all(w.dtype == torch.float32 for w in model.state_dict().values() if w.is_floating_point())
     with pytest.raises(ValueError, match="precision"):
         pretrain(str(image_folder), out=str(tmp_path / "x"), precision="fp8", **TINY)
+
+
+def test_a_greedy_step_keeps_the_finished_blocks_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = create_model("hebb_softhebb_c3", img_size=16, **TINY_C3).train()
+    layers = model.hebb_layers()
+    opt = torch.optim.SGD([layer.weight for layer in layers], lr=0.01)
+    stats = [b[0].running_mean.clone() for b in model.blocks]  # block i opens with its BN
+    hebbian_step(model, opt, torch.rand(4, 3, 16, 16), active=[1])
+    assert torch.equal(model.blocks[0][0].running_mean, stats[0])  # finished block: eval mode
+    assert not torch.equal(model.blocks[1][0].running_mean, stats[1])  # the learning block
+    assert all(b.training for b in model.blocks)  # modes restored
+    hebbian_step(model, opt, torch.rand(4, 3, 16, 16), active=[0, 1, 2])
+    assert not torch.equal(model.blocks[0][0].running_mean, stats[0])
