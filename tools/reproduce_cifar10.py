@@ -19,8 +19,10 @@ DATA_ROOT holds ``train/<class>/`` and ``test/<class>/`` (or ``cifar10/train`` .
 
 Every finished unit of work is merged into ``--results`` (JSON) at once, with the command line,
 git commit, machine and wall times, and is skipped when it is already there: the stages can be
-completed across several runs (``--force`` redoes a stage). The README's Results section is
-rewritten from the JSON after each stage (``--readme-only`` just rewrites it).
+completed across several runs (``--force`` redoes a stage). ``--budgets``, ``--seeds`` and
+``--archs`` narrow the few-label cells a session runs; ``--skip ARCH/BUDGET`` records a cell as
+too slow for this CPU. The README's Results section is rewritten from the JSON after each stage
+(``--readme-only`` just rewrites it).
 """
 
 from __future__ import annotations
