@@ -50,6 +50,7 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     assert few["6l-hpca/0.5/seed0"]["labeled_items"] == 18
     assert few["c3-scratch/0.5/seed0"]["skipped"].startswith("too slow")
     assert len([k for k in st["layers"] if k.startswith("6l-swta/")]) == 5
+    assert not list((tmp_path / "work").glob("6l-*/emb_block*"))  # per-layer features freed
     assert {"hebbian_fp32", "hebbian_bf16", "backprop_fp32"} <= set(st["speed"]["step_rates"])
     assert st["speed"]["bf16_epoch"]["readout_top1"] >= 0
     text = readme.read_text()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -347,6 +348,9 @@ def stage_layers(work: Path, data: Path, res: Results, settings: Settings) -> No
                                     "linear_weight_decay": lin["weight_decay"],
                                     "knn_s": knn_s, "linear_s": lin_s})
             log.info("layers/%s: %s", key, res.get("layers", key))
+            del x_train, x_test
+            for emb in embs.values():  # up to 2.2 GB a block: 10 blocks filled this disk
+                shutil.rmtree(emb)
 
 
 # ---------------------------------------------------------------- stage 5: speed
