@@ -86,8 +86,8 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     layers = model.hebb_layers()
     for i, layer in enumerate(layers):
         layer.plastic = i in active
-    modes = [block.training for block in model.blocks]
-    for block in model.blocks[:min(active)]:
+    frozen = [block for block in model.blocks[:min(active)] if block.training]
+    for block in frozen:
         block.eval()
     try:
         with torch.no_grad():
@@ -113,8 +113,8 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
-        for block, mode in zip(model.blocks, modes):
-            block.train(mode)
+        for block in frozen:
+            block.train()
     return stats
 
 
