@@ -8,13 +8,14 @@ import logging
 import sys
 
 from .config import PretrainConfig, load_config
+from .fewshot import PROTOCOLS
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
     cfg = load_config(PretrainConfig, args.config, section="pretrain", data=args.data,
-                      model=args.model, rule=args.rule, epochs=args.epochs,
+                      model=args.model, rule=args.rule, epochs=args.epochs, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, mode=args.mode, device=args.device,
                       seed=args.seed, out=args.out, split=args.split, data_root=args.data_root,
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
@@ -130,6 +131,22 @@ def _finetune(args: argparse.Namespace) -> None:
     print(finetune(cfg))
 
 
+def _fewshot(args: argparse.Namespace) -> None:
+    from .fewshot import FewShotConfig, run_fewshot
+
+    cfg = FewShotConfig(protocols=args.protocols, labels_per_class=args.labels_per_class,
+                        label_fraction=args.label_fraction, seeds=args.seeds, knn_k=args.k)
+    opts = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
+                              ("backbone_lr_scale", args.backbone_lr_scale)) if v is not None}
+    result = run_fewshot(args.run, args.data, args.test_data, args.out, cfg, split=args.split,
+                         test_split=args.test_split, data_root=args.data_root,
+                         finetune_options=opts, device=args.device, quiet=args.quiet)
+    rows = [(p, f"{r['top1']['mean']:.2f}", f"{r['top1']['std']:.2f}", str(r["top1"]["n"]))
+            for p, r in result["protocols"].items()]
+    _print_table(["protocol", "test top-1 % (mean)", "std", "seeds"], rows)
+    print(f"wrote {args.out}/fewshot.json")
+
+
 def _run(args: argparse.Namespace) -> None:
     from .pipeline import load_run_config, results_table, run_pipeline
 
@@ -158,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="image folder, or a named dataset: fashion-mnist")
     p.add_argument("--model", help="backbone: hebb_softhebb_c3 (default) or hebb_fasthebb_6l")
     p.add_argument("--rule", choices=["hpca", "swta", "softhebb", "none"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the data (default: the backbone's, "
+                   "repeated up to its minimum step budget on small collections)")
+    p.add_argument("--steps", type=int, help="Hebbian steps per layer phase (instead of --epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, nargs="+", help="one value, or one per Hebbian layer")
     p.add_argument("--mode", choices=["consecutive", "greedy"])
@@ -205,6 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("fewshot", help="few-label classification with every protocol: knn, "
+                       "linear, propagate (label propagation over the kNN graph), full")
+    p.add_argument("run", help="run dir of the backbone")
+    p.add_argument("data", help="the collection: a labeled image folder (or fashion-mnist); "
+                   "only the chosen few labels are used")
+    p.add_argument("test_data", help="labeled test images (folder, or fashion-mnist with "
+                   "--test-split test)")
+    few = p.add_mutually_exclusive_group(required=True)
+    few.add_argument("--labels-per-class", type=int)
+    few.add_argument("--label-fraction", type=float)
+    p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="one labeled subset per seed (default 0 1 2)")
+    p.add_argument("--k", type=int, default=20, help="neighbours of the kNN votes")
+    p.add_argument("--epochs", type=int, help="full: fine-tuning epochs (default 20)")
+    p.add_argument("--lr", type=float, help="full: learning rate (default 1e-3)")
+    p.add_argument("--backbone-lr-scale", type=float, help="full: backbone lr = lr × this")
+    p.add_argument("--out", required=True, help="folder for embeddings, runs and fewshot.json")
+    p.add_argument("--split", default="train", help="split of a named dataset (collection)")
+    p.add_argument("--test-split", default="test", help="split of a named test dataset")
+    p.add_argument("--data-root")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_fewshot)
 
     p = sub.add_parser("embed", help="embed every image of a folder/dataset with a frozen backbone")
     p.add_argument("run", help="run dir")

@@ -22,6 +22,8 @@ class PretrainConfig:
     model: str = "hebb_softhebb_c3"  # a hebbret backbone (timm name)
     rule: str | None = None  # hpca | swta | softhebb | none; None: the backbone's default
     epochs: int | None = None  # passes over the data (per layer in greedy mode); None: default
+    steps: int | None = None  # Hebbian steps per layer phase (replaces epochs); None: epochs, or
+    #                           the backbone's default epochs but at least its min_steps
     batch_size: int | None = None  # None: the backbone's default
     lr: list[float] | None = None  # one per Hebbian layer, or a single value for all; None: default
     mode: str = "consecutive"  # consecutive: all layers learn together; greedy: one at a time
@@ -48,7 +50,7 @@ class PretrainConfig:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, (int, float)):
             self.lr = [float(self.lr)]
-        for name in ("epochs", "batch_size", "checkpoint_every"):
+        for name in ("epochs", "steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

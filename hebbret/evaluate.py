@@ -97,13 +97,16 @@ def _mask_own(scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
 def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
                  temperature: float = 0.07, query_db_rows: np.ndarray | None = None,
-                 memory_mb: int = 1024) -> dict[str, Any]:
+                 memory_mb: int = 1024, train_weights: np.ndarray | None = None
+                 ) -> dict[str, Any]:
     """Weighted kNN: each of the k nearest train items votes exp(cos / T) for its class.
 
     Args:
         train_feats: (N, D); train_labels: int (N,); test_feats: (Q, D); test_labels: int (Q,).
         query_db_rows: int (Q,), the train row of each test item (-1 if none); a test item never
             votes for itself.
+        train_weights: float (N,), scales each train item's vote (e.g. the certainty of a
+            propagated label); None: 1.
     Returns:
         {"k": {k: {"top1": %, "top5": %}}, "temperature", "num_classes", ...}; k is capped at N.
     """
@@ -116,6 +119,8 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     train_labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     test_labels = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
     num_classes = int(train_labels.max()) + 1
+    item_weights = None if train_weights is None else torch.as_tensor(
+        np.asarray(train_weights), dtype=torch.float32)
     kmax = ks_used[-1]
     hits = {k: [0, 0] for k in ks_used}
     for rows, scores in cosine_blocks(test_feats, train_feats, memory_mb):
@@ -123,6 +128,8 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         sims, idx = scores.topk(kmax, dim=1)  # sorted, most similar first
         neighbour_labels = train_labels[idx]
         weights = ((sims - sims[:, :1]) / temperature).exp()  # shifted by the row max: same vote
+        if item_weights is not None:
+            weights = weights * item_weights[idx]
         truth = test_labels[rows].unsqueeze(1)
         for k in ks_used:
             votes = torch.zeros(len(sims), num_classes)

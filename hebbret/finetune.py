@@ -42,6 +42,7 @@ class FinetuneConfig:
     mode: str = "full"  # full: end-to-end; linear: head only, frozen backbone
     epochs: int = 20
     lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # full: the backbone learns at lr × this, the head at lr
     momentum: float = 0.9  # Nesterov
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -60,6 +61,8 @@ class FinetuneConfig:
             raise ValueError(f"mode must be 'full' or 'linear', got {self.mode!r}")
         if self.labels_per_class is not None and self.label_fraction is not None:
             raise ValueError("give labels_per_class or label_fraction, not both")
+        if self.backbone_lr_scale < 0:
+            raise ValueError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -126,12 +129,17 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
 def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
            device: torch.device) -> list[dict[str, Any]]:
     linear = cfg.mode == "linear" and not cfg.from_scratch
-    params = list(model.get_classifier().parameters()) if linear else list(model.parameters())
+    head = list(model.get_classifier().parameters())
+    backbone = [] if linear else [p for p in model.parameters()
+                                  if all(p is not q for q in head)]
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in params:
+    for p in head + backbone:
         p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+    groups = [{"params": head}]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale})
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
     half = max(1, cfg.epochs // 2)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(range(half, cfg.epochs)),

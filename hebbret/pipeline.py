@@ -1,13 +1,14 @@
-"""The main job: pretrain -> fine-tune on few labels -> embed -> index -> evaluate, for Hebbian
-pretraining against random init and from-scratch training, ending in one report.
+"""The main job: pretrain -> embed -> index -> evaluate with all labels and with few labels, for a
+Hebbian backbone against the same network with random weights, ending in one report.
 
-Rows of the report:
-- ``hebbian``: Hebbian pretraining; embeddings of the frozen Hebbian backbone; accuracy of that
-  backbone fine-tuned end-to-end (``full``) on the few labels.
-- ``random``: random weights (BatchNorm statistics calibrated by one pass); embeddings of the
-  frozen random backbone; accuracy of a linear head trained on it with the same labels.
-- ``scratch``: the same architecture trained from random init on the same labels with the same
-  protocol; its embeddings and accuracy.
+Backbones of the report:
+- ``hebbian``: Hebbian pretraining on the unlabeled train split.
+- ``random``: the same network with random weights (BatchNorm statistics calibrated by one
+  pass over the train split).
+With all labels, each backbone's frozen features are scored by kNN, a linear probe and retrieval
+(train = database, test = queries). With few labels, every protocol of :mod:`hebbret.fewshot`
+(knn, linear, propagate on frozen features; full = end-to-end fine-tuning) runs on the same
+seeded, class-balanced labeled subsets; ``full`` on the random backbone is training from scratch.
 Stages whose outputs already exist are reused, so a killed run picks up where it stopped.
 """
 
@@ -24,20 +25,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_path, write_bytes, write_json
+from ._io import atomic_path, read_json, write_bytes, write_json
 from .config import load_config
 from .data import NAMED_DATASETS, open_dataset
 from .embed import extract_embeddings, load_embeddings
-from .evaluate import evaluate
+from .evaluate import aligned_labels, evaluate
+from .fewshot import PROTOCOLS, FewShotConfig, evaluate_frozen, summarize
 from .finetune import evaluate_classifier, finetune
 from .index import build_index, search_index
 from .pretrain import pretrain
-from .viz import save_filters
+from .viz import save_convergence, save_filters
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-VARIANTS = ("hebbian", "random", "scratch")
+VARIANTS = ("hebbian", "random")
+BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
 
 
 @dataclass
@@ -49,14 +52,19 @@ class RunConfig:
     model: str = "hebb_softhebb_c3"
     rule: str | None = None  # None: the backbone's default Hebbian rule
     pretrain_epochs: int | None = None  # None: the backbone's default
+    pretrain_steps: int | None = None  # Hebbian steps (instead of epochs); None: default budget
     pretrain_batch_size: int | None = None
+    pretrain_lr: list[float] | None = None  # one per Hebbian layer or one for all; None: default
     in_chans: int | None = None
     img_size: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     labels_per_class: int | None = 20  # the few labels (or label_fraction)
     label_fraction: float | None = None
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # labeled subsets
     finetune_epochs: int = 20
     finetune_lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # full: the backbone learns at finetune_lr × this
     finetune_batch_size: int = 64
     augment: bool = False
     knn_k: int = 20
@@ -72,6 +80,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.label_fraction is not None:  # a fraction replaces the per-class default
             self.labels_per_class = None
+        if isinstance(self.pretrain_lr, (int, float)):
+            self.pretrain_lr = [float(self.pretrain_lr)]
+        FewShotConfig(protocols=self.protocols, labels_per_class=self.labels_per_class,
+                      label_fraction=self.label_fraction, seeds=self.seeds)  # validates
 
 
 def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunConfig:
@@ -106,17 +118,19 @@ def _source(cfg: RunConfig, split: str) -> tuple[str, str]:
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run every stage for every variant; write ``OUT/report/``; return the results."""
+    """Run every stage for every backbone; write ``OUT/report/``; return the results."""
     out = Path(cfg.out)
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "config.json", asdict(cfg))
     train, test = _source(cfg, "train"), _source(cfg, "test")
     rows = {v: _run_variant(cfg, v, out, train, test) for v in VARIANTS}
-    results = {"config": asdict(cfg), "rows": rows, "definitions": __doc__.split("Rows")[1]}
+    results = {"config": asdict(cfg), "rows": rows, "definitions": __doc__.split("Backbones")[1],
+               "verdict": verdict(rows)}
     report = out / "report"
     write_json(report / "results.json", results)
     write_bytes(report / "results.md", results_table(results).encode())
     save_filters(out / "hebbian" / "pretrain", report / "filters.png")
+    save_convergence(out / "hebbian" / "pretrain", report / "convergence.png")
     _retrieval_picture(cfg, out / "hebbian" / "index", out / "hebbian" / "emb_test", train, test,
                        report / "retrieval.png")
     return results
@@ -135,33 +149,21 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str],
                  test: tuple[str, str]) -> dict[str, Any]:
-    """One row of the report; stages with finished outputs are skipped (and not timed)."""
+    """One backbone of the report; stages with finished outputs are skipped (and not timed)."""
     base, secs = out / variant, {}
     common = dict(device=cfg.device, quiet=cfg.quiet)
     backbone = base / "pretrain"
-    if variant != "scratch" and not _done(backbone):
+    if not _done(backbone):
         with _timed(secs, "pretrain"):
+            hebbian = variant == "hebbian"
             pretrain(train[0], split=train[1], data_root=cfg.data_root, model=cfg.model,
-                     rule="none" if variant == "random" else cfg.rule,
-                     epochs=1 if variant == "random" else cfg.pretrain_epochs,
+                     rule=cfg.rule if hebbian else "none",
+                     epochs=cfg.pretrain_epochs if hebbian else 1,
+                     steps=cfg.pretrain_steps if hebbian else None,
+                     lr=cfg.pretrain_lr if hebbian else None,
                      batch_size=cfg.pretrain_batch_size, in_chans=cfg.in_chans,
                      img_size=cfg.img_size, model_kwargs=cfg.model_kwargs, seed=cfg.seed,
                      out=str(backbone), resume=(backbone / "state.pt").exists(), **common)
-    tuned = base / "finetune"
-    if not _done(tuned):
-        with _timed(secs, "finetune"):
-            # from scratch: the Hebbian run's architecture with fresh weights
-            finetune(run=str(out / "hebbian" / "pretrain" if variant == "scratch" else backbone),
-                     data=train[0], split=train[1], data_root=cfg.data_root,
-                     labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
-                     mode="linear" if variant == "random" else "full",
-                     from_scratch=variant == "scratch", epochs=cfg.finetune_epochs,
-                     lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, augment=cfg.augment,
-                     seed=cfg.seed, out=str(tuned), **common)
-    if variant == "scratch":
-        backbone = tuned
-    with _timed(secs, "test"):
-        accuracy = evaluate_classifier(tuned, test[0], test[1], cfg.data_root, device=cfg.device)
     embs = {}
     for name, (source, split) in (("train", train), ("test", test)):
         embs[name] = base / f"emb_{name}"
@@ -179,13 +181,74 @@ def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str]
                        seed=cfg.seed)
         ret = evaluate("retrieval", str(embs["train"]), str(embs["test"]),
                        ks=[1, cfg.retrieval_k])
+    with _timed(secs, "fewshot"):
+        fewshot = _fewshot(cfg, base, backbone, embs, train, test)
     k = max(knn["k"])  # k capped at the database size
-    row = {"finetuned_top1": accuracy["top1"], "knn_top1": knn["k"][k]["top1"],
-           "linear_top1": lin["top1"], "linear_weight_decay": lin["weight_decay"],
-           "mAP": ret["mAP"], f"P@{cfg.retrieval_k}": ret["P@k"][max(ret["P@k"])],
-           "Recall@1": ret["Recall@k"][1], "seconds": secs}
-    log.info("%s: %s", variant, row)
+    row = {"knn_top1": knn["k"][k]["top1"], "linear_top1": lin["top1"],
+           "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
+           f"P@{cfg.retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
+           "fewshot": fewshot, "seconds": secs}
+    card = read_json(backbone / "model.json")["training"]
+    if "convergence" in card and variant == "hebbian":
+        row["convergence"] = card["convergence"]
+        row["pretrain_steps"] = card["steps"]
+    log.info("%s: %s", variant, {k: v for k, v in row.items() if k != "fewshot"})
     return row
+
+
+def _fewshot(cfg: RunConfig, base: Path, backbone: Path, embs: dict[str, Path],
+             train: tuple[str, str], test: tuple[str, str]) -> dict[str, Any]:
+    """Every few-label protocol on this backbone: {protocol: summary of test top-1 over seeds}."""
+    fcfg = FewShotConfig(protocols=cfg.protocols, labels_per_class=cfg.labels_per_class,
+                         label_fraction=cfg.label_fraction, seeds=cfg.seeds, knn_k=cfg.knn_k)
+    x, items, meta = load_embeddings(embs["train"])
+    tx, titems, tmeta = load_embeddings(embs["test"])
+    y = np.array([it["label"] for it in items], dtype=np.int64)
+    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(embs["test"]))
+    results = evaluate_frozen(x, y, tx, ty, fcfg)
+    if "full" in cfg.protocols:
+        per_seed = {}
+        for seed in cfg.seeds:
+            tuned = base / f"full-seed{seed}"
+            if not _done(tuned):
+                finetune(run=str(backbone), data=train[0], split=train[1],
+                         data_root=cfg.data_root, labels_per_class=cfg.labels_per_class,
+                         label_fraction=cfg.label_fraction, mode="full", epochs=cfg.finetune_epochs,
+                         lr=cfg.finetune_lr, backbone_lr_scale=cfg.backbone_lr_scale,
+                         batch_size=cfg.finetune_batch_size, augment=cfg.augment, seed=seed,
+                         out=str(tuned), device=cfg.device, quiet=cfg.quiet)
+            acc = evaluate_classifier(tuned, test[0], test[1], cfg.data_root, device=cfg.device)
+            per_seed[seed] = {"top1": acc["top1"], "top5": acc["top5"]}
+        results["full"] = {"seeds": per_seed,
+                           "top1": summarize([r["top1"] for r in per_seed.values()])}
+    return {p: results[p]["top1"] for p in cfg.protocols}
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> str:
+    """One sentence: which backbone + protocol wins with few labels, and by how much."""
+    def best(variant: str, protocols: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+        few = rows[variant]["fewshot"]
+        return max(((p, s) for p, s in few.items() if protocols is None or p in protocols),
+                   key=lambda ps: ps[1]["mean"])
+
+    def fmt(s: dict[str, Any]) -> str:
+        return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+    hp, hs = best("hebbian")
+    rp, rs = best("random")
+    gap = hs["mean"] - rs["mean"]
+    scratch = rows["random"]["fewshot"].get("full")
+    vs_scratch = (f"; training from scratch (random init + full) gets {fmt(scratch)} "
+                  f"({hs['mean'] - scratch['mean']:+.2f})" if scratch else "")
+    same = rows["random"]["fewshot"].get(hp)
+    vs_same = (f"; the same protocol on random init gets {fmt(same)} ({hs['mean'] - same['mean']:+.2f})"
+               if same else "")
+    if gap > 0:
+        return (f"With few labels the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
+                f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}.")
+    return (f"With few labels Hebbian pretraining does not pay off here: the best is random init + "
+            f"{rp} ({fmt(rs)} %), {-gap:.2f} points above the best Hebbian protocol ({hp}, "
+            f"{fmt(hs)} %){vs_scratch}.")
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -193,16 +256,37 @@ def results_table(results: dict[str, Any]) -> str:
     k, rk = cfg["knn_k"], cfg["retrieval_k"]
     labels = (f"{cfg['labels_per_class']} labels per class" if cfg["labels_per_class"]
               else f"{cfg['label_fraction']:.0%} of the labels")
-    lines = [f"`hebbret run` on {cfg['data']} with {cfg['model']} ({labels})", "",
-             f"| variant | fine-tuned test top-1 | kNN top-1 (k={k}) | linear-probe top-1 | "
-             f"mAP | P@{rk} | pretrain s | finetune s | embed s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results["rows"].items():
+    rows = results["rows"]
+    protocols = cfg["protocols"]
+    n_seeds = len(cfg["seeds"])
+    lines = [f"`hebbret run` on {cfg['data']} with {cfg['model']}", "",
+             f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled subsets; "
+             f"full on random init = training from scratch)", "",
+             "| backbone | " + " | ".join(protocols) + " |",
+             "|---|" + "---:|" * len(protocols)]
+    for name, r in rows.items():
+        cells = [f"{r['fewshot'][p]['mean']:.2f} ± {r['fewshot'][p]['std']:.2f}"
+                 for p in protocols]
+        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", results["verdict"], "",
+              "**All labels** (frozen features; train = database, test = queries)", "",
+              f"| backbone | kNN top-1 (k={k}) | linear-probe top-1 | mAP | P@{rk} | Recall@1 | "
+              f"pretrain s | embed s | eval s | few-label s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
         s = r["seconds"]
-        lines.append(f"| {name} | {r['finetuned_top1']:.2f} | {r['knn_top1']:.2f} | "
+        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | {r['knn_top1']:.2f} | "
                      f"{r['linear_top1']:.2f} | {r['mAP']:.2f} | {r[f'P@{rk}']:.2f} | "
-                     f"{s.get('pretrain', 0):.0f} | {s.get('finetune', 0):.0f} | "
-                     f"{s.get('embed', 0):.0f} | {s.get('eval', 0):.0f} |")
+                     f"{r['Recall@1']:.2f} | {s.get('pretrain', 0):.0f} | {s.get('embed', 0):.0f} | "
+                     f"{s.get('eval', 0):.0f} | {s.get('fewshot', 0):.0f} |")
+    conv = rows.get("hebbian", {}).get("convergence")
+    if conv:
+        cells = [f"layer {la['layer']} {la['distance']:.3g} (≤ {la['converged_below']:g}: "
+                 f"{'yes' if la['converged'] else 'NO'})" for la in conv["layers"]
+                 if la["distance"] is not None]
+        measure = "; ".join(sorted({la["measure"] for la in conv["layers"]}))
+        lines += ["", f"**Convergence** of the Hebbian backbone after {rows['hebbian']['pretrain_steps']}"
+                  f" steps ({measure}): " + ", ".join(cells) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 STATE = "state.pt"
 # Fields that must not change when a run is resumed.
 _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed",
-                 "split", "in_chans", "img_size", "model_kwargs", "channels_last", "precision")
+                 "split", "in_chans", "img_size", "model_kwargs", "channels_last", "precision",
+                 "steps")
 
 
 class NonFiniteUpdate(FloatingPointError):
@@ -71,7 +72,8 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 active: list[int], autocast: torch.dtype | None = None) -> list[dict[str, float]]:
+                 active: list[int], autocast: torch.dtype | None = None,
+                 measure: bool = False) -> list[dict[str, float]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
 
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
@@ -80,7 +82,9 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     Blocks below the lowest active layer run in eval mode, so a greedy phase normalises with
     the BatchNorm statistics its finished blocks learned (SoftHebb's successive training).
 
-    Returns per active layer: max|ΔW| and the mean neuron norm after the step.
+    Returns per active layer: max|ΔW|, the mean neuron norm after the step and, with
+    ``measure``, ``distance``: how far the layer is from its rule's fixed point
+    (:attr:`Rule.distance`, after the step).
     Raises NonFiniteUpdate before touching the weights if an update is not finite.
     """
     layers = model.hebb_layers()
@@ -94,10 +98,10 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
             with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
                                 enabled=autocast is not None):
                 model.forward_blocks(x, upto=max(active))
-            stats = []
+            stats, deltas = [], {}
             for i in active:
                 layer = layers[i]
-                delta = layer.delta
+                delta = deltas[i] = layer.delta
                 max_delta = float(delta.abs().max())  # NaN/inf anywhere propagate into the max
                 if not math.isfinite(max_delta):
                     raise NonFiniteUpdate(f"Hebbian layer {i} ({layer.rule.name}) produced a "
@@ -106,10 +110,13 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
                 stats.append({"layer": i, "max_delta": max_delta})
             optimizer.step()
             for s in stats:
-                w = layers[s["layer"]].weight
+                layer = layers[s["layer"]]
+                w = layer.weight
                 if not torch.isfinite(w).all():
                     raise NonFiniteUpdate(f"Hebbian layer {s['layer']} has non-finite weights")
                 s["norm_mean"] = float(neuron_norms(w).mean())
+                if measure and layer.rule.distance is not None:
+                    s["distance"] = float(layer.rule.distance(w, deltas[s["layer"]]))
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
@@ -118,13 +125,19 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     return stats
 
 
-def _resolve(cfg: PretrainConfig) -> dict[str, Any]:
-    """Fill the backbone defaults into a config: returns the resolved fields as a dict."""
+def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
+    """Fill the backbone defaults into a config; returns the resolved fields and the dataset.
+
+    The step budget per phase: ``steps`` if given; else ``epochs`` passes over the data if
+    given; else the backbone's default epochs, but at least its ``min_steps`` (small collections
+    repeat until the rule has had the steps it needs to converge).
+    """
     chans, size = native_format(cfg.data)
     in_chans = cfg.in_chans or chans
     img_size = cfg.img_size or (size[0] if size else 32)
     probe = create_model(cfg.model, in_chans=in_chans, img_size=img_size, **cfg.model_kwargs)
-    hebb = probe.default_cfg["hebb"]
+    dcfg = probe.default_cfg
+    hebb = dcfg["hebb"]
     n_layers = len(probe.hebb_layers())
     rule = cfg.rule or hebb["rule"]
     lr = cfg.lr if cfg.lr is not None else hebb.get("lr_by_rule", {}).get(rule, hebb["lr"])
@@ -133,9 +146,20 @@ def _resolve(cfg: PretrainConfig) -> dict[str, Any]:
     if len(lr) != n_layers:
         raise ValueError(f"{cfg.model} has {n_layers} Hebbian layers; give one learning rate or "
                          f"{n_layers}, got {len(lr)}")
-    return {**asdict(cfg), "rule": rule, "epochs": cfg.epochs or hebb["epochs"],
-            "batch_size": cfg.batch_size or hebb["batch_size"], "lr": [float(v) for v in lr],
-            "in_chans": in_chans, "img_size": img_size}
+    dataset = open_dataset(cfg.data, cfg.split, in_chans, img_size, cfg.data_root,
+                           mean=dcfg["mean"], std=dcfg["std"])
+    batch_size = cfg.batch_size or hebb["batch_size"]
+    per_epoch = math.ceil(len(dataset) / batch_size)
+    if cfg.steps is not None:
+        steps = cfg.steps
+    elif cfg.epochs is not None:
+        steps = cfg.epochs * per_epoch
+    else:
+        steps = max(hebb["epochs"] * per_epoch, hebb.get("min_steps", 0))
+    resolved = {**asdict(cfg), "rule": rule, "epochs": math.ceil(steps / per_epoch),
+                "steps": steps, "batch_size": batch_size, "lr": [float(v) for v in lr],
+                "in_chans": in_chans, "img_size": img_size}
+    return resolved, dataset
 
 
 def _check_resume(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
@@ -148,7 +172,8 @@ def _check_resume(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not state_path.exists():
         raise FileNotFoundError(f"nothing to resume in {out}: {STATE} is missing")
-    saved = {**asdict(PretrainConfig()), **read_json(out / "config.json")}  # older runs: defaults
+    # older runs: defaults for fields they predate; their budget was epochs, now also in steps
+    saved = {**asdict(PretrainConfig()), "steps": resolved["steps"], **read_json(out / "config.json")}
     changed = [k for k in _RUN_IDENTITY if saved.get(k) != resolved.get(k)]
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in changed)
@@ -188,7 +213,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     if not cfg.data:
         raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
                          "data in --config")
-    resolved = _resolve(cfg)
+    resolved, dataset = _resolve(cfg)
     out = Path(cfg.out)
     state = _check_resume(out, resolved)
     if state is not None and state["finished"]:
@@ -200,9 +225,6 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_chans=resolved["in_chans"], img_size=resolved["img_size"],
                          rule=resolved["rule"], **cfg.model_kwargs)
-    dcfg = model.default_cfg
-    dataset = open_dataset(cfg.data, cfg.split, resolved["in_chans"], resolved["img_size"],
-                           cfg.data_root, mean=dcfg["mean"], std=dcfg["std"])
     if dataset.classes:
         model.reset_classifier(len(dataset.classes))
     model.to(device, memory_format=memory_format(cfg.channels_last)).train()
@@ -226,12 +248,20 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
     _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out)
+    conv = convergence(training_log(out), model)
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
-               "dataset": dataset.describe()}
+               "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
+               "convergence": conv}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     _save_state(out, model, optimizer, pos, skipped, finished=True)
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
+    for la in conv["layers"]:
+        if not la["converged"]:
+            log.warning("Hebbian layer %d (%s) has not converged: distance %s > %g (%s); train "
+                        "longer (--steps) or with a higher --lr", la["layer"], la["rule"],
+                        "unmeasured" if la["distance"] is None else f"{la['distance']:.3g}",
+                        la["converged_below"], la["measure"])
     return out
 
 
@@ -244,32 +274,38 @@ def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
         torch.save(state, tmp)
 
 
+MEASURE_EVERY = 20  # steps between convergence measurements (and at the end of every phase)
+
+
 def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
            phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
            skipped: SkippedFiles, device: torch.device, out: Path) -> None:
-    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
+    """Run every phase for ``cfg["steps"]`` steps (epochs repeat; the last one may stop part-way)."""
+    steps, batch_size = cfg["steps"], cfg["batch_size"]
     low = PRECISIONS[cfg["precision"]]
     autocast = getattr(torch, low) if low else None
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
-    total = len(phases) * epochs * len(dataset)
-    done = ((pos["phase"] * epochs + pos["epoch"]) * steps_per_epoch + pos["step"]) * batch_size
+    total = len(phases) * steps * batch_size
+    done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
     bar = tqdm(total=total, initial=min(done, total), unit="img", unit_scale=True,
                disable=cfg["quiet"], desc="hebbian", dynamic_ncols=True)
     with open(out / "log.jsonl", "a") as logf, bar:
         while pos["phase"] < len(phases):
             active = phases[pos["phase"]]
-            while pos["epoch"] < epochs:
+            while pos["epoch"] * steps_per_epoch + pos["step"] < steps:
                 loader = make_loader(dataset, batch_size, cfg["seed"],
-                                     epoch=pos["phase"] * epochs + pos["epoch"],
+                                     epoch=pos["phase"] * cfg["epochs"] + pos["epoch"],
                                      skip_batches=pos["step"], num_workers=cfg["num_workers"])
                 for batch in loader:
                     skipped.add(batch.skipped)
                     t0 = time.perf_counter()
+                    phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
+                    measure = phase_step % MEASURE_EVERY == 0 or phase_step == steps
                     if len(batch.images):
                         try:
                             x = batch.images.to(device).contiguous(
                                 memory_format=memory_format(cfg["channels_last"]))
-                            stats = hebbian_step(model, optimizer, x, active, autocast)
+                            stats = hebbian_step(model, optimizer, x, active, autocast, measure)
                         except NonFiniteUpdate as e:
                             raise NonFiniteUpdate(
                                 f"{e} at phase {pos['phase']} epoch {pos['epoch']} step "
@@ -287,13 +323,39 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     logf.write(json.dumps(row) + "\n")
                     logf.flush()
                     bar.update(len(batch.images) + len(batch.skipped))
+                    if phase_step == steps:
+                        break
                     if pos["global_step"] % cfg["checkpoint_every"] == 0:
                         _save_state(out, model, optimizer, pos, skipped)
-                pos["epoch"] += 1
-                pos["step"] = 0
+                if (pos["step"] >= steps_per_epoch
+                        or pos["epoch"] * steps_per_epoch + pos["step"] >= steps):
+                    pos["epoch"] += 1
+                    pos["step"] = 0
                 _save_state(out, model, optimizer, pos, skipped)
             pos["phase"] += 1
             pos["epoch"] = 0
+
+
+def convergence(rows: list[dict[str, Any]], model: HebbNet) -> dict[str, Any]:
+    """Per Hebbian layer, its last measured distance from the rule's fixed point, from the
+    training log ``rows``, against the rule's threshold (:attr:`Rule.converged_below`)."""
+    last: dict[int, float] = {}
+    for row in rows:
+        for s in row["layers"]:
+            if "distance" in s:
+                last[s["layer"]] = s["distance"]
+    layers = []
+    for i, layer in enumerate(model.hebb_layers()):
+        rule = layer.rule
+        if rule.distance is None:
+            continue
+        doc = (rule.distance.__doc__ or "").split(":")[0].strip()
+        d = last.get(i)
+        layers.append({"layer": i, "rule": rule.name, "measure": doc, "distance": d,
+                       "converged_below": rule.converged_below,
+                       "converged": d is not None and d <= rule.converged_below})
+    return {"layers": layers, "converged": all(la["converged"] for la in layers),
+            "measured_every_steps": MEASURE_EVERY}
 
 
 def training_log(run: str | Path) -> list[dict[str, Any]]:

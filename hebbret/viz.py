@@ -48,3 +48,47 @@ def save_filters(run: str | os.PathLike, out: str | os.PathLike | None = None,
     with atomic_path(out) as tmp:
         Image.fromarray(filter_grid(first.weight, scale)).save(tmp, format="PNG")
     return out
+
+
+def save_convergence(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Plot each Hebbian layer's distance from its rule's fixed point over the steps of run dir
+    ``run`` (from ``log.jsonl``), with the rule's convergence threshold; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._io import read_json, read_jsonl
+
+    run = Path(run)
+    rows = read_jsonl(run / "log.jsonl")
+    conv = read_json(run / "model.json")["training"].get("convergence", {"layers": []})
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        for s in row["layers"]:
+            if "distance" in s:
+                steps, values = series.setdefault(s["layer"], ([], []))
+                steps.append(row["step"])
+                values.append(s["distance"])
+    if not series:
+        raise ValueError(f"{run / 'log.jsonl'} has no convergence measurements (a run made "
+                         f"before hebbret measured them, or a rule without a fixed point)")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for layer in conv["layers"]:
+        i = layer["layer"]
+        if i not in series:
+            continue
+        (line,) = ax.plot(*series[i], label=f"layer {i} ({layer['rule']})")
+        ax.axhline(layer["converged_below"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("distance from the fixed point")
+    measures = sorted({la["measure"] for la in conv["layers"]})
+    ax.set_title("; ".join(measures) + " (dotted: converged below)", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out) if out is not None else run / "convergence.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

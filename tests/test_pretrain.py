@@ -162,3 +162,82 @@ def test_a_greedy_step_keeps_the_finished_blocks_batchnorm_statistics():
     assert all(b.training for b in model.blocks)  # modes restored
     hebbian_step(model, opt, torch.rand(4, 3, 16, 16), active=[0, 1, 2])
     assert not torch.equal(model.blocks[0][0].running_mean, stats[0])
+
+
+def test_a_step_budget_runs_part_of_an_epoch_and_the_card_reports_convergence(
+        image_folder, tmp_path, caplog):
+    # 24 images at batch 4: 6 steps an epoch, so 15 steps = 2 epochs and half of a third
+    with caplog.at_level("WARNING", logger="hebbret.pretrain"):
+        out = pretrain(str(image_folder), out=str(tmp_path / "run"), steps=15, **TINY)
+    rows = training_log(out)
+    assert [r["epoch"] for r in rows] == [0] * 6 + [1] * 6 + [2] * 3
+    assert "distance" in rows[-1]["layers"][0]  # the last step of a phase is always measured
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["steps"] == 15 and card["training"]["images_seen"] == 60
+    conv = card["training"]["convergence"]
+    model, _ = load_run(out)
+    for layer, measured in zip(model.hebb_layers(), conv["layers"], strict=True):
+        norms = layer.weight.detach().flatten(1).norm(dim=1)
+        assert measured["distance"] == pytest.approx(float((norms - 1).abs().mean()), rel=1e-5)
+        assert measured["converged"] is False  # 15 steps from radius 25 are far from the sphere
+    assert conv["converged"] is False
+    assert "has not converged" in caplog.text
+
+
+def test_the_default_budget_repeats_a_small_collection_up_to_min_steps(image_folder, tmp_path,
+                                                                       monkeypatch):
+    from hebbret.config import PretrainConfig
+    from hebbret.models import softhebb
+
+    real = softhebb._cfg
+
+    def with_min_steps(*args):
+        cfg = real(*args)
+        cfg["hebb"] = {**cfg["hebb"], "min_steps": 10}
+        return cfg
+
+    monkeypatch.setattr(softhebb, "_cfg", with_min_steps)
+    base = dict(data=str(image_folder), model_kwargs=TINY_C3, img_size=16, batch_size=4)
+    resolved, _ = pretrain_mod._resolve(PretrainConfig(**base))
+    assert resolved["steps"] == 10 and resolved["epochs"] == 2  # 6 steps an epoch
+    resolved, _ = pretrain_mod._resolve(PretrainConfig(**base, epochs=1))
+    assert resolved["steps"] == 6  # explicit epochs win
+    resolved, _ = pretrain_mod._resolve(PretrainConfig(**base, steps=3))
+    assert resolved["steps"] == 3 and resolved["epochs"] == 1
+
+
+def test_resume_mid_epoch_under_a_step_budget(image_folder, tmp_path, monkeypatch):
+    common = dict(steps=9, checkpoint_every=4, seed=3, **TINY)
+    reference = pretrain(str(image_folder), out=str(tmp_path / "whole"), **common)
+    real_step = pretrain_mod.hebbian_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_mod, "hebbian_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(str(image_folder), out=str(tmp_path / "killed"), **common)
+    monkeypatch.setattr(pretrain_mod, "hebbian_step", real_step)
+    resumed = pretrain(str(image_folder), out=str(tmp_path / "killed"), resume=True, **common)
+    a, b = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert [r["step"] for r in training_log(resumed)] == list(range(1, 10))
+
+
+def test_fixed_point_distances_of_each_rule():
+    from hebbret.hebb.rules import get_rule
+
+    q = torch.linalg.qr(torch.randn(12, 5)).Q.T  # 5 orthonormal rows
+    assert float(get_rule("hpca").distance(q, q)) < 1e-5
+    assert float(get_rule("hpca").distance(2 * q, q)) == pytest.approx(3.0, rel=1e-4)
+    w = torch.randn(4, 3, 2, 2)
+    unit = w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert float(get_rule("softhebb").distance(unit, w)) < 1e-5
+    assert float(get_rule("softhebb").distance(3 * unit, w)) == pytest.approx(2.0, rel=1e-5)
+    delta = 0.1 * w
+    assert float(get_rule("swta").distance(w, delta)) == pytest.approx(0.1, rel=1e-5)

@@ -99,6 +99,25 @@ def softhebb_step_scale(delta: Tensor, w: Tensor) -> Tensor:
     return delta / delta.abs().max().clamp_min(EPS) * rate.view(-1, *([1] * (w.dim() - 1)))
 
 
+def softhebb_distance(w: Tensor, delta: Tensor) -> Tensor:
+    """mean_k |‖w_k‖ − 1|: SoftHebb's neurons converge to the unit sphere (its rate vanishes there)."""
+    return (neuron_norms(w) - 1).abs().mean()
+
+
+def hpca_distance(w: Tensor, delta: Tensor) -> Tensor:
+    """‖W Wᵀ − I‖_F / √K: Sanger's rule converges to K orthonormal rows (the learned subspace)."""
+    w2 = w.reshape(w.shape[0], -1).float()
+    gram = w2 @ w2.T
+    gram.diagonal().sub_(1)
+    return torch.linalg.matrix_norm(gram) / w.shape[0] ** 0.5
+
+
+def swta_distance(w: Tensor, delta: Tensor) -> Tensor:
+    """‖ΔW‖_F / ‖W‖_F on the latest batch: soft-WTA neurons converge to the soft centroid of the
+    inputs they win (ΔW_k = m_k (x̄_k − w_k) vanishes there), while their norms drift freely."""
+    return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(w).clamp_min(EPS)
+
+
 def output_normalized(u: Tensor, w: Tensor) -> Tensor:
     """wᵀx / ‖w‖: the inference response of soft-WTA neurons."""
     return u / _per_channel(neuron_norms(w), u).clamp_min(EPS)
@@ -115,14 +134,18 @@ class Rule:
     output: Callable[[Tensor, Tensor], Tensor] | None = None  # (u, w) -> response; None: u
     step_scale: Callable[[Tensor, Tensor], Tensor] | None = None  # (ΔW, w) -> direction
     init_radius: float = 1.0  # expected ‖w_k‖ at init: weights ~ N(0, radius² / fan_in)
+    # distance from the rule's fixed point: (weights, latest raw ΔW) -> scalar; None: not measured
+    distance: Callable[[Tensor, Tensor], Tensor] | None = None
+    converged_below: float = 0.0  # a layer whose distance ends above this is reported unconverged
 
 
 RULES: dict[str, Rule] = {
-    "hpca": Rule("hpca", hpca_terms),
+    "hpca": Rule("hpca", hpca_terms, distance=hpca_distance, converged_below=0.1),
     "swta": Rule("swta", swta_terms, {"temperature": 0.02}, needs_x_norm=True,
-                 output=output_normalized),
+                 output=output_normalized, distance=swta_distance, converged_below=0.05),
     "softhebb": Rule("softhebb", softhebb_terms, {"t_inv": 1.0}, step_scale=softhebb_step_scale,
-                     init_radius=25.0),  # SoftHebb starts far from the unit sphere it converges to
+                     init_radius=25.0,  # SoftHebb starts far from the unit sphere it converges to
+                     distance=softhebb_distance, converged_below=1.0),
     "none": Rule("none", None),
 }
 

@@ -1,0 +1,452 @@
+"""Few-label classification: every protocol on the same seeded, class-balanced labeled subset.
+
+A collection of N images (the train split) of which only a few are labeled, and a labeled test
+split. The protocols:
+
+- ``knn``: weighted kNN vote (Σ exp(cos/T)) with only the labeled items as the database.
+- ``linear``: multinomial logistic regression on the frozen features of the labeled items; the
+  feature preprocessing (L2, or L2 + standardisation with the whole collection's statistics,
+  which need no labels) and the L2 penalty are chosen by stratified cross-validation on the
+  labeled items alone, never on test.
+- ``propagate``: label propagation over the FAISS kNN graph of the whole collection, labeled and
+  unlabeled (Zhou et al. 2004's normalised-graph diffusion, as Iscen et al. 2019 use it for
+  semi-supervised learning): Z = (I − αS)⁻¹ Y by conjugate gradient, pseudo-labels argmax Z with
+  certainty 1 − H(Z_i)/log C; a test image is then classified by a weighted kNN vote over the
+  pseudo-labeled collection, each neighbour's vote scaled by its certainty.
+- ``full``: end-to-end fine-tuning of the backbone (:mod:`hebbret.finetune`, FastHebb's
+  protocol), tested with its own classifier; on a random-init backbone this is training from
+  scratch.
+
+The frozen-feature protocols work on embeddings (N, D) and share them across protocols and seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._io import read_json, write_json
+from .data import few_label_rows
+from .evaluate import _normalized, knn_classify, top1_top5_hits
+
+if TYPE_CHECKING:
+    import faiss
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("knn", "linear", "propagate", "full")
+FROZEN_PROTOCOLS = ("knn", "linear", "propagate")
+
+
+def labeled_subset(labels: np.ndarray, seed: int, labels_per_class: int | None = None,
+                   label_fraction: float | None = None) -> np.ndarray:
+    """The labeled rows of seed ``seed``: the same choice :func:`hebbret.finetune.finetune`
+    makes for the same arguments (sorted row numbers)."""
+    return few_label_rows(labels, labels_per_class, label_fraction, seed)
+
+
+# ---------------------------------------------------------------------------------------- knn
+
+
+def fewshot_knn(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+                test_y: np.ndarray, k: int = 20, temperature: float = 0.07) -> dict[str, Any]:
+    """Weighted kNN with only the labeled ``rows`` of the collection ``x`` (N, D) as database."""
+    rows = np.sort(rows)
+    res = knn_classify(np.asarray(x[rows]), y[rows], test_x, test_y, ks=[k],
+                       temperature=temperature)
+    used = max(res["k"])
+    return {"top1": res["k"][used]["top1"], "top5": res["k"][used]["top5"], "k": used,
+            "temperature": temperature}
+
+
+# ------------------------------------------------------------------------------------- linear
+
+
+def collection_stats(x: np.ndarray, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (D,) of the L2-normalised rows of the whole collection (no labels used)."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64)
+    s2 = torch.zeros_like(s)
+    for i in range(0, len(x), chunk):
+        b = _normalized(x[i: i + chunk]).double()
+        s += b.sum(0)
+        s2 += (b * b).sum(0)
+    mean = s / len(x)
+    std = (s2 / len(x) - mean**2).clamp_min(0).sqrt()
+    return mean.float(), std.float().clamp_min(1e-6)
+
+
+def standardized(x: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], chunk: int = 4096
+                 ) -> np.ndarray:
+    """float32 (N, D): the L2-normalised rows of ``x`` standardised with the collection's
+    ``stats`` (:func:`collection_stats`), the representation knn and propagate compare."""
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, len(x), chunk):
+        out[i: i + chunk] = _prepare(np.asarray(x[i: i + chunk]), "l2+standardize", stats).numpy()
+    return out
+
+
+def _prepare(x: np.ndarray, how: str, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    z = _normalized(x)
+    if how == "l2+standardize":
+        z = (z - stats[0]) / stats[1]
+    return z
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run tiny tensor ops on one thread: thread hand-offs cost more than the work (30× on a
+    busy 2-core machine for an L × L logistic regression)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_logreg_lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float,
+                      max_iter: int = 100) -> torch.nn.Linear:
+    """Full-batch multinomial logistic regression: mean cross-entropy + penalty·‖W‖², L-BFGS."""
+    with _one_thread():
+        return _lbfgs(x, y, num_classes, penalty, max_iter)
+
+
+def _lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float,
+           max_iter: int) -> torch.nn.Linear:
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + penalty * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Positions 0..len(y)-1 split into ``folds`` parts, each class spread evenly."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for c in np.unique(y):
+        for j, pos in enumerate(rng.permutation(np.flatnonzero(y == c))):
+            parts[j % folds].append(int(pos))
+    return [np.array(sorted(p)) for p in parts if p]
+
+
+LINEAR_PREPROCESSING = ("l2", "l2+standardize")
+LINEAR_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, seed: int = 0,
+                   preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
+                   penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
+                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """A linear head on the frozen features of the labeled ``rows``; (preprocessing, penalty)
+    chosen by stratified ``folds``-fold cross-validation on those rows only.
+
+    The L2-penalised optimum W lies in the span of the labeled rows, so the head is fitted in an
+    orthonormal basis Q of that span (L rows -> L coordinates, ‖W‖ = ‖Qᵀ W‖): the same solution
+    at a cost independent of D. ``stats``: the collection's feature mean/std
+    (:func:`collection_stats`), computed if None.
+    """
+    rows = np.sort(rows)
+    ys = torch.from_numpy(y[rows])
+    num_classes = int(y[y >= 0].max()) + 1
+    stats = stats if stats is not None else collection_stats(x)
+    held = np.asarray(x[rows])
+    folds = min(folds, int(np.bincount(y[rows]).max()))
+    splits = _stratified_folds(y[rows], folds, seed) if folds >= 2 else []
+    cv: dict[str, float] = {}
+    bases = {}
+    for how in preprocessing:
+        z = _prepare(held, how, stats)
+        q = torch.linalg.qr(z.T.double()).Q.float()  # (D, L): orthonormal basis of the rows
+        bases[how] = q
+        zq = z @ q
+        for penalty in penalties:
+            if not splits:
+                cv[f"{how} {penalty:g}"] = 0.0
+                continue
+            correct = 0
+            for part in splits:
+                fit = np.setdiff1d(np.arange(len(ys)), part)
+                head = _fit_logreg_lbfgs(zq[fit], ys[fit], num_classes, penalty)
+                with torch.no_grad():
+                    correct += int((head(zq[part]).argmax(1) == ys[part]).sum())
+            cv[f"{how} {penalty:g}"] = 100.0 * correct / len(ys)
+    best = max(cv, key=lambda key: (cv[key], key.startswith("l2+"), float(key.split()[1])))
+    how, penalty = best.split()[0], float(best.split()[1])
+    q = bases[how]
+    head = _fit_logreg_lbfgs(_prepare(held, how, stats) @ q, ys, num_classes, penalty)
+    top1 = top5 = 0
+    with torch.no_grad():
+        for i in range(0, len(test_x), 4096):
+            logits = head(_prepare(np.asarray(test_x[i: i + 4096]), how, stats) @ q)
+            h1, h5 = top1_top5_hits(logits, torch.from_numpy(np.asarray(test_y[i: i + 4096])))
+            top1, top5 = top1 + h1, top5 + h5
+    return {"top1": 100.0 * top1 / len(test_x), "top5": 100.0 * top5 / len(test_x),
+            "preprocessing": how, "penalty": penalty, "cv_folds": len(splits),
+            "cv_top1": cv, "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²"}
+
+
+# ---------------------------------------------------------------------------------- propagate
+
+
+def knn_graph(x: np.ndarray, k: int, index: faiss.Index | None = None, chunk: int = 4096
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row of ``x`` (N, D) by cosine, itself excluded.
+
+    ``index``: a FAISS inner-product index over the L2-normalised rows of ``x`` in the same
+    order (e.g. the collection's own index, exact or approximate); None: an exact IndexFlatIP.
+    Returns similarities float32 (N, k) and neighbour rows int64 (N, k) (-1 where missing).
+    """
+    import faiss
+
+    n, d = x.shape
+    if index is None:
+        index = faiss.IndexFlatIP(d)
+        for i in range(0, n, chunk):
+            index.add(_normalized(x[i: i + chunk]).numpy())
+    elif index.ntotal != n or index.d != d:
+        raise ValueError(f"the index holds {index.ntotal} × {index.d} vectors but the collection "
+                         f"is {n} × {d}; build it from the same embeddings")
+    k = min(k, n - 1)
+    sims = np.empty((n, k), np.float32)
+    nbrs = np.empty((n, k), np.int64)
+    for i in range(0, n, chunk):
+        q = _normalized(x[i: i + chunk]).numpy()
+        s, j = index.search(q, k + 1)
+        own = j == np.arange(i, i + len(q))[:, None]
+        # drop each row's own entry (or the last one when the search did not return itself)
+        drop = np.where(own.any(1), own.argmax(1), k)
+        keep = np.ones_like(own)
+        keep[np.arange(len(q)), drop] = False
+        sims[i: i + len(q)] = s[keep].reshape(len(q), k)
+        nbrs[i: i + len(q)] = j[keep].reshape(len(q), k)
+    return sims, nbrs
+
+
+def _conjugate_gradient(matvec, b: torch.Tensor, iters: int, tol: float = 1e-6) -> torch.Tensor:
+    """Solve A X = B (A symmetric positive definite) column by column, all columns at once."""
+    xs = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(0)
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = rr / (p * ap).sum(0).clamp_min(1e-30)
+        xs += alpha * p
+        r -= alpha * ap
+        rr_new = (r * r).sum(0)
+        if bool((rr_new.sqrt() <= tol * b.norm(dim=0).clamp_min(1e-30)).all()):
+            break
+        p = r + (rr_new / rr.clamp_min(1e-30)) * p
+        rr = rr_new
+    return xs
+
+
+@dataclass
+class Propagation:
+    """Labels spread over the collection's kNN graph."""
+
+    pseudo_labels: np.ndarray  # int64 (N,): argmax of the diffusion (labeled rows: their label)
+    certainty: np.ndarray  # float32 (N,) in [0, 1]: 1 − H(Z_i)/log C (labeled rows: 1)
+    scores: np.ndarray  # float32 (N, C): the diffusion Z
+
+
+def propagate_labels(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: np.ndarray,
+                     alpha: float = 0.99, gamma: float = 3.0, iters: int = 20) -> Propagation:
+    """Zhou et al.'s diffusion of the labels ``y`` of ``rows`` over a kNN ``graph`` of the
+    collection (:func:`knn_graph`: similarities and neighbours, each (N, k)).
+
+    Affinities a_ij = max(cos, 0)^γ to the k nearest neighbours, W = A + Aᵀ,
+    S = D^-1/2 W D^-1/2, Z = (I − αS)⁻¹ Y with Y one-hot on the labeled rows (each class's
+    column scaled by 1/its count), solved by ``iters`` conjugate-gradient steps.
+    """
+    sims, nbrs = graph
+    n = len(sims)
+    rows = np.sort(rows)
+    num_classes = int(y[y >= 0].max()) + 1
+    valid = nbrs >= 0
+    src = np.repeat(np.arange(n), sims.shape[1])[valid.ravel()]
+    dst = nbrs.ravel()[valid.ravel()]
+    w = np.clip(sims.ravel()[valid.ravel()], 0, None) ** gamma
+    ij = torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])]))
+    a = torch.sparse_coo_tensor(ij, torch.from_numpy(np.concatenate([w, w])).float(),
+                                (n, n), check_invariants=False).coalesce()
+    deg = torch.sparse.sum(a, dim=1).to_dense()
+    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+    i, v = a.indices(), a.values()
+    s = torch.sparse_coo_tensor(i, v * inv_sqrt[i[0]] * inv_sqrt[i[1]], (n, n),
+                                check_invariants=False).coalesce()
+    counts = np.bincount(y[rows], minlength=num_classes).clip(min=1)
+    b = torch.zeros(n, num_classes)
+    b[torch.from_numpy(rows), torch.from_numpy(y[rows])] = torch.from_numpy(
+        1.0 / counts[y[rows]]).float()
+    z = _conjugate_gradient(lambda p: p - alpha * torch.sparse.mm(s, p), b, iters).clamp_min(0)
+    p = z / z.sum(1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
+    certainty = torch.where(z.sum(1) > 0, 1 - entropy / math.log(num_classes),
+                            torch.zeros(n)).clamp(0, 1)
+    pseudo = z.argmax(1).numpy().astype(np.int64)
+    pseudo[rows] = y[rows]
+    cert = certainty.numpy().astype(np.float32)
+    cert[rows] = 1.0
+    return Propagation(pseudo, cert, z.numpy().astype(np.float32))
+
+
+def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+                      test_y: np.ndarray, k: int = 20, temperature: float = 0.07,
+                      graph_k: int = 10, alpha: float = 0.99, gamma: float = 3.0,
+                      graph: tuple[np.ndarray, np.ndarray] | None = None,
+                      index: faiss.Index | None = None) -> dict[str, Any]:
+    """Propagate the labels of ``rows`` over the collection's kNN graph (``graph``, else built
+    with ``graph_k`` neighbours from ``index`` or exactly), then classify the test images by a
+    kNN vote over the whole pseudo-labeled collection (votes exp(cos/T) · certainty)."""
+    graph = graph if graph is not None else knn_graph(x, graph_k, index)
+    graph_k = graph[0].shape[1]
+    prop = propagate_labels(graph, y, rows, alpha, gamma)
+    res = knn_classify(x, prop.pseudo_labels, test_x, test_y, ks=[k], temperature=temperature,
+                       train_weights=prop.certainty)
+    used = max(res["k"])
+    unlabeled = np.setdiff1d(np.arange(len(x)), rows)
+    known = y[unlabeled] >= 0
+    pseudo_acc = (100.0 * float((prop.pseudo_labels[unlabeled][known]
+                                 == y[unlabeled][known]).mean()) if known.any() else None)
+    return {"top1": res["k"][used]["top1"], "top5": res["k"][used]["top5"], "k": used,
+            "temperature": temperature, "graph_k": graph_k, "alpha": alpha, "gamma": gamma,
+            "pseudo_label_accuracy": pseudo_acc,
+            "mean_certainty": float(prop.certainty[unlabeled].mean()) if len(unlabeled) else None}
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class FewShotConfig:
+    """Which protocols, label budget and seeds; the protocols' own settings."""
+
+    protocols: list[str] = field(default_factory=lambda: list(FROZEN_PROTOCOLS))
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    knn_k: int = 20
+    temperature: float = 0.07
+    standardize: bool = True  # knn, propagate: compare L2-normalised features standardised with
+    #                           the collection's statistics (no labels); linear chooses by CV
+    graph_k: int = 10  # neighbours per node of the propagation graph
+    alpha: float = 0.99  # diffusion strength
+    gamma: float = 3.0  # affinity power
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.protocols) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(f"unknown few-label protocols {unknown}; choose from {list(PROTOCOLS)}")
+        if (self.labels_per_class is None) == (self.label_fraction is None):
+            raise ValueError("give exactly one of labels_per_class and label_fraction")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """mean, sample std (0 for one value) and n of per-seed accuracies."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "n": len(arr), "values": [float(v) for v in arr]}
+
+
+def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                    cfg: FewShotConfig, index: faiss.Index | None = None) -> dict[str, Any]:
+    """Every frozen-feature protocol of ``cfg`` for every seed: {protocol: {"seeds": {seed:
+    result}, "top1": summary}}. ``x`` (N, D) is the whole collection, ``y`` its labels;
+    ``index``: a FAISS inner-product index over the collection's compared features (see
+    :func:`knn_graph`) for the propagation graph; None: exact."""
+    y = np.asarray(y, dtype=np.int64)
+    if (y < 0).all():
+        raise ValueError("the collection is unlabeled; few-label evaluation needs class "
+                         "sub-folders")
+    stats = collection_stats(x)
+    if cfg.standardize and {"knn", "propagate"} & set(cfg.protocols):
+        xs, test_xs = standardized(x, stats), standardized(test_x, stats)
+    else:
+        xs, test_xs = x, test_x
+    graph = knn_graph(xs, cfg.graph_k, index) if "propagate" in cfg.protocols else None
+    out: dict[str, Any] = {}
+    for protocol in (p for p in cfg.protocols if p in FROZEN_PROTOCOLS):
+        per_seed = {}
+        for seed in cfg.seeds:
+            rows = labeled_subset(y, seed, cfg.labels_per_class, cfg.label_fraction)
+            if protocol == "knn":
+                r = fewshot_knn(xs, y, rows, test_xs, test_y, cfg.knn_k, cfg.temperature)
+            elif protocol == "linear":
+                r = fewshot_linear(x, y, rows, test_x, test_y, seed, stats=stats)
+            else:
+                r = fewshot_propagate(xs, y, rows, test_xs, test_y, cfg.knn_k, cfg.temperature,
+                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph)
+            per_seed[seed] = {"labeled": len(rows), **r}
+            log.info("few-label %s seed %d: top-1 %.2f%%", protocol, seed, r["top1"])
+        out[protocol] = {"seeds": per_seed,
+                         "top1": summarize([r["top1"] for r in per_seed.values()])}
+    return out
+
+
+def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os.PathLike,
+                cfg: FewShotConfig, split: str = "train", test_split: str = "test",
+                data_root: str | None = None, finetune_options: dict[str, Any] | None = None,
+                device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """Every protocol of ``cfg`` for the backbone of run dir ``run``; writes ``OUT/fewshot.json``.
+
+    Embeds ``data`` (the collection, labeled) and ``test_data`` into ``OUT/emb_train`` and
+    ``OUT/emb_test`` (reused when complete), runs the frozen protocols on them, and for ``full``
+    fine-tunes one run per seed into ``OUT/full-seed<S>`` (reused when complete).
+    """
+    from .embed import extract_embeddings, load_embeddings
+    from .evaluate import aligned_labels
+    from .finetune import evaluate_classifier, finetune
+
+    out = Path(out)
+    embs = {}
+    for name, source, sp in (("train", data, split), ("test", test_data, test_split)):
+        embs[name] = out / f"emb_{name}"
+        if not (embs[name] / "meta.json").exists():
+            extract_embeddings(run, source, embs[name], split=sp, data_root=data_root,
+                               device=device, quiet=quiet)
+    x, items, meta = load_embeddings(embs["train"])
+    tx, titems, tmeta = load_embeddings(embs["test"])
+    y = np.array([it["label"] for it in items], dtype=np.int64)
+    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(test_data))
+    results: dict[str, Any] = {"config": asdict(cfg), "run": str(run),
+                               "protocols": evaluate_frozen(x, y, tx, ty, cfg)}
+    if "full" in cfg.protocols:
+        per_seed = {}
+        for seed in cfg.seeds:
+            tuned = out / f"full-seed{seed}"
+            if not (tuned / "model.json").exists():
+                finetune(run=str(run), data=data, split=split, data_root=data_root,
+                         labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
+                         mode="full", seed=seed, out=str(tuned), device=device, quiet=quiet,
+                         **(finetune_options or {}))
+            acc = evaluate_classifier(tuned, test_data, test_split, data_root, device=device)
+            per_seed[seed] = {"labeled": read_json(tuned / "model.json")["training"][
+                "labeled_items"], "top1": acc["top1"], "top5": acc["top5"]}
+        results["protocols"]["full"] = {"seeds": per_seed, "top1": summarize(
+            [r["top1"] for r in per_seed.values()])}
+    write_json(out / "fewshot.json", results)
+    return results

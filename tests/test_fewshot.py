@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hebbret import cli
+from hebbret.fewshot import (
+    FewShotConfig,
+    _fit_logreg_lbfgs,
+    _prepare,
+    collection_stats,
+    evaluate_frozen,
+    fewshot_knn,
+    fewshot_linear,
+    knn_graph,
+    labeled_subset,
+    propagate_labels,
+)
+from hebbret.pretrain import pretrain
+
+from .conftest import TINY_C3, write_image_folder
+
+
+def blobs(n_per_class: int, classes: int = 3, dim: int = 16, spread: float = 0.3, seed: int = 0):
+    """Gaussian clusters around unit centres (the same for every seed): (N, dim) float32,
+    labels (N,)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1000 + dim).normal(size=(classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = centres[y] + spread * rng.normal(size=(len(y), dim)) / np.sqrt(dim)
+    return x.astype(np.float32), y
+
+
+def test_knn_graph_matches_brute_force_and_excludes_self():
+    x, _ = blobs(20, seed=1)
+    sims, nbrs = knn_graph(x, 5)
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = z @ z.T
+    np.fill_diagonal(cos, -np.inf)
+    want = np.argsort(-cos, axis=1)[:, :5]
+    assert (nbrs != np.arange(len(x))[:, None]).all()
+    np.testing.assert_array_equal(np.sort(nbrs, 1), np.sort(want, 1))
+    np.testing.assert_allclose(sims, np.take_along_axis(cos, nbrs, 1), atol=1e-5)
+
+
+def test_propagation_solves_the_diffusion_exactly():
+    x, y = blobs(15, seed=2)
+    rows = labeled_subset(y, 0, labels_per_class=2)
+    graph = knn_graph(x, 6)
+    prop = propagate_labels(graph, y, rows, alpha=0.9, gamma=3.0, iters=200)
+    # dense reference: Z = (I − αS)⁻¹ Y
+    n = len(x)
+    a = np.zeros((n, n))
+    for i in range(n):
+        a[i, graph[1][i]] = np.clip(graph[0][i], 0, None) ** 3
+    w = a + a.T
+    d = w.sum(1)
+    s = w / np.sqrt(np.outer(d, d))
+    b = np.zeros((n, 3))
+    b[rows, y[rows]] = 1 / 2
+    z = np.clip(np.linalg.solve(np.eye(n) - 0.9 * s, b), 0, None)
+    np.testing.assert_allclose(prop.scores, z, rtol=1e-3, atol=1e-5)
+    assert (prop.pseudo_labels == y).all()  # well-separated clusters: every label recovered
+    assert (prop.certainty[rows] == 1).all() and prop.certainty.min() > 0
+
+
+def test_knn_protocol_votes_only_with_the_labeled_items():
+    x, y = blobs(10, seed=3)
+    test_x, test_y = blobs(5, seed=4)
+    rows = labeled_subset(y, 0, labels_per_class=3)
+    poisoned = x.copy()
+    unlabeled = np.setdiff1d(np.arange(len(x)), rows)
+    poisoned[unlabeled] = test_x[np.arange(len(unlabeled)) % len(test_x)]  # exact test copies
+    a = fewshot_knn(x, y, rows, test_x, test_y, k=5)
+    wrong = np.where(np.isin(np.arange(len(y)), rows), y, (y + 1) % 3)  # unlabeled: wrong labels
+    b = fewshot_knn(poisoned, wrong, rows, test_x, test_y, k=5)
+    assert a["top1"] == b["top1"] == 100.0
+
+
+def test_linear_in_the_span_of_the_labeled_rows_equals_the_full_fit():
+    x, y = blobs(8, dim=64, spread=1.0, seed=5)
+    stats = collection_stats(x)
+    z = _prepare(x, "l2+standardize", stats)
+    q = torch.linalg.qr(z.T.double()).Q.float()
+    full = _fit_logreg_lbfgs(z, torch.from_numpy(y), 3, 1e-2, max_iter=500)
+    small = _fit_logreg_lbfgs(z @ q, torch.from_numpy(y), 3, 1e-2, max_iter=500)
+    with torch.no_grad():
+        torch.testing.assert_close(full(z), small(z @ q), atol=2e-3, rtol=1e-3)
+
+
+def test_linear_choices_never_look_at_the_test_labels():
+    x, y = blobs(12, dim=32, spread=1.5, seed=6)
+    test_x, test_y = blobs(6, dim=32, spread=1.5, seed=7)
+    rows = labeled_subset(y, 1, labels_per_class=4)
+    a = fewshot_linear(x, y, rows, test_x, test_y, seed=1)
+    b = fewshot_linear(x, y, rows, test_x, (test_y + 1) % 3, seed=1)
+    assert (a["preprocessing"], a["penalty"], a["cv_top1"]) == (b["preprocessing"], b["penalty"],
+                                                                b["cv_top1"])
+    assert a["cv_folds"] == 4 and a["top1"] > 60
+
+
+def test_every_frozen_protocol_and_seed_is_reported():
+    x, y = blobs(20, seed=8)
+    test_x, test_y = blobs(10, seed=9)
+    cfg = FewShotConfig(labels_per_class=2, seeds=[0, 1, 2], graph_k=5)
+    res = evaluate_frozen(x, y, test_x, test_y, cfg)
+    assert set(res) == {"knn", "linear", "propagate"}
+    for protocol in res.values():
+        assert list(protocol["seeds"]) == [0, 1, 2] and protocol["top1"]["n"] == 3
+        assert all(r["labeled"] == 6 for r in protocol["seeds"].values())
+    assert res["propagate"]["top1"]["mean"] > 90  # clusters this clear propagate cleanly
+
+
+def test_config_rejects_unknown_protocols_and_ambiguous_budgets():
+    with pytest.raises(ValueError, match="unknown few-label protocols"):
+        FewShotConfig(protocols=["knn", "magic"], labels_per_class=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        FewShotConfig(labels_per_class=1, label_fraction=0.1)
+
+
+def test_fewshot_cli_runs_every_protocol_on_real_images(tmp_path, capsys):
+    write_image_folder(tmp_path / "train", classes=3, per_class=8, seed=0)
+    write_image_folder(tmp_path / "test", classes=3, per_class=3, seed=1)
+    run = pretrain(str(tmp_path / "train"), out=str(tmp_path / "run"), model_kwargs=TINY_C3,
+                   img_size=16, batch_size=6, epochs=1, quiet=True)
+    out = tmp_path / "fs"
+    assert cli.main(["fewshot", str(run), str(tmp_path / "train"), str(tmp_path / "test"),
+                     "--labels-per-class", "2", "--seeds", "0", "1", "--epochs", "1",
+                     "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "fewshot.json").read_text())
+    assert set(result["protocols"]) == {"knn", "linear", "propagate", "full"}
+    for protocol in result["protocols"].values():
+        assert protocol["top1"]["n"] == 2
+    assert "| propagate |" in capsys.readouterr().out
+    # full fine-tunes on exactly the subset the frozen protocols label for the same seed
+    ft = [json.loads(line)["row"]
+          for line in (out / "full-seed1" / "labeled_items.jsonl").read_text().splitlines()]
+    labels = np.repeat(np.arange(3), 8)
+    assert ft == labeled_subset(labels, 1, labels_per_class=2).tolist()
