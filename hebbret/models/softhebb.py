@@ -83,6 +83,7 @@ def _cfg(in_chans: int, img_size: tuple[int, int], num_classes: int) -> dict[str
         "mean": (0.0,) * in_chans,
         "std": (1.0,) * in_chans,
         "hebb": {"rule": "softhebb", "lr": [0.08, 0.005, 0.01], "batch_size": 10, "epochs": 1,
+                 "min_steps": 1000,  # small collections repeat: the rule needs steps to converge
                  "mode": "consecutive"},
         "embedding": {"layer": "features", "pool": "flatten"},
     }
