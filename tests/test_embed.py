@@ -26,7 +26,7 @@ from .test_data import write_bad_files
 @pytest.fixture
 def run_dir(image_folder, tmp_path):
     return pretrain(str(image_folder), out=str(tmp_path / "run"), model_kwargs=TINY_C3,
-                    img_size=16, batch_size=4, quiet=True)
+                    img_size=16, batch_size=4, epochs=1, quiet=True)
 
 
 def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_path):
@@ -79,7 +79,7 @@ def test_search_by_image_refuses_a_different_model(run_dir, image_folder, tmp_pa
     found = search_by_image(index, [query], k=3)
     assert found[0]["results"][0]["path"] == "class_1/img_3.png"  # an image finds itself first
     other = pretrain(str(image_folder), out=str(tmp_path / "other"), model_kwargs=TINY_C3,
-                     img_size=16, batch_size=4, seed=5, quiet=True)
+                     img_size=16, batch_size=4, seed=5, epochs=1, quiet=True)
     with pytest.raises(ValueError, match="was built from model sha256 .* but .*other holds"):
         search_by_image(index, [query], run=other)
 

@@ -34,7 +34,7 @@ def test_few_label_rows_are_balanced_seeded_and_short_classes_warn(caplog):
 def parent(tmp_path):
     data = write_image_folder(tmp_path / "imgs", classes=3, per_class=10)
     run = pretrain(str(data), out=str(tmp_path / "hebb"), model_kwargs=TINY_C3, img_size=16,
-                   batch_size=5, quiet=True)
+                   batch_size=5, epochs=1, quiet=True)
     return data, run
 
 

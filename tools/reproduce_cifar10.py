@@ -180,7 +180,7 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
     name = f"c3-{variant}" + ("" if precision == "fp32" else f"-{precision}")
     run = work / name / "run"
     info = pretrain_once(run, data, model="hebb_softhebb_c3", rule=C3_VARIANTS[variant],
-                         model_kwargs=settings.c3_kwargs,
+                         model_kwargs=settings.c3_kwargs, epochs=1,  # SoftHebb: one epoch
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
