@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ._io import read_json, write_json
 from .data import few_label_rows
-from .evaluate import _normalized, knn_classify, top1_top5_hits
+from .evaluate import _feature_stats, _normalized, knn_classify, top1_top5_hits
 
 if TYPE_CHECKING:
     import faiss
@@ -72,17 +72,9 @@ def fewshot_knn(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarr
 # ------------------------------------------------------------------------------------- linear
 
 
-def collection_stats(x: np.ndarray, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def collection_stats(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (D,) of the L2-normalised rows of the whole collection (no labels used)."""
-    s = torch.zeros(x.shape[1], dtype=torch.float64)
-    s2 = torch.zeros_like(s)
-    for i in range(0, len(x), chunk):
-        b = _normalized(x[i: i + chunk]).double()
-        s += b.sum(0)
-        s2 += (b * b).sum(0)
-    mean = s / len(x)
-    std = (s2 / len(x) - mean**2).clamp_min(0).sqrt()
-    return mean.float(), std.float().clamp_min(1e-6)
+    return _feature_stats(x, np.arange(len(x)))
 
 
 def standardized(x: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor], chunk: int = 4096
@@ -407,6 +399,41 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
     return out
 
 
+def evaluate_embeddings(train_emb: str | os.PathLike, test_emb: str | os.PathLike,
+                        cfg: FewShotConfig) -> dict[str, Any]:
+    """:func:`evaluate_frozen` on two embeddings dirs: the collection and the test images."""
+    from .embed import load_embeddings
+    from .evaluate import aligned_labels
+
+    x, items, meta = load_embeddings(train_emb)
+    tx, titems, tmeta = load_embeddings(test_emb)
+    y = np.array([it["label"] for it in items], dtype=np.int64)
+    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(test_emb))
+    return evaluate_frozen(x, y, tx, ty, cfg)
+
+
+def evaluate_full(run: str | os.PathLike, data: str, test_data: str, out: str | os.PathLike,
+                  cfg: FewShotConfig, split: str = "train", test_split: str = "test",
+                  data_root: str | None = None, finetune_options: dict[str, Any] | None = None,
+                  device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """The ``full`` protocol: one fine-tuned run per seed in ``OUT/full-seed<S>`` (reused when
+    complete), each tested with its own classifier: {"seeds": {seed: result}, "top1": summary}."""
+    from .finetune import evaluate_classifier, finetune
+
+    per_seed = {}
+    for seed in cfg.seeds:
+        tuned = Path(out) / f"full-seed{seed}"
+        if not (tuned / "model.json").exists():
+            finetune(run=str(run), data=data, split=split, data_root=data_root,
+                     labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
+                     mode="full", seed=seed, out=str(tuned), device=device, quiet=quiet,
+                     **(finetune_options or {}))
+        acc = evaluate_classifier(tuned, test_data, test_split, data_root, device=device)
+        per_seed[seed] = {"labeled": read_json(tuned / "model.json")["training"]["labeled_items"],
+                          "top1": acc["top1"], "top5": acc["top5"]}
+    return {"seeds": per_seed, "top1": summarize([r["top1"] for r in per_seed.values()])}
+
+
 def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os.PathLike,
                 cfg: FewShotConfig, split: str = "train", test_split: str = "test",
                 data_root: str | None = None, finetune_options: dict[str, Any] | None = None,
@@ -414,12 +441,10 @@ def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os
     """Every protocol of ``cfg`` for the backbone of run dir ``run``; writes ``OUT/fewshot.json``.
 
     Embeds ``data`` (the collection, labeled) and ``test_data`` into ``OUT/emb_train`` and
-    ``OUT/emb_test`` (reused when complete), runs the frozen protocols on them, and for ``full``
-    fine-tunes one run per seed into ``OUT/full-seed<S>`` (reused when complete).
+    ``OUT/emb_test`` (reused when complete), runs the frozen protocols on them, and
+    :func:`evaluate_full` for ``full``.
     """
-    from .embed import extract_embeddings, load_embeddings
-    from .evaluate import aligned_labels
-    from .finetune import evaluate_classifier, finetune
+    from .embed import extract_embeddings
 
     out = Path(out)
     embs = {}
@@ -428,25 +453,10 @@ def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os
         if not (embs[name] / "meta.json").exists():
             extract_embeddings(run, source, embs[name], split=sp, data_root=data_root,
                                device=device, quiet=quiet)
-    x, items, meta = load_embeddings(embs["train"])
-    tx, titems, tmeta = load_embeddings(embs["test"])
-    y = np.array([it["label"] for it in items], dtype=np.int64)
-    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(test_data))
-    results: dict[str, Any] = {"config": asdict(cfg), "run": str(run),
-                               "protocols": evaluate_frozen(x, y, tx, ty, cfg)}
+    protocols = evaluate_embeddings(embs["train"], embs["test"], cfg)
     if "full" in cfg.protocols:
-        per_seed = {}
-        for seed in cfg.seeds:
-            tuned = out / f"full-seed{seed}"
-            if not (tuned / "model.json").exists():
-                finetune(run=str(run), data=data, split=split, data_root=data_root,
-                         labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
-                         mode="full", seed=seed, out=str(tuned), device=device, quiet=quiet,
-                         **(finetune_options or {}))
-            acc = evaluate_classifier(tuned, test_data, test_split, data_root, device=device)
-            per_seed[seed] = {"labeled": read_json(tuned / "model.json")["training"][
-                "labeled_items"], "top1": acc["top1"], "top5": acc["top5"]}
-        results["protocols"]["full"] = {"seeds": per_seed, "top1": summarize(
-            [r["top1"] for r in per_seed.values()])}
+        protocols["full"] = evaluate_full(run, data, test_data, out, cfg, split, test_split,
+                                          data_root, finetune_options, device, quiet)
+    results = {"config": asdict(cfg), "run": str(run), "protocols": protocols}
     write_json(out / "fewshot.json", results)
     return results

@@ -29,9 +29,8 @@ from ._io import atomic_path, read_json, write_bytes, write_json
 from .config import load_config
 from .data import NAMED_DATASETS, open_dataset
 from .embed import extract_embeddings, load_embeddings
-from .evaluate import aligned_labels, evaluate
-from .fewshot import PROTOCOLS, FewShotConfig, evaluate_frozen, summarize
-from .finetune import evaluate_classifier, finetune
+from .evaluate import evaluate
+from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
 from .index import build_index, search_index
 from .pretrain import pretrain
 from .viz import save_convergence, save_filters
@@ -201,35 +200,20 @@ def _fewshot(cfg: RunConfig, base: Path, backbone: Path, embs: dict[str, Path],
     """Every few-label protocol on this backbone: {protocol: summary of test top-1 over seeds}."""
     fcfg = FewShotConfig(protocols=cfg.protocols, labels_per_class=cfg.labels_per_class,
                          label_fraction=cfg.label_fraction, seeds=cfg.seeds, knn_k=cfg.knn_k)
-    x, items, meta = load_embeddings(embs["train"])
-    tx, titems, tmeta = load_embeddings(embs["test"])
-    y = np.array([it["label"] for it in items], dtype=np.int64)
-    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(embs["test"]))
-    results = evaluate_frozen(x, y, tx, ty, fcfg)
+    results = evaluate_embeddings(embs["train"], embs["test"], fcfg)
     if "full" in cfg.protocols:
-        per_seed = {}
-        for seed in cfg.seeds:
-            tuned = base / f"full-seed{seed}"
-            if not _done(tuned):
-                finetune(run=str(backbone), data=train[0], split=train[1],
-                         data_root=cfg.data_root, labels_per_class=cfg.labels_per_class,
-                         label_fraction=cfg.label_fraction, mode="full", epochs=cfg.finetune_epochs,
-                         lr=cfg.finetune_lr, backbone_lr_scale=cfg.backbone_lr_scale,
-                         batch_size=cfg.finetune_batch_size, augment=cfg.augment, seed=seed,
-                         out=str(tuned), device=cfg.device, quiet=cfg.quiet)
-            acc = evaluate_classifier(tuned, test[0], test[1], cfg.data_root, device=cfg.device)
-            per_seed[seed] = {"top1": acc["top1"], "top5": acc["top5"]}
-        results["full"] = {"seeds": per_seed,
-                           "top1": summarize([r["top1"] for r in per_seed.values()])}
+        results["full"] = evaluate_full(
+            backbone, train[0], test[0], base, fcfg, train[1], test[1], cfg.data_root,
+            dict(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                 backbone_lr_scale=cfg.backbone_lr_scale, batch_size=cfg.finetune_batch_size,
+                 augment=cfg.augment), cfg.device, cfg.quiet)
     return {p: results[p]["top1"] for p in cfg.protocols}
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:
     """One sentence: which backbone + protocol wins with few labels, and by how much."""
-    def best(variant: str, protocols: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-        few = rows[variant]["fewshot"]
-        return max(((p, s) for p, s in few.items() if protocols is None or p in protocols),
-                   key=lambda ps: ps[1]["mean"])
+    def best(variant: str) -> tuple[str, dict[str, Any]]:
+        return max(rows[variant]["fewshot"].items(), key=lambda ps: ps[1]["mean"])
 
     def fmt(s: dict[str, Any]) -> str:
         return f"{s['mean']:.2f} ± {s['std']:.2f}"

@@ -40,24 +40,29 @@ def test_pretrain_writes_a_run_dir_and_learns(image_folder, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 13))
 
 
+def kill_at_step(n: int, monkeypatch, data: str, **kwargs) -> None:
+    """Run pretrain(data, **kwargs) and kill it (KeyboardInterrupt) as Hebbian step n starts."""
+    real_step = pretrain_mod.hebbian_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(pretrain_mod, "hebbian_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(data, **kwargs)
+    monkeypatch.setattr(pretrain_mod, "hebbian_step", real_step)
+
+
 @pytest.mark.parametrize("mode", ["consecutive", "greedy"])
 def test_resume_after_a_kill_ends_with_the_same_weights(image_folder, tmp_path, monkeypatch, mode):
     common = dict(epochs=2, checkpoint_every=2, seed=7, mode=mode, **TINY)
     reference = pretrain(str(image_folder), out=str(tmp_path / "whole"), **common)
 
-    real_step = pretrain_mod.hebbian_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain_mod, "hebbian_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(str(image_folder), out=str(tmp_path / "killed"), **common)
-    monkeypatch.setattr(pretrain_mod, "hebbian_step", real_step)
+    kill_at_step(5, monkeypatch, str(image_folder), out=str(tmp_path / "killed"), **common)
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         pretrain(str(image_folder), out=str(tmp_path / "killed"), **common)
@@ -209,19 +214,7 @@ def test_the_default_budget_repeats_a_small_collection_up_to_min_steps(image_fol
 def test_resume_mid_epoch_under_a_step_budget(image_folder, tmp_path, monkeypatch):
     common = dict(steps=9, checkpoint_every=4, seed=3, **TINY)
     reference = pretrain(str(image_folder), out=str(tmp_path / "whole"), **common)
-    real_step = pretrain_mod.hebbian_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain_mod, "hebbian_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(str(image_folder), out=str(tmp_path / "killed"), **common)
-    monkeypatch.setattr(pretrain_mod, "hebbian_step", real_step)
+    kill_at_step(8, monkeypatch, str(image_folder), out=str(tmp_path / "killed"), **common)
     resumed = pretrain(str(image_folder), out=str(tmp_path / "killed"), resume=True, **common)
     a, b = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
     for k in a:
