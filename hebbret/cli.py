@@ -135,7 +135,8 @@ def _fewshot(args: argparse.Namespace) -> None:
     from .fewshot import FewShotConfig, run_fewshot
 
     cfg = FewShotConfig(protocols=args.protocols, labels_per_class=args.labels_per_class,
-                        label_fraction=args.label_fraction, seeds=args.seeds, knn_k=args.k)
+                        label_fraction=args.label_fraction, seeds=args.seeds, knn_k=args.k,
+                        graph_index=args.graph_index)
     opts = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr),
                               ("backbone_lr_scale", args.backbone_lr_scale)) if v is not None}
     result = run_fewshot(args.run, args.data, args.test_data, args.out, cfg, split=args.split,
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="one labeled subset per seed (default 0 1 2)")
     p.add_argument("--k", type=int, default=20, help="neighbours of the kNN votes")
+    p.add_argument("--graph-index", default="Flat", help="propagate: FAISS factory the kNN graph "
+                   "is searched with (e.g. PCA256,Flat for very wide features; default exact)")
     p.add_argument("--epochs", type=int, help="full: fine-tuning epochs (default 20)")
     p.add_argument("--lr", type=float, help="full: learning rate (default 1e-3)")
     p.add_argument("--backbone-lr-scale", type=float, help="full: backbone lr = lr × this")

@@ -344,6 +344,8 @@ class FewShotConfig:
     standardize: bool = True  # knn, propagate: compare L2-normalised features standardised with
     #                           the collection's statistics (no labels); linear chooses by CV
     graph_k: int = 10  # neighbours per node of the propagation graph
+    graph_index: str = "Flat"  # FAISS factory the graph is searched with (inner product on the
+    #                            compared features); e.g. "PCA256,Flat" for very wide features
     alpha: float = 0.99  # diffusion strength
     gamma: float = 3.0  # affinity power
 
@@ -369,7 +371,7 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
     """Every frozen-feature protocol of ``cfg`` for every seed: {protocol: {"seeds": {seed:
     result}, "top1": summary}}. ``x`` (N, D) is the whole collection, ``y`` its labels;
     ``index``: a FAISS inner-product index over the collection's compared features (see
-    :func:`knn_graph`) for the propagation graph; None: exact."""
+    :func:`knn_graph`) for the propagation graph; None: one built from ``cfg.graph_index``."""
     y = np.asarray(y, dtype=np.int64)
     if (y < 0).all():
         raise ValueError("the collection is unlabeled; few-label evaluation needs class "
@@ -379,7 +381,13 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
         xs, test_xs = standardized(x, stats), standardized(test_x, stats)
     else:
         xs, test_xs = x, test_x
-    graph = knn_graph(xs, cfg.graph_k, index) if "propagate" in cfg.protocols else None
+    graph = None
+    if "propagate" in cfg.protocols:
+        if index is None and cfg.graph_index.strip() != "Flat":
+            from .index import filled_index
+
+            index = filled_index(xs, cfg.graph_index)
+        graph = knn_graph(xs, cfg.graph_k, index)
     out: dict[str, Any] = {}
     for protocol in (p for p in cfg.protocols if p in FROZEN_PROTOCOLS):
         per_seed = {}

@@ -110,6 +110,38 @@ def _set_pca(index: faiss.Index, x: np.ndarray, seed: int) -> bool:
     return True
 
 
+def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_PRODUCT,
+                 normalize: bool = True, chunk: int = 65536, seed: int = 0,
+                 pca_sample_bytes: int = 2 << 30, source: str = "the collection") -> faiss.Index:
+    """A FAISS ``index_factory`` index trained on a sample of the rows of ``x`` (n, d) and
+    holding all of them, in order (L2-normalised first when ``normalize``). A leading
+    ``PCA<d>`` is fitted with :func:`fit_pca` on at most ``pca_sample_bytes`` of float32 rows."""
+    n, d = x.shape
+    try:
+        index = faiss.index_factory(d, factory, metric)
+    except RuntimeError as e:
+        raise ValueError(f"FAISS cannot build {factory!r} for dimension {d}: "
+                         f"{str(e).strip().splitlines()[-1]}") from None
+    if not index.is_trained:
+        need = _centroids(index)
+        if n < need:
+            raise ValueError(f"{factory!r} must learn {need} centroids but {source} has only {n} "
+                             f"vectors; use fewer lists (e.g. IVF{max(1, n // 39)}) or Flat")
+        if n < MIN_POINTS_PER_CENTROID * need:
+            log.warning("%s: %d vectors for %d centroids is fewer than %d per centroid; the "
+                        "clustering will be poor", factory, n, need, MIN_POINTS_PER_CENTROID)
+        rng = np.random.default_rng(seed)
+        sample = max(need * 256, min(100_000, pca_sample_bytes // (4 * d)))
+        train_rows = np.sort(rng.permutation(n)[:sample])
+        x_train = _as_float32(x[train_rows], normalize)
+        if not _set_pca(index, x_train, seed):
+            index.train(x_train)
+        del x_train
+    for i in range(0, n, chunk):
+        index.add(_as_float32(x[i: i + chunk], normalize))
+    return index
+
+
 def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str = "Flat",
                 metric: str = "ip", normalize: bool | None = None, nprobe: int | None = None,
                 ef_search: int | None = None, chunk: int = 65536, recall_queries: int = 500,
@@ -126,28 +158,8 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
     normalize = metric == "ip" if normalize is None else normalize
     emb, items, emb_meta = load_embeddings(emb_dir)
     n, d = emb.shape
-    try:
-        index = faiss.index_factory(d, factory, METRICS[metric])
-    except RuntimeError as e:
-        raise ValueError(f"FAISS cannot build {factory!r} for dimension {d}: "
-                         f"{str(e).strip().splitlines()[-1]}") from None
-    if not index.is_trained:
-        need = _centroids(index)
-        if n < need:
-            raise ValueError(f"{factory!r} must learn {need} centroids but {emb_dir} has only {n} "
-                             f"vectors; use fewer lists (e.g. IVF{max(1, n // 39)}) or Flat")
-        if n < MIN_POINTS_PER_CENTROID * need:
-            log.warning("%s: %d vectors for %d centroids is fewer than %d per centroid; the "
-                        "clustering will be poor", factory, n, need, MIN_POINTS_PER_CENTROID)
-        rng = np.random.default_rng(seed)
-        sample = max(need * 256, min(100_000, pca_sample_bytes // (4 * d)))
-        train_rows = np.sort(rng.permutation(n)[:sample])
-        x_train = _as_float32(emb[train_rows], normalize)
-        if not _set_pca(index, x_train, seed):
-            index.train(x_train)
-        del x_train
-    for i in range(0, n, chunk):
-        index.add(_as_float32(emb[i: i + chunk], normalize))
+    index = filled_index(emb, factory, METRICS[metric], normalize, chunk, seed, pca_sample_bytes,
+                         source=str(emb_dir))
     search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
     recall = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed) \
         if "Flat" != factory.strip() else 1.0

@@ -45,6 +45,22 @@ def test_knn_graph_matches_brute_force_and_excludes_self():
     np.testing.assert_allclose(sims, np.take_along_axis(cos, nbrs, 1), atol=1e-5)
 
 
+def test_graph_index_factory_searches_through_faiss_pca():
+    # 3 clusters in 64-d: PCA to 8 keeps the cluster structure, so the propagated labels agree
+    x, y = blobs(30, dim=64, seed=3)
+    test_x, test_y = blobs(10, dim=64, seed=4)
+    flat = FewShotConfig(protocols=["propagate"], labels_per_class=2, seeds=[0], graph_k=5,
+                         standardize=False)
+    pca = FewShotConfig(protocols=["propagate"], labels_per_class=2, seeds=[0], graph_k=5,
+                        standardize=False, graph_index="PCA8,Flat")
+    a = evaluate_frozen(x, y, test_x, test_y, flat)["propagate"]["seeds"][0]
+    b = evaluate_frozen(x, y, test_x, test_y, pca)["propagate"]["seeds"][0]
+    assert a["top1"] == b["top1"] == 100.0
+    with pytest.raises(ValueError, match="PCA to 999 dimensions"):
+        evaluate_frozen(x, y, test_x, test_y, FewShotConfig(
+            protocols=["propagate"], labels_per_class=2, seeds=[0], graph_index="PCA999,Flat"))
+
+
 def test_propagation_solves_the_diffusion_exactly():
     x, y = blobs(15, seed=2)
     rows = labeled_subset(y, 0, labels_per_class=2)

@@ -28,7 +28,8 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- cifar10-results:begin -->\nold\n<!-- cifar10-results:end -->\ntail\n")
     settings = repro.Settings(c3_kwargs=TINY_C3, sixl_kwargs={"widths": [8, 8, 8, 8, 16]},
-                              readout_epochs=2, budgets=(0.5,), seeds=(0,), finetune_epochs=1,
+                              readout_epochs=2, readout_seeds=(0, 1), budgets=(0.5,), seeds=(0,),
+                              finetune_epochs=1,
                               linear_epochs=1, pca_dim=4, skip=("c3-scratch/0.5",),
                               speed_steps=3)
     results = tmp_path / "cifar10.json"
@@ -42,6 +43,11 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     for variant in ("hebbian", "random"):
         row = st["softhebb"][variant]
         assert 0 <= row["readout_top1"] <= 100 and row["dim"] == 32 * 4 * 4
+        assert set(row["readout_seeds"]) == {"0", "1"} and row["readout_top1_std"] >= 0
+        prot = st["protocols"][f"{variant}/0.5"]
+        assert prot["graph_index"] == "PCA4,Flat"
+        assert {p: prot[p]["top1"]["n"] for p in ("knn", "linear", "propagate")} == \
+            {"knn": 1, "linear": 1, "propagate": 1}
         assert row["git_commit"] and row["machine"] and "--stage softhebb" in row["command"]
         assert st["retrieval"][f"{variant}-pca4"]["dim"] == 4
         assert st["retrieval"][f"{variant}-pca4"]["index_vs_metric_top10_agreement"] == 1.0
@@ -54,8 +60,11 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     assert {"hebbian_fp32", "hebbian_bf16", "backprop_fp32"} <= set(st["speed"]["step_rates"])
     assert st["speed"]["bf16_epoch"]["readout_top1"] >= 0
     text = readme.read_text()
-    assert "old" not in text and text.endswith("tail\n")
-    assert f"| Hebbian (softhebb) | {st['softhebb']['hebbian']['readout_top1']:.2f} |" in text
+    assert "\nold\n" not in text and text.endswith("tail\n")
+    assert f"| Hebbian (softhebb) | {st['softhebb']['hebbian']['readout_top1']:.2f} ± " in text
+    assert "| Hebbian | propagate | not run yet | not run yet | not run yet |" in text  # no 0.5 column
+    assert st["softhebb"]["hebbian"]["convergence"]["layers"][0]["layer"] == 0
+    assert "Convergence after the epoch" in text
     assert "too slow for this CPU, not run" in text and "| swta | block4 | 16 |" in text
     # finished results are kept: a rerun redoes nothing
     before = results.read_text()
