@@ -40,6 +40,16 @@ def _embed(args: argparse.Namespace) -> None:
                              num_workers=args.num_workers, quiet=args.quiet))
 
 
+def _cache(args: argparse.Namespace) -> None:
+    from .cache import packed
+    from .data import ImageFolder
+
+    folder = ImageFolder(args.data, args.in_chans, args.img_size)
+    ds = packed(folder, args.out, workers=args.num_workers, quiet=args.quiet)
+    print(f"{ds.cache_dir}: {len(ds)} images at {args.img_size}×{args.img_size}×{args.in_chans}, "
+          f"{ds.meta['skipped']} undecodable")
+
+
 def _index_build(args: argparse.Namespace) -> None:
     from .index import build_index
 
@@ -267,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_embed)
+
+    p = sub.add_parser("cache", help="decode an image folder once into the packed cache that "
+                       "pretrain, finetune, embed and run read (built on first use otherwise)")
+    p.add_argument("data", help="image folder")
+    p.add_argument("--img-size", type=int, required=True, help="side the images are resized to")
+    p.add_argument("--in-chans", type=int, choices=[1, 3], default=3)
+    p.add_argument("--out", help="cache root (default $HEBBRET_CACHE_DIR or ~/.cache/hebbret); "
+                   "the other commands look under $HEBBRET_CACHE_DIR")
+    p.add_argument("--num-workers", type=int, help="decoding processes (default: all cores, "
+                   "up to 8)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cache)
 
     p = sub.add_parser("index", help="build or describe a FAISS index")
     isub = p.add_subparsers(dest="index_command", required=True)

@@ -11,7 +11,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,7 @@ class ImageDataset(Dataset):
     items: list[Item]
     classes: list[str]
     root: str
+    batchable = False  # True: ``uint8_rows(rows)`` gives the stored pixels, batched by indexing
 
     def __init__(self, in_chans: int, img_size: tuple[int, int] | None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -217,6 +218,11 @@ class FashionMNIST(ImageDataset):
         self.classes = list(FASHION_MNIST_CLASSES)
         self.items = [Item(f"{split}/{i:05d}", int(c), FASHION_MNIST_CLASSES[c])
                       for i, c in enumerate(labels)]
+        self.batchable = self.in_chans == 1 and self.img_size in (None, self.images.shape[1:])
+
+    def uint8_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The stored images of ``rows``: uint8 (len(rows), 28, 28, 1) (native size only)."""
+        return self.images[np.asarray(rows, dtype=np.int64)][..., None]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         arr = self.images[i]
@@ -241,8 +247,12 @@ def native_format(source: str | os.PathLike) -> tuple[int, tuple[int, int] | Non
 def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int | None = None,
                  img_size: int | tuple[int, int] | None = None, data_root: str | None = None,
                  labeled: bool | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> ImageDataset:
-    """A named dataset (``fashion-mnist``) or an image folder path."""
+                 std: Sequence[float] | None = None, cache: bool | None = None) -> ImageDataset:
+    """A named dataset (``fashion-mnist``) or an image folder path.
+
+    A folder is read through its packed cache (:mod:`hebbret.cache`; built on first use) unless
+    ``cache`` is False (None: on unless ``HEBBRET_CACHE=0``).
+    """
     native_chans, _ = native_format(source)
     in_chans = in_chans or native_chans
     if str(source) in ("fashion-mnist", "fashion-mnist-mini"):
@@ -253,7 +263,12 @@ def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int 
                                 f"named dataset ({', '.join(NAMED_DATASETS)})")
     if img_size is None:
         raise ValueError(f"images in {source} need a size to be batched; pass img_size")
-    return ImageFolder(source, in_chans, img_size, labeled, mean, std)
+    folder = ImageFolder(source, in_chans, img_size, labeled, mean, std)
+    from . import cache as packing
+
+    if packing.cache_enabled() if cache is None else cache:
+        return packing.packed(folder)
+    return folder
 
 
 @dataclass
@@ -320,11 +335,18 @@ class EpochSampler(Sampler[int]):
 
 def make_loader(dataset: ImageDataset, batch_size: int, seed: int | None = None, epoch: int = 0,
                 skip_batches: int = 0, num_workers: int = 0, drop_last: bool = False,
-                rows: Sequence[int] | None = None) -> DataLoader:
+                rows: Sequence[int] | None = None, device: torch.device | str = "cpu"
+                ) -> Iterable[Batch]:
     """Batches of :class:`Batch` over ``rows`` (default all); shuffled by (seed, epoch) unless
-    seed is None."""
+    seed is None. A ``batchable`` dataset (packed cache, native Fashion-MNIST) is batched by
+    indexing its uint8 array, normalised on ``device`` (:class:`hebbret.cache.PackedLoader`);
+    others are decoded by a DataLoader (``num_workers`` processes) and stay on the CPU."""
     rows = range(len(dataset)) if rows is None else rows
     sampler = EpochSampler(rows, seed, epoch, skip_batches * batch_size)
+    if dataset.batchable:
+        from .cache import PackedLoader
+
+        return PackedLoader(dataset, batch_size, sampler, device, drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, drop_last=drop_last,
                       persistent_workers=False)

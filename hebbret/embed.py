@@ -102,7 +102,8 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     with atomic_path(out / "embeddings.npy") as tmp, \
             tqdm(total=n, unit="img", unit_scale=True, disable=quiet, desc="embed") as bar:
         arr = None
-        for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers):
+        for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers,
+                                 device=dev):
             skipped.add(batch.skipped)
             bar.update(len(batch.images) + len(batch.skipped))
             if not len(batch.images):

@@ -66,15 +66,24 @@ class FinetuneConfig:
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop from a reflect-padded image and random horizontal flip: (B, C, H, W)."""
+    """Random crop from a reflect-padded image and random horizontal flip: (B, C, H, W).
+
+    The offsets and flips are drawn on the CPU from ``generator`` (the same draws on every
+    device); the crops are one gather on ``x``'s device, no per-sample loop.
+    """
     b, _, h, w = x.shape
     pad = max(1, min(h, w) // 8)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     flip = torch.rand(b, generator=generator) < 0.5
-    out = torch.stack([padded[i, :, dy[i]: dy[i] + h, dx[i]: dx[i] + w] for i in range(b)])
-    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+    cols = torch.arange(w)
+    rows = (dy[:, None] + torch.arange(h)).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.where(flip[:, None], cols.flip(0), cols)).to(x.device)  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # (B, H+2p, W+2p, C)[batch, rows, cols] -> (B, H, W, C)
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
@@ -159,7 +168,7 @@ def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
             t0 = time.perf_counter()
             total_loss, correct, seen = 0.0, 0, 0
             for batch in make_loader(dataset, cfg.batch_size, cfg.seed, epoch=epoch,
-                                     num_workers=cfg.num_workers, rows=rows):
+                                     num_workers=cfg.num_workers, rows=rows, device=device):
                 skipped.add(batch.skipped)
                 bar.update(len(batch.images) + len(batch.skipped))
                 if not len(batch.images):
@@ -210,7 +219,7 @@ def evaluate_classifier(run: str | Path, data: str, split: str = "test",
     model.to(dev).eval()
     skipped = SkippedFiles(dataset)
     top1 = top5 = n = 0
-    for batch in make_loader(dataset, batch_size):
+    for batch in make_loader(dataset, batch_size, device=dev):
         skipped.add(batch.skipped)
         if not len(batch.images):
             continue

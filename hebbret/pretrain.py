@@ -295,7 +295,8 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
             while pos["epoch"] * steps_per_epoch + pos["step"] < steps:
                 loader = make_loader(dataset, batch_size, cfg["seed"],
                                      epoch=pos["phase"] * cfg["epochs"] + pos["epoch"],
-                                     skip_batches=pos["step"], num_workers=cfg["num_workers"])
+                                     skip_batches=pos["step"], num_workers=cfg["num_workers"],
+                                     device=device)
                 for batch in loader:
                     skipped.add(batch.skipped)
                     t0 = time.perf_counter()

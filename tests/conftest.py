@@ -34,6 +34,15 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: i
     return root
 
 
+@pytest.fixture(autouse=True)
+def packed_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+                        ) -> Path:
+    """Every test packs folders into its own cache root, never into ~/.cache."""
+    root = tmp_path_factory.mktemp("hebbret-cache")
+    monkeypatch.setenv("HEBBRET_CACHE_DIR", str(root))
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images")

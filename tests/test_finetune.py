@@ -54,6 +54,23 @@ def test_full_finetune_lowers_loss_and_writes_a_loadable_run(parent, tmp_path):
     assert log[-1]["lr"] == pytest.approx(0.01 * 0.5 ** 4)
 
 
+def test_augment_batch_equals_per_image_crops_and_flips():
+    from hebbret.finetune import augment_batch
+
+    x = torch.randn(6, 3, 16, 12)
+    got = augment_batch(x, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)  # the same draws, one image at a time
+    pad = 1
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (6,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (6,), generator=gen)
+    flip = torch.rand(6, generator=gen) < 0.5
+    for i in range(6):
+        crop = padded[i, :, dy[i]: dy[i] + 16, dx[i]: dx[i] + 12]
+        torch.testing.assert_close(got[i], crop.flip(2) if flip[i] else crop, rtol=0, atol=0)
+    assert flip.any() and not flip.all()  # both branches checked
+
+
 def test_linear_mode_changes_only_the_head(parent, tmp_path):
     data, run = parent
     out = finetune(run=str(run), data=str(data), mode="linear", epochs=2, out=str(tmp_path / "lin"),
