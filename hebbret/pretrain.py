@@ -73,7 +73,8 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  active: list[int], autocast: torch.dtype | None = None,
-                 measure: bool = False) -> list[dict[str, float]]:
+                 measure: bool = False, ok: torch.Tensor | None = None
+                 ) -> list[dict[str, Any]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
 
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
@@ -85,7 +86,12 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     Returns per active layer: max|ΔW|, the mean neuron norm after the step and, with
     ``measure``, ``distance``: how far the layer is from its rule's fixed point
     (:attr:`Rule.distance`, after the step).
-    Raises NonFiniteUpdate before touching the weights if an update is not finite.
+
+    Without ``ok``: the values are floats and a non-finite update raises NonFiniteUpdate before
+    touching the weights. With ``ok`` (a bool 0-d tensor on the model's device), nothing waits
+    for the device: the values stay 0-d tensors, the update is applied only while ``ok`` holds,
+    and ``ok`` is and-ed in place with "every update and weight of this step is finite" — once
+    False it stays False and the weights stop changing; the caller checks it when it syncs.
     """
     layers = model.hebb_layers()
     for i, layer in enumerate(layers):
@@ -98,25 +104,36 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
             with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
                                 enabled=autocast is not None):
                 model.forward_blocks(x, upto=max(active))
-            stats, deltas = [], {}
+            deltas = {i: layers[i].delta for i in active}
+            # NaN/inf anywhere propagate into the max
+            maxes = {i: d.abs().amax() for i, d in deltas.items()}
+            if ok is None:
+                maxes = {i: float(m) for i, m in maxes.items()}
+                for i, m in maxes.items():
+                    if not math.isfinite(m):
+                        raise NonFiniteUpdate(f"Hebbian layer {i} ({layers[i].rule.name}) "
+                                              f"produced a non-finite update")
+            else:
+                ok &= torch.stack([torch.isfinite(m) for m in maxes.values()]).all()
             for i in active:
-                layer = layers[i]
-                delta = deltas[i] = layer.delta
-                max_delta = float(delta.abs().max())  # NaN/inf anywhere propagate into the max
-                if not math.isfinite(max_delta):
-                    raise NonFiniteUpdate(f"Hebbian layer {i} ({layer.rule.name}) produced a "
-                                          f"non-finite update")
-                layer.weight.grad = layer.update_direction(delta).neg_()
-                stats.append({"layer": i, "max_delta": max_delta})
+                direction = layers[i].update_direction(deltas[i]).neg_()
+                if ok is not None:  # where, not a product: NaN · 0 is NaN
+                    direction = torch.where(ok, direction, torch.zeros_like(direction))
+                layers[i].weight.grad = direction
             optimizer.step()
-            for s in stats:
-                layer = layers[s["layer"]]
-                w = layer.weight
-                if not torch.isfinite(w).all():
-                    raise NonFiniteUpdate(f"Hebbian layer {s['layer']} has non-finite weights")
-                s["norm_mean"] = float(neuron_norms(w).mean())
-                if measure and layer.rule.distance is not None:
-                    s["distance"] = float(layer.rule.distance(w, deltas[s["layer"]]))
+            stats = []
+            for i in active:
+                w = layers[i].weight
+                if ok is None and not torch.isfinite(w).all():
+                    raise NonFiniteUpdate(f"Hebbian layer {i} has non-finite weights")
+                if ok is not None:
+                    ok &= torch.isfinite(w).all()
+                s = {"layer": i, "max_delta": maxes[i], "norm_mean": neuron_norms(w).mean()}
+                if measure and layers[i].rule.distance is not None:
+                    s["distance"] = layers[i].rule.distance(w, deltas[i])
+                if ok is None:
+                    s = {k: v if isinstance(v, (int, float)) else float(v) for k, v in s.items()}
+                stats.append(s)
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
@@ -275,12 +292,53 @@ def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
 
 
 MEASURE_EVERY = 20  # steps between convergence measurements (and at the end of every phase)
+LOG_EVERY = 20  # steps between host synchronisations: log rows written, non-finite check
+
+
+class _StepLog:
+    """Per-step rows whose statistics stay on the device until :meth:`flush` (one host sync
+    for all pending rows), which writes them to ``log.jsonl`` — or, if ``ok`` went False,
+    writes the rows before the failing step and raises NonFiniteUpdate naming it."""
+
+    def __init__(self, file: Any, device: torch.device, out: Path) -> None:
+        self.file, self.out = file, out
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self.pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.pending.append((row, self.ok.clone()))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        cells = [(s, k) for row, _ in self.pending for s in row["layers"]
+                 for k, v in s.items() if isinstance(v, torch.Tensor)]
+        if cells:
+            values = torch.stack([s[k].float() for s, k in cells]).tolist()
+            for (s, k), v in zip(cells, values, strict=True):
+                s[k] = v
+        oks = torch.stack([ok for _, ok in self.pending]).tolist()
+        rows = [row for row, _ in self.pending]
+        self.pending = []
+        bad = oks.index(False) if False in oks else None
+        for row in rows[:bad]:
+            self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if bad is not None:
+            row = rows[bad]
+            raise NonFiniteUpdate(
+                f"a Hebbian update or weight became non-finite at step {row['step']} (phase "
+                f"{row['phase']}, epoch {row['epoch']}); stopped. {self.out / STATE} keeps the "
+                f"last good checkpoint (if any); try a lower --lr")
 
 
 def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
            phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
            skipped: SkippedFiles, device: torch.device, out: Path) -> None:
-    """Run every phase for ``cfg["steps"]`` steps (epochs repeat; the last one may stop part-way)."""
+    """Run every phase for ``cfg["steps"]`` steps (epochs repeat; the last one may stop part-way).
+
+    No step waits for the device: statistics and the non-finite guard sync every LOG_EVERY
+    steps and before every checkpoint (:class:`_StepLog`)."""
     steps, batch_size = cfg["steps"], cfg["batch_size"]
     low = PRECISIONS[cfg["precision"]]
     autocast = getattr(torch, low) if low else None
@@ -289,7 +347,15 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
     bar = tqdm(total=total, initial=min(done, total), unit="img", unit_scale=True,
                disable=cfg["quiet"], desc="hebbian", dynamic_ncols=True)
+
+    def checkpoint() -> None:
+        t0 = time.perf_counter()
+        steplog.flush()
+        pos["seconds"] += time.perf_counter() - t0  # the device catching up
+        _save_state(out, model, optimizer, pos, skipped)
+
     with open(out / "log.jsonl", "a") as logf, bar:
+        steplog = _StepLog(logf, device, out)
         while pos["phase"] < len(phases):
             active = phases[pos["phase"]]
             while pos["epoch"] * steps_per_epoch + pos["step"] < steps:
@@ -302,37 +368,33 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     t0 = time.perf_counter()
                     phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
                     measure = phase_step % MEASURE_EVERY == 0 or phase_step == steps
+                    stats = []
                     if len(batch.images):
-                        try:
-                            x = batch.images.to(device).contiguous(
-                                memory_format=memory_format(cfg["channels_last"]))
-                            stats = hebbian_step(model, optimizer, x, active, autocast, measure)
-                        except NonFiniteUpdate as e:
-                            raise NonFiniteUpdate(
-                                f"{e} at phase {pos['phase']} epoch {pos['epoch']} step "
-                                f"{pos['step']}; stopped. {out / STATE} keeps the last good "
-                                f"checkpoint (if any); try a lower --lr") from None
-                    else:
-                        stats = []
+                        x = batch.images.to(device).contiguous(
+                            memory_format=memory_format(cfg["channels_last"]))
+                        stats = hebbian_step(model, optimizer, x, active, autocast, measure,
+                                             ok=steplog.ok)
                     pos["seconds"] += time.perf_counter() - t0
                     pos["step"] += 1
                     pos["global_step"] += 1
                     pos["images"] += len(batch.images)
-                    row = {"step": pos["global_step"], "phase": pos["phase"], "epoch": pos["epoch"],
-                           "images": pos["images"], "skipped_files": skipped.count,
-                           "layers": stats}
-                    logf.write(json.dumps(row) + "\n")
-                    logf.flush()
+                    steplog.add({"step": pos["global_step"], "phase": pos["phase"],
+                                 "epoch": pos["epoch"], "images": pos["images"],
+                                 "skipped_files": skipped.count, "layers": stats})
                     bar.update(len(batch.images) + len(batch.skipped))
                     if phase_step == steps:
                         break
                     if pos["global_step"] % cfg["checkpoint_every"] == 0:
-                        _save_state(out, model, optimizer, pos, skipped)
+                        checkpoint()
+                    elif pos["global_step"] % LOG_EVERY == 0:
+                        t0 = time.perf_counter()
+                        steplog.flush()
+                        pos["seconds"] += time.perf_counter() - t0
                 if (pos["step"] >= steps_per_epoch
                         or pos["epoch"] * steps_per_epoch + pos["step"] >= steps):
                     pos["epoch"] += 1
                     pos["step"] = 0
-                _save_state(out, model, optimizer, pos, skipped)
+                checkpoint()
             pos["phase"] += 1
             pos["epoch"] = 0
 

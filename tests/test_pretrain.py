@@ -234,3 +234,27 @@ def test_fixed_point_distances_of_each_rule():
     assert float(get_rule("softhebb").distance(3 * unit, w)) == pytest.approx(2.0, rel=1e-5)
     delta = 0.1 * w
     assert float(get_rule("swta").distance(w, delta)) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_a_nan_planted_at_step_k_stops_there_with_nothing_non_finite_on_disk(image_folder,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    from hebbret.hebb.layers import HebbConv2d
+
+    real = HebbConv2d.update_direction
+    calls = {"n": 0}
+
+    def poisoned(self, delta):
+        calls["n"] += 1  # 3 layers per step in consecutive mode: step 5 = calls 13..15
+        out = real(self, delta)
+        return out * float("nan") if calls["n"] == 14 else out
+
+    monkeypatch.setattr(HebbConv2d, "update_direction", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteUpdate, match=r"non-finite at step 5 \(phase 0, epoch 0\)"):
+        pretrain(str(image_folder), out=str(out), checkpoint_every=3, steps=12, **TINY)
+    assert [r["step"] for r in training_log(out)] == [1, 2, 3, 4]
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["position"]["global_step"] == 3  # the last checkpoint before the NaN
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()
