@@ -155,3 +155,22 @@ def test_cache_cli_packs_a_folder_that_pretrain_then_reuses(tmp_path, capsys):
     pretrain(str(root), out=str(tmp_path / "run"), img_size=16, model_kwargs=TINY_C3, epochs=1,
              quiet=True)
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in packed_dir.iterdir()} == built
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_resident_and_streamed_batches_equal_the_cpu_ones(tmp_path):
+    from hebbret.finetune import augment_batch
+
+    root = folder_with_a_bad_file(tmp_path)
+    packed = cache.packed(ImageFolder(root, 3, 16, mean=[0.4] * 3, std=[0.3] * 3))
+    ref = batches(cache.PackedLoader(packed, 4, EpochSampler(range(16), 1), "cpu"))
+    for resident in (True, False):
+        got = cache.PackedLoader(packed, 4, EpochSampler(range(16), 1), "cuda", resident=resident)
+        for b, r in zip(got, ref, strict=True):
+            assert b.images.is_cuda
+            torch.testing.assert_close(b.images.cpu(), r[0], rtol=0, atol=0)
+            assert (b.labels.tolist(), b.indices.tolist(), b.skipped) == tuple(r[1:])
+    x = ref[0][0]
+    a = augment_batch(x.cuda(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.cpu(), augment_batch(x, torch.Generator().manual_seed(0)))
