@@ -43,6 +43,7 @@ from .data import (
     Item,
     load_image,
 )
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ def pack_folder(folder: ImageFolder, out: str | os.PathLike, workers: int | None
 def _fill(folder: ImageFolder, tmp: Path, per_shard: int, workers: int | None, quiet: bool,
           key: str) -> None:
     """Decode ``folder`` into the shards of ``tmp``; its meta.json is written last."""
-    from tqdm import tqdm
-
     n = len(folder)
     h, w = folder.img_size
     c = folder.in_chans
@@ -138,7 +137,7 @@ def _fill(folder: ImageFolder, tmp: Path, per_shard: int, workers: int | None, q
     if workers is None:  # worker start-up costs more than it saves on small folders
         workers = min(8, os.cpu_count() or 1) if n >= 2048 else 0
     loader = DataLoader(_Decode(folder), batch_size=256, num_workers=workers, collate_fn=_first)
-    for batch in tqdm(loader, desc="packing", unit="batch", disable=quiet):
+    for batch in progress(loader, desc="packing", unit="batch", quiet=quiet):
         for arr, i in batch:
             if arr is not None:
                 shards[i // per_shard][i % per_shard] = arr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,11 @@ class PretrainConfig:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, (int, float)):
             self.lr = [float(self.lr)]
+        bad = [v for v in self.lr or [] if not (isinstance(v, (int, float)) and math.isfinite(v)
+                                                  and v > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be positive and finite, got {bad[0]!r} in "
+                             f"lr={self.lr}")
         for name in ("epochs", "steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

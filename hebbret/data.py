@@ -65,8 +65,27 @@ def scan_image_folder(root: str | os.PathLike, labeled: bool | None = None
     if not root.is_dir():
         raise NotADirectoryError(f"expected a folder of images, got a file: {root}")
     paths = []
+    inside = os.path.realpath(root)
+    seen: set[str] = set()  # real paths of the folders walked: each is scanned once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            log.warning("skipping %s: a link to a folder already scanned (%s)", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        kept = []
+        for d in dirnames:
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if d.startswith("."):
+                continue
+            if os.path.islink(os.path.join(dirpath, d)) and (
+                    target == inside or target.startswith(inside + os.sep)):
+                log.warning("skipping %s: a link to %s, which is inside %s already",
+                            os.path.join(dirpath, d), target, root)
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         rel = Path(dirpath).relative_to(root)
         paths += [(rel / f).as_posix() for f in filenames if _is_image(f)]
     if not paths:

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .data import SkippedFiles, make_loader, open_dataset
 from .models import HebbNet
 from .pretrain import pick_device
+from .progress import progress
 from .runs import load_run
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     rows: list[int] = []
     n = len(dataset)
     with atomic_path(out / "embeddings.npy") as tmp, \
-            tqdm(total=n, unit="img", unit_scale=True, disable=quiet, desc="embed") as bar:
+            progress(total=n, unit="img", unit_scale=True, quiet=quiet, desc="embed") as bar:
         arr = None
         for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers,
                                  device=dev):

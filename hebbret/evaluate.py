@@ -236,6 +236,9 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         raise ValueError(f"train dimension {train_feats.shape[1]} != test dimension "
                          f"{test_feats.shape[1]}")
     y = np.asarray(train_labels, dtype=np.int64)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"a linear probe needs at least 2 classes in the training embeddings; "
+                         f"they hold only class {int(y[0])}")
     num_classes = int(y.max()) + 1
     rng = np.random.default_rng(seed)
     val = np.concatenate([  # classes with one item stay wholly in the fit split

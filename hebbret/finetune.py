@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ._io import write_json, write_jsonl
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
 from .evaluate import aligned_labels, top1_top5_hits
 from .models import HebbNet, create_model
 from .pretrain import keep_freed_memory, pick_device
+from .progress import progress
 from .runs import load_run, save_run
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
     gen = torch.Generator().manual_seed(cfg.seed)
     skipped = SkippedFiles(dataset)
     history = []
-    bar = tqdm(total=cfg.epochs * len(rows), unit="img", unit_scale=True, disable=cfg.quiet,
-               desc=f"finetune-{'linear' if linear else 'full'}", dynamic_ncols=True)
+    bar = progress(total=cfg.epochs * len(rows), unit="img", unit_scale=True, quiet=cfg.quiet,
+                   desc=f"finetune-{'linear' if linear else 'full'}")
     with bar:
         for epoch in range(cfg.epochs):
             if linear:  # frozen backbone, BatchNorm statistics included; dropout stays on

@@ -206,7 +206,12 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], d
     for name in INDEX_FILES:
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
-    index = faiss.read_index(str(index_dir / "index.faiss"))
+    try:
+        index = faiss.read_index(str(index_dir / "index.faiss"))
+    except RuntimeError as e:
+        raise ValueError(f"{index_dir / 'index.faiss'} is not a readable FAISS index (truncated "
+                         f"or corrupt: {str(e).strip().splitlines()[-1][:200]}); rebuild it with "
+                         f"`hebbret index build`") from None
     items = read_jsonl(index_dir / "items.jsonl")
     meta = read_json(index_dir / "meta.json")
     if index.ntotal != len(items):

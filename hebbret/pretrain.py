@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
 from .hebb.rules import neuron_norms
 from .models import HebbNet, create_model
+from .progress import progress
 from .runs import save_run
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,10 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
                          "data in --config")
     resolved, dataset = _resolve(cfg)
+    valid = getattr(dataset, "valid", None)  # a packed folder knows its decodable files
+    if valid is not None and not valid.any():
+        raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
+                         f"decoded; nothing to train on")
     out = Path(cfg.out)
     state = _check_resume(out, resolved)
     if state is not None and state["finished"]:
@@ -265,6 +269,9 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
     _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out)
+    if pos["images"] == 0:
+        raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
+                         f"decoded; nothing was trained and no model was written to {out}")
     conv = convergence(training_log(out), model)
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
@@ -345,8 +352,8 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total = len(phases) * steps * batch_size
     done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
-    bar = tqdm(total=total, initial=min(done, total), unit="img", unit_scale=True,
-               disable=cfg["quiet"], desc="hebbian", dynamic_ncols=True)
+    bar = progress(total=total, initial=min(done, total), unit="img", unit_scale=True,
+                   quiet=cfg["quiet"], desc="hebbian")
 
     def checkpoint() -> None:
         t0 = time.perf_counter()

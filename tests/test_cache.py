@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from hebbret import cache
 from torch.utils.data import DataLoader
 
+from hebbret import cache
 from hebbret.data import EpochSampler, ImageFolder, collate, make_loader, open_dataset
 from hebbret.pretrain import pretrain
 
