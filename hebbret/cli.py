@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .config import PretrainConfig, load_config
 from .fewshot import PROTOCOLS
@@ -161,7 +162,17 @@ def _fewshot(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from .pipeline import load_run_config, results_table, run_pipeline
 
-    cfg = load_run_config(args.config, data_root=args.data_root, out=args.out, device=args.device,
+    target, config = args.target, args.config
+    data = None
+    if target is not None and Path(target).is_dir():
+        data = target  # `hebbret run FOLDER`
+    elif target is not None:
+        if config is not None:
+            raise ValueError(f"{target} is not a folder; give a folder, or one config (--config "
+                             f"{config} already names one)")
+        config = target
+    cfg = load_run_config(config, data=data, data_root=args.data_root, out=args.out,
+                          device=args.device, img_size=args.img_size, in_chans=args.in_chans,
                           quiet=args.quiet or None)
     results = run_pipeline(cfg)
     print(results_table(results))
@@ -173,10 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the main job: pretrain, fine-tune, embed, index, evaluate")
-    p.add_argument("config", nargs="?", help="shipped config (default, fashion-mnist, cifar10) or "
-                   "a TOML file; none: the embedded default")
-    p.add_argument("--data-root", help="data folder (cifar10: DIR with train/ and test/)")
+    p = sub.add_parser(
+        "run", help="the main job: pretrain, fine-tune, embed, index, evaluate",
+        usage="hebbret run [FOLDER | CONFIG] [options]",
+        description="hebbret run FOLDER: FOLDER holds train/ and test/ class folders, or one "
+        "labeled folder (ROOT/<class>/<image>) that is split 80/20 per class (seeded; the report "
+        "says so). hebbret run CONFIG: a shipped config (default, fashion-mnist, cifar10) or a "
+        "TOML file. Nothing: the embedded default (a Fashion-MNIST subset shipped inside "
+        "hebbret).")
+    p.add_argument("target", nargs="?", metavar="FOLDER | CONFIG",
+                   help="your image folder, or a config; none: the embedded default")
+    p.add_argument("--config", help="a config for the other settings of a FOLDER run")
+    p.add_argument("--img-size", type=int, help="side images are resized to (default: the "
+                   "folder's own when square and ≤ 64, else 32)")
+    p.add_argument("--in-chans", type=int, choices=[1, 3], help="default: 1 if the folder is "
+                   "grayscale, else 3")
+    p.add_argument("--data-root", help="files of a named dataset (fashion-mnist idx files), or "
+                   "a config's data folder (cifar10: DIR with train/ and test/)")
     p.add_argument("--out", help="output folder (report in OUT/report)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true")

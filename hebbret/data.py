@@ -258,9 +258,37 @@ class FashionMNIST(ImageDataset):
         return self.images[i][:, :, None]
 
 
-def native_format(source: str | os.PathLike) -> tuple[int, tuple[int, int] | None]:
-    """(channels, size) a source has on its own: fashion-mnist 1×28×28; folders RGB, any size."""
-    return (1, (28, 28)) if str(source).startswith("fashion-mnist") else (3, None)
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+NATIVE_SIZE_MAX = 64  # a folder of square images up to this side trains at their own size
+
+
+def native_format(source: str | os.PathLike, sample: int = 32
+                  ) -> tuple[int, tuple[int, int] | None]:
+    """(channels, size) a source has on its own. fashion-mnist: 1×28×28. A folder, judged by
+    up to ``sample`` image headers spread over it: 1 channel when all are grayscale (else 3);
+    their size when all are square with one side ≤ 64 (else None: the backbone's own)."""
+    if str(source).startswith("fashion-mnist"):
+        return 1, (28, 28)
+    try:
+        items, _ = scan_image_folder(source)
+    except (OSError, ValueError):
+        return 3, None
+    root = Path(source)
+    modes, sizes = set(), set()
+    for it in items[:: max(1, len(items) // sample)][:sample]:
+        try:
+            with Image.open(root / it.path) as img:
+                modes.add(img.mode)
+                sizes.add(img.size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
+                SyntaxError):
+            continue
+    chans = 1 if modes and modes <= GRAYSCALE_MODES else 3
+    if len(sizes) == 1:
+        (w, h), = sizes
+        if w == h <= NATIVE_SIZE_MAX:
+            return chans, (h, w)
+    return chans, None
 
 
 def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int | None = None,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,7 @@ from PIL import Image
 
 from ._io import atomic_path, read_json, write_bytes, write_json
 from .config import load_config
-from .data import NAMED_DATASETS, open_dataset
+from .data import NAMED_DATASETS, open_dataset, scan_image_folder
 from .embed import extract_embeddings, load_embeddings
 from .evaluate import evaluate
 from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
@@ -98,22 +100,78 @@ def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunCon
     return load_config(RunConfig, path, section="run", **overrides)
 
 
-def _source(cfg: RunConfig, split: str) -> tuple[str, str]:
-    """(data source, split) of a split: named datasets take the split, folders a sub-folder.
+TEST_FRACTION = 0.2  # a single labeled folder: this share of every class becomes the test set
 
-    A data name that is not a named dataset with ``data_root`` set means the folder data_root.
+
+def split_folder(folder: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
+                 test_fraction: float = TEST_FRACTION) -> dict[str, Any]:
+    """Split a labeled folder into ``out/train`` and ``out/test`` (symlinks to its files):
+    a seeded, class-stratified ``test_fraction`` of every class with ≥ 2 images is test.
+    Reused when ``out/split.json`` records the same folder, seed, fraction and listing.
+    Returns that record."""
+    items, classes = scan_image_folder(folder, labeled=None)
+    if not classes:
+        raise ValueError(f"{folder} has no class sub-folders and no train/ and test/: `hebbret "
+                         f"run` needs labels to evaluate (ROOT/<class>/<image>)")
+    if len(classes) < 2:
+        raise ValueError(f"{folder} holds one class ({classes[0]}); evaluation needs at least 2")
+    root = Path(folder).resolve()
+    out = Path(out)
+    record = {"source": str(root), "seed": seed, "test_fraction": test_fraction,
+              "listing": [it.path for it in items]}
+    if (out / "split.json").exists() and {k: v for k, v in read_json(out / "split.json").items()
+                                          if k in record} == record:
+        return read_json(out / "split.json")
+    labels = np.array([it.label for it in items])
+    rng = np.random.default_rng(seed)
+    test = set()
+    for c in range(len(classes)):
+        rows = np.flatnonzero(labels == c)
+        n = min(len(rows) - 1, round(test_fraction * len(rows)))
+        test.update(rng.permutation(rows)[:max(n, 1 if len(rows) > 1 else 0)].tolist())
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for i, it in enumerate(items):
+        dest = tmp / ("test" if i in test else "train") / it.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.symlink_to(root / it.path)
+    record.update({"train": len(items) - len(test), "test": len(test), "classes": classes})
+    write_json(tmp / "split.json", record)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log.info("split %s: %d train / %d test images (%.0f%% of every class, seed %d) in %s",
+             root, record["train"], record["test"], 100 * test_fraction, seed, out)
+    return record
+
+
+def resolve_data(cfg: RunConfig, out: Path) -> tuple[tuple[str, str], tuple[str, str],
+                                                      dict[str, Any] | None]:
+    """(train source, split), (test source, split) and the split record of a single folder.
+
+    ``cfg.data``: a named dataset (its train/test splits), a folder with train/ and test/, or
+    one labeled folder (split by :func:`split_folder` into ``OUT/data``). A data name that is
+    not a named dataset with ``data_root`` set means the folder data_root.
     """
-    folder = cfg.data_root if cfg.data not in NAMED_DATASETS and cfg.data_root else cfg.data
-    if Path(folder).is_dir():
-        sub = Path(folder) / split
-        if not sub.is_dir():
-            raise FileNotFoundError(f"{folder} must hold {split}/ (labeled class folders) for "
-                                    f"`hebbret run`")
-        return str(sub), split
-    if cfg.data not in NAMED_DATASETS:
-        raise FileNotFoundError(f"data not found: {folder} is neither a folder with train/ and "
-                                f"test/ nor a named dataset ({', '.join(NAMED_DATASETS)})")
-    return cfg.data, split
+    if cfg.data in NAMED_DATASETS:
+        if cfg.data == "fashion-mnist-mini" and cfg.data_root:
+            raise ValueError(f"--data-root {cfg.data_root} is not used by {cfg.data} (shipped "
+                             f"inside hebbret); to run on your folder: hebbret run "
+                             f"{cfg.data_root}")
+        return (cfg.data, "train"), (cfg.data, "test"), None
+    folder = Path(cfg.data_root or cfg.data)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data not found: {folder} is neither a folder nor a named "
+                                f"dataset ({', '.join(NAMED_DATASETS)})")
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        return (str(folder / "train"), "train"), (str(folder / "test"), "test"), None
+    if (folder / "train").is_dir() or (folder / "test").is_dir():
+        have = "train" if (folder / "train").is_dir() else "test"
+        raise FileNotFoundError(f"{folder} has {have}/ but not "
+                                f"{'test' if have == 'train' else 'train'}/; give both, or one "
+                                f"labeled folder to be split")
+    split = split_folder(folder, out / "data", cfg.seed)
+    return ((str(out / "data" / "train"), "train"), (str(out / "data" / "test"), "test"),
+            {k: v for k, v in split.items() if k != "listing"})
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
@@ -121,9 +179,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "config.json", asdict(cfg))
-    train, test = _source(cfg, "train"), _source(cfg, "test")
+    train, test, split = resolve_data(cfg, out)
     rows = {v: _run_variant(cfg, v, out, train, test) for v in VARIANTS}
     results = {"config": asdict(cfg), "rows": rows, "definitions": __doc__.split("Backbones")[1],
+               "data": {"train": train[0], "test": test[0], "split": split},
                "verdict": verdict(rows)}
     report = out / "report"
     write_json(report / "results.json", results)
@@ -243,7 +302,11 @@ def results_table(results: dict[str, Any]) -> str:
     rows = results["rows"]
     protocols = cfg["protocols"]
     n_seeds = len(cfg["seeds"])
-    lines = [f"`hebbret run` on {cfg['data']} with {cfg['model']}", "",
+    split = results.get("data", {}).get("split")
+    data = (f"{split['source']} (split for this run: {split['train']} train / {split['test']} "
+            f"test images, {split['test_fraction']:.0%} of every class, seed {split['seed']})"
+            if split else cfg["data_root"] or cfg["data"])
+    lines = [f"`hebbret run` on {data} with {cfg['model']}", "",
              f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled subsets; "
              f"full on random init = training from scratch)", "",
              "| backbone | " + " | ".join(protocols) + " |",
@@ -278,8 +341,10 @@ def _retrieval_picture(cfg: RunConfig, index_dir: Path, test_emb: Path, train: t
                        test: tuple[str, str], out: Path, top: int = 8, scale: int = 3) -> None:
     """Rows of: a test query, then its top-``top`` database images framed green (same class)
     or red (other class)."""
-    db = open_dataset(train[0], train[1], data_root=cfg.data_root, img_size=cfg.img_size or 32)
-    qs = open_dataset(test[0], test[1], data_root=cfg.data_root, img_size=cfg.img_size or 32)
+    db = open_dataset(train[0], train[1], data_root=cfg.data_root, img_size=cfg.img_size or 32,
+                      cache=False)
+    qs = open_dataset(test[0], test[1], data_root=cfg.data_root, img_size=cfg.img_size or 32,
+                      cache=False)
     emb, items, _ = load_embeddings(test_emb)
     rng = np.random.default_rng(cfg.seed)
     picks = np.sort(rng.permutation(len(items))[: cfg.queries_shown])

@@ -1,9 +1,10 @@
 import json
 
+import numpy as np
 from PIL import Image
 
 from hebbret import cli
-from hebbret.pipeline import load_run_config
+from hebbret.pipeline import load_run_config, split_folder
 
 from .conftest import write_image_folder
 
@@ -65,3 +66,69 @@ def test_shipped_configs_load():
     cifar = load_run_config("cifar10", data_root="/data/cifar10")
     assert cifar.label_fraction == 0.01 and cifar.labels_per_class is None
     assert load_run_config("fashion-mnist").data == "fashion-mnist"
+
+
+def gray_folder(root, classes=3, per_class=10, size=12):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            img = (rng.random((size, size)) * 60 + 60 * c).astype(np.uint8)
+            Image.fromarray(img, mode="L").save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_run_on_one_labeled_folder_splits_it_and_takes_its_format(tmp_path, capsys):
+    folder = gray_folder(tmp_path / "my photos")  # a space in the path
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(f"""[run]
+model_kwargs = {{ widths = [8, 16, 32] }}
+pretrain_steps = 4
+labels_per_class = 2
+protocols = ["knn", "linear"]
+seeds = [0]
+linear_epochs = 2
+knn_k = 3
+retrieval_k = 3
+queries_shown = 1
+out = "{tmp_path / 'out'}"
+""")
+    assert cli.main(["run", str(folder), "--config", str(cfg), "--quiet"]) == 0
+    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
+    split = results["data"]["split"]
+    assert (split["train"], split["test"], split["seed"]) == (24, 6, 0)  # 2 of 10 per class
+    assert "split for this run: 24 train / 6 test images, 20% of every class, seed 0" in \
+        capsys.readouterr().out
+    card = json.loads((tmp_path / "out" / "hebbian" / "pretrain" / "model.json").read_text())
+    assert card["input"]["in_chans"] == 1 and card["input"]["img_size"] == [12, 12]
+    test_files = {p.name for p in (tmp_path / "out" / "data" / "test").rglob("*.png")}
+    train_files = {p.relative_to(tmp_path / "out" / "data" / "train")
+                   for p in (tmp_path / "out" / "data" / "train").rglob("*.png")}
+    assert len(test_files) <= 6 and len(train_files) == 24
+
+
+def test_split_is_stratified_seeded_and_reused(tmp_path):
+    folder = gray_folder(tmp_path / "imgs", classes=2, per_class=5)
+    a = split_folder(folder, tmp_path / "a", seed=1)
+    b = split_folder(folder, tmp_path / "b", seed=1)
+    assert a == b and (a["train"], a["test"]) == (8, 2)
+    for c in ("c0", "c1"):
+        assert len(list((tmp_path / "a" / "test" / c).iterdir())) == 1
+    stamp = (tmp_path / "a" / "split.json").stat().st_mtime_ns
+    split_folder(folder, tmp_path / "a", seed=1)
+    assert (tmp_path / "a" / "split.json").stat().st_mtime_ns == stamp
+    assert split_folder(folder, tmp_path / "a", seed=2)["seed"] == 2  # another seed: re-split
+
+
+def test_folder_forms_that_cannot_run_are_named(tmp_path, caplog):
+    one = gray_folder(tmp_path / "one", classes=1)
+    assert cli.main(["run", str(one), "--out", str(tmp_path / "o1")]) == 2
+    assert "holds one class" in caplog.text
+    half = tmp_path / "half"
+    gray_folder(half / "train", classes=2)
+    assert cli.main(["run", str(half), "--out", str(tmp_path / "o2")]) == 2
+    assert "has train/ but not test/" in caplog.text
+    assert cli.main(["run", "--data-root", str(one), "--out", str(tmp_path / "o3")]) == 2
+    assert f"to run on your folder: hebbret run {one}" in caplog.text
+    assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in caplog.text
