@@ -97,8 +97,8 @@ def _mask_own(scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
 def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
                  temperature: float = 0.07, query_db_rows: np.ndarray | None = None,
-                 memory_mb: int = 1024, train_weights: np.ndarray | None = None
-                 ) -> dict[str, Any]:
+                 memory_mb: int = 1024, train_weights: np.ndarray | None = None,
+                 index: Any = None) -> dict[str, Any]:
     """Weighted kNN: each of the k nearest train items votes exp(cos / T) for its class.
 
     Args:
@@ -107,6 +107,8 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
             votes for itself.
         train_weights: float (N,), scales each train item's vote (e.g. the certainty of a
             propagated label); None: 1.
+        index: a FAISS inner-product index over the L2-normalised ``train_feats`` (in order)
+            that finds the neighbours instead of exact cosine (e.g. through a PCA); None: exact.
     Returns:
         {"k": {k: {"top1": %, "top5": %}}, "temperature", "num_classes", ...}; k is capped at N.
     """
@@ -123,9 +125,8 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         np.asarray(train_weights), dtype=torch.float32)
     kmax = ks_used[-1]
     hits = {k: [0, 0] for k in ks_used}
-    for rows, scores in cosine_blocks(test_feats, train_feats, memory_mb):
-        scores = _mask_own(scores, own_rows[rows])
-        sims, idx = scores.topk(kmax, dim=1)  # sorted, most similar first
+    for rows, sims, idx in _neighbours(test_feats, train_feats, own_rows, kmax, memory_mb,
+                                       index):
         neighbour_labels = train_labels[idx]
         weights = ((sims - sims[:, :1]) / temperature).exp()  # shifted by the row max: same vote
         if item_weights is not None:
@@ -144,6 +145,29 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         "num_train": len(train_feats), "num_test": q, "similarity": "cosine",
         "vote": "sum exp(s/T)", "self_match_excluded": bool((own_rows >= 0).any()),
     }
+
+
+def _neighbours(test_feats: np.ndarray, train_feats: np.ndarray, own_rows: np.ndarray,
+                k: int, memory_mb: int, index: Any = None
+                ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """(test rows, cosine (B, k), train rows (B, k)) of the k most similar train items, most
+    similar first, never a test item's own row: exact, or searched in a FAISS ``index``."""
+    if index is None:
+        for rows, scores in cosine_blocks(test_feats, train_feats, memory_mb):
+            yield rows, *_mask_own(scores, own_rows[rows]).topk(k, dim=1)
+        return
+    if index.ntotal != len(train_feats):
+        raise ValueError(f"the index holds {index.ntotal} vectors but there are "
+                         f"{len(train_feats)} train items")
+    chunk = 4096
+    for i in range(0, len(test_feats), chunk):
+        rows = slice(i, min(i + chunk, len(test_feats)))
+        s, j = index.search(_normalized(test_feats[rows]).numpy(), k + 1)
+        s, j = torch.from_numpy(s), torch.from_numpy(j)
+        own = j == torch.as_tensor(own_rows[rows]).unsqueeze(1)
+        s = s.masked_fill(own | (j < 0), -torch.inf)
+        s, order = s.sort(dim=1, descending=True)
+        yield rows, s[:, :k], j.gather(1, order)[:, :k].clamp_min(0)
 
 
 def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: np.ndarray,

@@ -311,12 +311,13 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
                       index: faiss.Index | None = None) -> dict[str, Any]:
     """Propagate the labels of ``rows`` over the collection's kNN graph (``graph``, else built
     with ``graph_k`` neighbours from ``index`` or exactly), then classify the test images by a
-    kNN vote over the whole pseudo-labeled collection (votes exp(cos/T) · certainty)."""
+    kNN vote over the whole pseudo-labeled collection (votes exp(cos/T) · certainty), their
+    neighbours searched in ``index`` (None: exactly)."""
     graph = graph if graph is not None else knn_graph(x, graph_k, index)
     graph_k = graph[0].shape[1]
     prop = propagate_labels(graph, y, rows, alpha, gamma)
     res = knn_classify(x, prop.pseudo_labels, test_x, test_y, ks=[k], temperature=temperature,
-                       train_weights=prop.certainty)
+                       train_weights=prop.certainty, index=index)
     used = max(res["k"])
     unlabeled = np.setdiff1d(np.arange(len(x)), rows)
     known = y[unlabeled] >= 0
@@ -399,7 +400,7 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
                 r = fewshot_linear(x, y, rows, test_x, test_y, seed, stats=stats)
             else:
                 r = fewshot_propagate(xs, y, rows, test_xs, test_y, cfg.knn_k, cfg.temperature,
-                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph)
+                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph, index=index)
             per_seed[seed] = {"labeled": len(rows), **r}
             log.info("few-label %s seed %d: top-1 %.2f%%", protocol, seed, r["top1"])
         out[protocol] = {"seeds": per_seed,

@@ -249,6 +249,10 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     if dataset.classes:
         model.reset_classifier(len(dataset.classes))
     model.to(device, memory_format=memory_format(cfg.channels_last)).train()
+    if resolved["rule"] == "none":  # nothing learns: the pass calibrates BatchNorm, exactly
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # cumulative average over the pass, not an EMA of its tail
     layers = model.hebb_layers()
     optimizer = torch.optim.SGD([{"params": [layer.weight], "lr": lr}
                                  for layer, lr in zip(layers, resolved["lr"], strict=True)])

@@ -155,3 +155,23 @@ def test_fewshot_cli_runs_every_protocol_on_real_images(tmp_path, capsys):
           for line in (out / "full-seed1" / "labeled_items.jsonl").read_text().splitlines()]
     labels = np.repeat(np.arange(3), 8)
     assert ft == labeled_subset(labels, 1, labels_per_class=2).tolist()
+
+
+def test_knn_through_a_flat_faiss_index_equals_the_exact_vote():
+    import faiss
+
+    from hebbret.evaluate import knn_classify
+
+    x, y = blobs(30, dim=24, spread=1.5, seed=5)
+    test_x, test_y = blobs(10, dim=24, spread=1.5, seed=6)
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(24)
+    index.add(z)
+    w = np.random.default_rng(0).uniform(0.2, 1, len(x)).astype(np.float32)
+    exact = knn_classify(x, y, test_x, test_y, ks=[1, 7], train_weights=w)
+    searched = knn_classify(x, y, test_x, test_y, ks=[1, 7], train_weights=w, index=index)
+    assert exact["k"] == searched["k"] and exact["k"][7]["top1"] < 100  # not trivially separable
+    own = np.arange(10)  # the queries are the first train rows: never their own vote
+    a = knn_classify(x, y, x[:10], y[:10], ks=[5], query_db_rows=own)
+    b = knn_classify(x, y, x[:10], y[:10], ks=[5], query_db_rows=own, index=index)
+    assert a["k"] == b["k"]

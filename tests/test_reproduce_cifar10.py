@@ -65,6 +65,10 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     assert "| Hebbian | propagate | not run yet | not run yet | not run yet |" in text  # no 0.5 column
     assert st["softhebb"]["hebbian"]["convergence"]["layers"][0]["layer"] == 0
     assert "Convergence after the epoch" in text
+    variant = st["variants"]["init-radius-5"]
+    assert variant["model_kwargs"] == {"init_radius": 5.0} and 0 <= variant["knn_top1"] <= 100
+    assert "| init-radius-5 |" in text
+    assert not (tmp_path / "work" / "c3-init-radius-5" / "emb_train").exists()
     assert "too slow for this CPU, not run" in text and "| swta | block4 | 16 |" in text
     # finished results are kept: a rerun redoes nothing
     before = results.read_text()
@@ -87,3 +91,19 @@ def test_a_cell_with_some_seeds_run_and_the_rest_skipped_says_both():
     text = repro.render({"stages": {"few-labels": rows}})
     assert ("| c3-scratch | not run yet | not run yet | 60.00 (1 seed; the other seeds too slow "
             "for this CPU, not run) |") in text
+
+
+def test_force_keeps_each_old_result_until_its_replacement_is_written(tmp_path):
+    repro = load_script()
+    path = tmp_path / "r.json"
+    res = repro.Results(path, [])
+    res.put("retrieval", "hebbian", {"knn_top1": 1.0})
+    res.put("retrieval", "random", {"knn_top1": 2.0})
+    again = repro.Results(path, ["--force"])
+    again.force("retrieval")
+    assert again.get("retrieval", "hebbian") is None  # to be redone ...
+    assert json.loads(path.read_text())["stages"]["retrieval"]["hebbian"]["knn_top1"] == 1.0
+    again.put("retrieval", "hebbian", {"knn_top1": 3.0})  # ... replaced when done
+    assert again.get("retrieval", "hebbian")["knn_top1"] == 3.0
+    kept = json.loads(path.read_text())["stages"]["retrieval"]
+    assert kept["hebbian"]["knn_top1"] == 3.0 and kept["random"]["knn_top1"] == 2.0

@@ -22,7 +22,8 @@ DATA_ROOT holds ``train/<class>/`` and ``test/<class>/`` (or ``cifar10/train`` .
 
 Every finished unit of work is merged into ``--results`` (JSON) at once, with the command line,
 git commit, machine and wall times, and is skipped when it is already there: the stages can be
-completed across several runs (``--force`` redoes a stage). ``--budgets``, ``--seeds`` and
+completed across several runs (``--force`` redoes a stage, replacing each result as its new
+one is written). ``--budgets``, ``--seeds`` and
 ``--archs`` narrow the few-label cells a session runs; ``--skip ARCH/BUDGET`` records a cell as
 too slow for this CPU. The README's Results section is rewritten from the JSON after each stage
 (``--readme-only`` just rewrites it).
@@ -63,7 +64,7 @@ from hebbret.index import build_index, load_index, search_index
 
 log = logging.getLogger("reproduce_cifar10")
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("softhebb", "retrieval", "few-labels", "protocols", "layers", "speed")
+STAGES = ("softhebb", "retrieval", "few-labels", "protocols", "variants", "layers", "speed")
 # Anchors measured on this machine with SoftHebb's own published demo (issue 5).
 ANCHOR = {"hebbian_epoch_s": 933.0, "embed_60k_s": 469.0, "readout_top1": 76.97,
           "paper_top1": 80.3}
@@ -102,23 +103,29 @@ class Results:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":!tools/results", ":!README.md"],  # this script's own outputs
                                capture_output=True, text=True, cwd=REPO).stdout.strip()
+        self.redo: set[str] = set()
+        self.fresh: dict[str, set[str]] = {}
         self.provenance = {"command": " ".join(["python", "tools/reproduce_cifar10.py", *argv]),
                            "git_commit": commit + ("+dirty" if dirty else ""),
                            "machine": machine(), "hebbret_version": hebbret.__version__,
                            "torch": torch.__version__}
 
     def get(self, stage: str, key: str) -> Any:
+        if stage in self.redo and key not in self.fresh.get(stage, set()):
+            return None
         return self.doc["stages"].get(stage, {}).get(key)
 
     def put(self, stage: str, key: str, value: dict[str, Any]) -> None:
         entry = {**value, **self.provenance,
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
         self.doc["stages"].setdefault(stage, {})[key] = entry
+        self.fresh.setdefault(stage, set()).add(key)
         write_json(self.path, self.doc)
 
-    def drop(self, stage: str) -> None:
-        self.doc["stages"].pop(stage, None)
-        write_json(self.path, self.doc)
+    def force(self, stage: str) -> None:
+        """Redo ``stage``: its finished results count as missing, but each stays in the file
+        until its replacement is written (a killed redo loses nothing)."""
+        self.redo.add(stage)
 
 
 def machine() -> str:
@@ -182,15 +189,25 @@ def labels_of(train_dir: Path, test_dir: Path) -> tuple[np.ndarray, np.ndarray, 
 
 # ---------------------------------------------------------------- stage 1: SoftHebb protocol
 C3_VARIANTS = {"hebbian": "softhebb", "random": "none"}
+# Changes to the Hebbian recipe tried against the stage-1 run: (what it changes, model kwargs)
+LIFT_VARIANTS = {
+    "init-radius-5": ("neurons start at norm 5 instead of SoftHebb's 25 (the embedded default's "
+                      "choice for small collections)", {"init_radius": 5.0}),
+}
 
 
 def c3_features(work: Path, data: Path, variant: str, settings: Settings,
                 precision: str = "fp32") -> tuple[Path, dict[str, Any]]:
-    """Pretrain (or reuse) a c3 run and its cached float16 train/test features."""
+    """Pretrain (or reuse) a c3 run and its cached float16 train/test features; ``variant``:
+    hebbian, random or a LIFT_VARIANTS name."""
     name = f"c3-{variant}" + ("" if precision == "fp32" else f"-{precision}")
     run = work / name / "run"
-    info = pretrain_once(run, data, model="hebb_softhebb_c3", rule=C3_VARIANTS[variant],
-                         model_kwargs=settings.c3_kwargs, epochs=1,  # SoftHebb: one epoch
+    lift = LIFT_VARIANTS.get(variant, ("", {}))[1]
+    info = pretrain_once(run, data, model="hebb_softhebb_c3",
+                         rule=C3_VARIANTS.get(variant, "softhebb"),
+                         model_kwargs={**settings.c3_kwargs, **lift}, epochs=1,  # SoftHebb: 1
+                         # random init: one BatchNorm calibration pass, in large batches
+                         **({"batch_size": settings.embed_batch} if variant == "random" else {}),
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
@@ -346,6 +363,27 @@ def stage_few_labels(work: Path, data: Path, res: Results, settings: Settings) -
             log.info("few-labels/%s: top-1 %.2f (%.0f s)", key, scores["top1"], train_s)
 
 
+# ---------------------------------------------------------------- stage 3c: recipe variants
+def stage_variants(work: Path, data: Path, res: Results, settings: Settings) -> None:
+    """Each LIFT_VARIANTS recipe: one Hebbian epoch, kNN top-1 and convergence, against the
+    stage-1 Hebbian run (its features are deleted afterwards: 3 GB each)."""
+    for name, (change, kwargs) in LIFT_VARIANTS.items():
+        if res.get("variants", name):
+            continue
+        root, info = c3_features(work, data, name, settings)
+        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
+                           temperature=0.07)
+        card = read_json(root / "run" / "model.json")["training"]
+        res.put("variants", name, {"change": change, "model_kwargs": kwargs, **info,
+                                   "knn_top1": knn["k"][settings.knn_k]["top1"], "knn_s": knn_s,
+                                   "convergence": card.get("convergence")})
+        log.info("variants/%s: kNN top-1 %.2f", name, knn["k"][settings.knn_k]["top1"])
+        del x_train, x_test
+        for split in ("train", "test"):
+            shutil.rmtree(root / f"emb_{split}")
+
+
 # ---------------------------------------------------------------- stage 3b: frozen protocols
 def stage_protocols(work: Path, data: Path, res: Results, settings: Settings) -> None:
     """knn / linear / propagate on the cached stage-1 features, every budget and seed."""
@@ -484,7 +522,8 @@ def stage_speed(work: Path, data: Path, res: Results, settings: Settings) -> Non
 
 STAGE_FUNCS: dict[str, Callable[[Path, Path, Results, Settings], None]] = {
     "softhebb": stage_softhebb, "retrieval": stage_retrieval, "few-labels": stage_few_labels,
-    "protocols": stage_protocols, "layers": stage_layers, "speed": stage_speed,
+    "protocols": stage_protocols, "variants": stage_variants, "layers": stage_layers,
+    "speed": stage_speed,
 }
 
 
@@ -534,7 +573,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
         torch.manual_seed(0)
         for stage in args.stage:
             if args.force:
-                res.drop(stage)
+                res.force(stage)
             log.info("stage %s", stage)
             STAGE_FUNCS[stage](Path(args.work), data, res, settings)
             if args.readme:
@@ -565,6 +604,29 @@ def _f(v: Any, digits: int = 2) -> str:
 
 def _verdict(ok: bool | None) -> str:
     return "not measured yet" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def variants_table(var: dict[str, Any], base: dict[str, Any] | None,
+                   heb: dict[str, Any] | None) -> list[str]:
+    """Section 3c: recipe variants tried, against the stage-1 Hebbian run."""
+    out = ["**3c. Variants of the Hebbian recipe** (one Hebbian epoch each, everything else as "
+           "section 1; kNN top-1 as section 2; kept = it becomes a default)", "",
+           "| variant | change | kNN top-1 | vs SoftHebb's recipe | convergence (distance per "
+           "layer) |", "|---|---|---:|---:|---|"]
+
+    def conv(row: dict[str, Any] | None) -> str:
+        c = (row or {}).get("convergence")
+        return " / ".join(_f(la["distance"]) for la in c["layers"]) if c else "–"
+
+    if base:
+        out.append(f"| SoftHebb's recipe (section 1) | – | {_f(base['knn_top1'])} | – | "
+                   f"{conv(heb)} |")
+    for name, row in var.items():
+        gap = f"{row['knn_top1'] - base['knn_top1']:+.2f}" if base else "–"
+        out.append(f"| {name} | {row['change']} | {_f(row['knn_top1'])} | {gap} | {conv(row)} |")
+    if not var:
+        out.append("| not run yet | | | | |")
+    return out + [""]
 
 
 def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[float]]
@@ -626,7 +688,7 @@ def render(doc: dict[str, Any]) -> str:
     """Markdown tables for the README from the results document."""
     st = doc.get("stages", {})
     out: list[str] = []
-    sh, ret, few, prot, lay, spd = (st.get(k, {}) for k in STAGES)
+    sh, ret, few, prot, var, lay, spd = (st.get(k, {}) for k in STAGES)
     heb, rnd = sh.get("hebbian"), sh.get("random")
     out += ["**1. SoftHebb protocol** (`hebb_softhebb_c3`, rule softhebb, 1 Hebbian epoch at batch "
             "10, fp32; SoftHebb's linear readout on the frozen 24,576-d features: dropout 0.5, "
@@ -716,6 +778,7 @@ def render(doc: dict[str, Any]) -> str:
             f"({detail or 'no pairs yet'}).", ""]
 
     out += protocols_table(prot, cells)
+    out += variants_table(var, ret.get("hebbian"), heb)
 
     out += ["**4. Per layer** (`hebb_fasthebb_6l`, 1 Hebbian epoch; flattened block outputs; kNN "
             "k = 20; linear probe = `hebbret eval linear`)", "",

@@ -47,9 +47,10 @@ class _HebbLayer(nn.Module):
         self.delta: Tensor | None = None
 
     def reset_parameters(self) -> None:
-        """Gaussian init whose neurons have norm about the rule's ``init_radius``."""
+        """Gaussian init whose neurons have norm about ``init_radius`` (None: the rule's)."""
         fan_in = self.weight[0].numel()
-        nn.init.normal_(self.weight, 0.0, self.rule.init_radius / math.sqrt(fan_in))
+        radius = self.init_radius if self.init_radius is not None else self.rule.init_radius
+        nn.init.normal_(self.weight, 0.0, radius / math.sqrt(fan_in))
 
     def _respond(self, u: Tensor) -> Tensor:
         return u if self.rule.output is None else self.rule.output(u, self.weight)
@@ -130,9 +131,11 @@ class HebbConv2d(_HebbLayer):
         padding_mode: str = "zeros",
         rule: str = "softhebb",
         gram: str = "conv",
+        init_radius: float | None = None,
         **rule_params: float,
     ) -> None:
         super().__init__()
+        self.init_radius = init_radius
         if padding_mode not in ("zeros", "reflect"):
             raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
         if gram not in GRAM_METHODS:
@@ -185,8 +188,9 @@ class HebbLinear(_HebbLayer):
     """Fully connected layer whose weight (K, D) learns with a Hebbian rule. (B, D) -> (B, K)."""
 
     def __init__(self, in_features: int, out_features: int, rule: str = "softhebb",
-                 **rule_params: float) -> None:
+                 init_radius: float | None = None, **rule_params: float) -> None:
         super().__init__()
+        self.init_radius = init_radius
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self._init_rule(rule, rule_params)

@@ -17,6 +17,9 @@ class SoftHebbC3(HebbNet):
     """BN → conv5×5 96 → Triangle(0.7) → maxpool(4,2,1); BN → conv3×3 384 → Triangle(1.4) →
     maxpool(4,2,1); BN → conv3×3 1536 → Triangle(1.0) → avgpool(2); flatten → dropout → linear.
 
+    ``init_radius``: the neurons' initial norm (None: the rule's, 25 for softhebb as SoftHebb);
+    5 learns better features within a few hundred steps on collections of a few thousand images.
+
     ``forward_features``: (B, C, H, W) -> (B, 1536, H/8, W/8); ``forward_head(pre_logits=True)``
     flattens it: (B, num_features), num_features = 1536·⌊H/8⌋·⌊W/8⌋ (24,576 at 32×32).
     """
@@ -30,16 +33,18 @@ class SoftHebbC3(HebbNet):
         t_inv: tuple[float, float, float] = (1.0, 0.65, 0.25),
         widths: tuple[int, int, int] = (96, 384, 1536),
         drop_rate: float = 0.5,
+        init_radius: float | None = None,
     ) -> None:
         super().__init__()
         img_size = to_size(img_size)
         if min(img_size) < 8:
             raise ValueError(f"hebb_softhebb_c3 needs inputs of at least 8×8 pixels, got {img_size}")
         self.model_args = dict(in_chans=in_chans, img_size=list(img_size), num_classes=num_classes,
-                               rule=rule, t_inv=list(t_inv), widths=list(widths), drop_rate=drop_rate)
+                               rule=rule, t_inv=list(t_inv), widths=list(widths), drop_rate=drop_rate,
+                               init_radius=init_radius)
 
         def params(i: int) -> dict[str, float]:
-            return {"t_inv": t_inv[i]} if rule == "softhebb" else {}
+            return {"init_radius": init_radius, **({"t_inv": t_inv[i]} if rule == "softhebb" else {})}
 
         c1, c2, c3 = widths
         self.blocks = nn.ModuleList([
