@@ -383,9 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-            FloatingPointError) as e:
+    except (ValueError, FloatingPointError) as e:
         logging.getLogger("hebbret").error("%s", e)
+        return 2
+    except OSError as e:  # missing paths, permissions, a full disk: the path is in the message
+        logging.getLogger("hebbret").error("%s", e if e.filename or not e.strerror else
+                                           f"{e.strerror}")
         return 2
     return 0
 

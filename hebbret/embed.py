@@ -159,7 +159,11 @@ def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True
     for name in ("embeddings.npy", "items.jsonl", "meta.json"):
         if not (emb_dir / name).is_file():
             raise FileNotFoundError(f"{emb_dir} is not an embeddings dir: {name} is missing")
-    emb = np.load(emb_dir / "embeddings.npy", mmap_mode="r")
+    try:
+        emb = np.load(emb_dir / "embeddings.npy", mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{emb_dir / 'embeddings.npy'} is not a readable .npy array (truncated "
+                         f"or corrupt: {e}); embed again") from None
     items = read_jsonl(emb_dir / "items.jsonl")
     if emb.ndim != 2:
         raise ValueError(f"{emb_dir / 'embeddings.npy'} must be 2-D (N, D), got shape {emb.shape}")

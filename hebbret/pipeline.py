@@ -284,7 +284,8 @@ def verdict(rows: dict[str, dict[str, Any]]) -> str:
     gap = hs["mean"] - rs["mean"]
     scratch = rows["random"]["fewshot"].get("full")
     vs_scratch = (f"; training from scratch (random init + full) gets {fmt(scratch)} "
-                  f"({hs['mean'] - scratch['mean']:+.2f})" if scratch else "")
+                  f"({hs['mean'] - scratch['mean']:+.2f})" if scratch else
+                  "; training from scratch was not run (add the protocol full)")
     same = rows["random"]["fewshot"].get(hp)
     vs_same = (f"; the same protocol on random init gets {fmt(same)} ({hs['mean'] - same['mean']:+.2f})"
                if same else "")

@@ -84,3 +84,21 @@ def test_pretrain_refuses_a_learning_rate_that_is_not_positive_and_finite(tmp_pa
                      str(tmp_path / "run")], caplog)
     assert "learning rates must be positive and finite" in text
     assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_embeddings_array_is_named(tmp_path, caplog):
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    emb = write_embeddings(tmp_path / "emb", x, labels=[0, 1] * 5)
+    data = (emb / "embeddings.npy").read_bytes()
+    (emb / "embeddings.npy").write_bytes(data[:-20])
+    text = error_of(["eval", "knn", str(emb), str(emb)], caplog)
+    assert "embeddings.npy is not a readable .npy array" in text
+
+
+def test_an_unwritable_output_location_is_an_error_not_a_traceback(tmp_path, caplog):
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    emb = write_embeddings(tmp_path / "emb", x)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    text = error_of(["index", "build", str(emb), "--out", str(blocker / "idx")], caplog)
+    assert "a_file" in text
