@@ -1,4 +1,4 @@
-"""Evaluation of embeddings: weighted kNN, linear probe, retrieval metrics (DESIGN §6).
+"""Evaluation of embeddings: weighted kNN, linear probe, retrieval metrics (docs/design.md §7).
 
 Features are L2-normalised and compared by inner product (cosine). Scores are computed in
 blocks of queries × database so extra memory stays under ``memory_mb`` whatever N is.

@@ -1,4 +1,4 @@
-"""Run dirs: a trained backbone as ``model.safetensors`` + ``model.json`` (see DESIGN §5)."""
+"""Run dirs: a trained backbone as ``model.safetensors`` + ``model.json`` (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark the fused FastHebb update (DESIGN §3) on this machine, as ratios within one process.
+"""Benchmark the fused FastHebb update (docs/design.md §3) on this machine, as ratios within one process.
 
 1. Per Hebbian layer of both backbones, at their real shapes: the fused update
    ``layer.hebbian_delta(x)`` with each Yᵀ X method (``gram="conv"`` / ``"unfold"``) against the
@@ -227,7 +227,7 @@ def preact(layer: HebbLayer, xp: Tensor, zero_pad: tuple[int, int]) -> Tensor:
 
 
 def geometry(layer: HebbLayer, x: Tensor) -> dict[str, int]:
-    """N, K, D and the shapes of DESIGN §3 for this layer and input."""
+    """N, K, D and the shapes of docs/design.md §3 for this layer and input."""
     xp, zero_pad = padded(layer, x)
     with torch.no_grad():
         u = preact(layer, xp[:1], zero_pad)

@@ -9,7 +9,7 @@ matrix (given as a (K,) vector when it is diagonal). The layer computes ``Yᵀ X
 convolution weight-gradient (or matmul) kernel; no N×K×D tensor is ever built.
 
 Layouts: ``u`` and ``y`` are (B, K, Ho, Wo) for convolutions and (B, K) for linear layers; the
-N = B·Ho·Wo rows of DESIGN §3 are every position but axis 1.
+N = B·Ho·Wo rows of docs/design.md §3 are every position but axis 1.
 """
 
 from __future__ import annotations
