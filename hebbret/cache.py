@@ -221,8 +221,6 @@ class PackedLoader:
     ``device``: from a resident copy of the whole uint8 array, or streamed (prefetched by a
     thread, pinned and copied without blocking on CUDA)."""
 
-    _resident: dict[tuple[int, str], torch.Tensor] = {}
-
     def __init__(self, dataset: ImageDataset, batch_size: int, sampler: EpochSampler,
                  device: torch.device | str = "cpu", drop_last: bool = False,
                  resident: bool | None = None) -> None:
@@ -241,13 +239,14 @@ class PackedLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _array(self) -> torch.Tensor:
-        key = (id(self.dataset), str(self.device))
-        if key not in self._resident:
-            self._resident.clear()  # one resident dataset at a time
+        """The dataset's whole uint8 array on the device, uploaded once per dataset object
+        (kept on it, so it lives exactly as long as the dataset)."""
+        held = getattr(self.dataset, "_resident", None)
+        if held is None or held.device != self.device:
             host = torch.from_numpy(np.ascontiguousarray(
                 self.dataset.uint8_rows(np.arange(len(self.dataset)))))
-            self._resident[key] = host.to(self.device)
-        return self._resident[key]
+            held = self.dataset._resident = host.to(self.device)
+        return held
 
     def _batches(self) -> Iterator[np.ndarray]:
         order = np.asarray(list(self.sampler), dtype=np.int64)

@@ -173,3 +173,14 @@ def test_on_cuda_resident_and_streamed_batches_equal_the_cpu_ones(tmp_path):
     x = ref[0][0]
     a = augment_batch(x.cuda(), torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.cpu(), augment_batch(x, torch.Generator().manual_seed(0)))
+
+
+def test_each_dataset_batches_its_own_pixels_even_when_one_is_freed_before_the_next():
+    # a resident copy keyed by id() once served a freed dataset's pixels to a new one that
+    # happened to get the same id: the train images were embedded as the test images
+    for split in ("train", "test", "train", "test"):
+        ds = open_dataset("fashion-mnist-mini", split)
+        first = next(iter(make_loader(ds, 8)))
+        np.testing.assert_array_equal(first.images[:, 0].mul(255).round().byte().numpy(),
+                                      ds.uint8_rows(np.arange(8))[..., 0])
+        del ds, first
