@@ -12,6 +12,16 @@ from .config import PretrainConfig, load_config
 from .fewshot import PROTOCOLS
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"init_radius\": 5}'")
+    return value
+
+
 def _pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
@@ -21,6 +31,7 @@ def _pretrain(args: argparse.Namespace) -> None:
                       seed=args.seed, out=args.out, split=args.split, data_root=args.data_root,
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
+                      model_kwargs=args.model_kwargs,
                       resume=args.resume or None,
                       quiet=args.quiet or None)
     print(pretrain(cfg))
@@ -215,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="Hebbian steps per layer phase (instead of --epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, nargs="+", help="one value, or one per Hebbian layer")
+    p.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                   help='backbone arguments, e.g. \'{"init_radius": 5}\' (small folders)')
     p.add_argument("--mode", choices=["consecutive", "greedy"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)

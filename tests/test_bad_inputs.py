@@ -102,3 +102,17 @@ def test_an_unwritable_output_location_is_an_error_not_a_traceback(tmp_path, cap
     blocker.write_text("not a folder")
     text = error_of(["index", "build", str(emb), "--out", str(blocker / "idx")], caplog)
     assert "a_file" in text
+
+
+def test_pretrain_takes_backbone_arguments_as_json(tmp_path, caplog):
+    import json
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", str(root), "--model-kwargs",
+                     '{"init_radius": 5, "widths": [8, 16, 32]}', "--steps", "2", "--quiet",
+                     "--out", str(run)]) == 0
+    args = json.loads((run / "model.json").read_text())["model_args"]
+    assert args["init_radius"] == 5 and args["widths"] == [8, 16, 32]
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", str(root), "--model-kwargs", "[5]", "--out", str(run)])
