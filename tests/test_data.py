@@ -145,3 +145,18 @@ def test_fashion_mnist_reads_idx_files_from_a_data_root(tmp_path):
     assert rgb[0][0].shape == (3, 32, 32)
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         open_dataset("fashion-mnist", split="train", data_root=str(tmp_path))
+
+
+def test_link_subset_takes_the_first_images_of_every_class(tmp_path):
+    from hebbret.data import link_subset
+
+    from .conftest import write_image_folder
+
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "src" / split, classes=3, per_class=12, size=8)
+    counts = link_subset(tmp_path / "src", tmp_path / "dst", {"train": 10, "test": 2})
+    assert counts == {"train": 30, "test": 6}
+    items, classes = scan_image_folder(tmp_path / "dst" / "train")
+    assert classes == ["class_0", "class_1", "class_2"]
+    assert [it.path for it in items[:10]] == [f"class_0/img_{i}.png" for i in range(10)]
+    assert all((tmp_path / "dst" / "train" / it.path).is_symlink() for it in items)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from hebbret._io import read_json, write_json
+from hebbret.data import link_subset
 from hebbret.embed import extract_embeddings
 from hebbret.pretrain import pretrain
 
@@ -83,12 +84,7 @@ def bench(data: Path, work: Path, device: str, steps: int | None) -> dict[str, A
 
 def small_copy(data: Path, work: Path, train: int = 30, test: int = 10) -> Path:
     """``work/small/{train,test}/<class>/``: symlinks to the first images of every class."""
-    for split, n in (("train", train), ("test", test)):
-        for cls in sorted(p for p in (data / split).iterdir() if p.is_dir()):
-            dest = work / "small" / split / cls.name
-            dest.mkdir(parents=True)
-            for img in sorted(cls.iterdir())[:n]:
-                (dest / img.name).symlink_to(img.resolve())
+    link_subset(data, work / "small", {"train": train, "test": test})
     return work / "small"
 
 
