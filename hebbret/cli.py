@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
     p.add_argument("--nprobe", type=int)
     p.add_argument("--ef-search", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="machine-readable results")
     p.set_defaults(func=_search)
 

@@ -116,3 +116,19 @@ def test_pretrain_takes_backbone_arguments_as_json(tmp_path, caplog):
     assert args["init_radius"] == 5 and args["widths"] == [8, 16, 32]
     with pytest.raises(SystemExit):
         cli.main(["pretrain", str(root), "--model-kwargs", "[5]", "--out", str(run)])
+
+
+def test_paths_with_spaces_and_non_ascii_names_work_end_to_end(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "mes données" / "été 2024", classes=2, per_class=4,
+                              size=16)
+    (root / "class_0" / "café au lait.png").write_bytes((root / "class_0" / "img_0.png")
+                                                        .read_bytes())
+    run, emb, index = (tmp_path / "sortie ü" / name for name in ("run", "emb", "index"))
+    assert cli.main(["pretrain", str(root), "--model-kwargs", '{"widths": [8, 16, 32]}',
+                     "--steps", "2", "--quiet", "--out", str(run)]) == 0
+    assert cli.main(["embed", str(run), str(root), "--out", str(emb), "--quiet"]) == 0
+    assert cli.main(["index", "build", str(emb), "--out", str(index)]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", str(index), "--image", str(root / "class_0" / "café au lait.png"),
+                     "--k", "2"]) == 0
+    assert "café au lait.png" in capsys.readouterr().out
