@@ -304,17 +304,46 @@ def propagate_labels(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: 
     return Propagation(pseudo, cert, z.numpy().astype(np.float32))
 
 
+PROPAGATION_ALPHAS = (0.5, 0.9, 0.99)  # diffusion strengths cross-validated by `propagate`
+
+
+def choose_alpha(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: np.ndarray,
+                 alphas: Sequence[float] = PROPAGATION_ALPHAS, gamma: float = 3.0,
+                 folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The diffusion strength whose propagation from 4/5 of the labeled ``rows`` labels the
+    held-out fifth best (stratified folds over the labeled rows only; ties: the stronger).
+    Returns (alpha, {alpha: held-out accuracy %})."""
+    rows = np.sort(rows)
+    folds = min(folds, int(np.bincount(y[rows]).max()))
+    if folds < 2:
+        return max(alphas), {}
+    splits = _stratified_folds(y[rows], folds, seed)
+    scores = {}
+    for alpha in alphas:
+        correct = 0
+        for part in splits:
+            fit = np.setdiff1d(np.arange(len(rows)), part)
+            prop = propagate_labels(graph, y, rows[fit], alpha, gamma)
+            correct += int((prop.pseudo_labels[rows[part]] == y[rows[part]]).sum())
+        scores[alpha] = 100.0 * correct / len(rows)
+    return max(scores, key=lambda a: (scores[a], a)), scores
+
+
 def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
                       test_y: np.ndarray, k: int = 20, temperature: float = 0.07,
-                      graph_k: int = 10, alpha: float = 0.99, gamma: float = 3.0,
+                      graph_k: int = 10, alpha: float | None = None, gamma: float = 3.0,
                       graph: tuple[np.ndarray, np.ndarray] | None = None,
-                      index: faiss.Index | None = None) -> dict[str, Any]:
+                      index: faiss.Index | None = None, seed: int = 0) -> dict[str, Any]:
     """Propagate the labels of ``rows`` over the collection's kNN graph (``graph``, else built
     with ``graph_k`` neighbours from ``index`` or exactly), then classify the test images by a
     kNN vote over the whole pseudo-labeled collection (votes exp(cos/T) · certainty), their
-    neighbours searched in ``index`` (None: exactly)."""
+    neighbours searched in ``index`` (None: exactly). ``alpha`` None: chosen by
+    :func:`choose_alpha` on the labeled rows."""
     graph = graph if graph is not None else knn_graph(x, graph_k, index)
     graph_k = graph[0].shape[1]
+    cv: dict[float, float] = {}
+    if alpha is None:
+        alpha, cv = choose_alpha(graph, y, rows, gamma=gamma, seed=seed)
     prop = propagate_labels(graph, y, rows, alpha, gamma)
     res = knn_classify(x, prop.pseudo_labels, test_x, test_y, ks=[k], temperature=temperature,
                        train_weights=prop.certainty, index=index)
@@ -324,7 +353,8 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
     pseudo_acc = (100.0 * float((prop.pseudo_labels[unlabeled][known]
                                  == y[unlabeled][known]).mean()) if known.any() else None)
     return {"top1": res["k"][used]["top1"], "top5": res["k"][used]["top5"], "k": used,
-            "temperature": temperature, "graph_k": graph_k, "alpha": alpha, "gamma": gamma,
+            "temperature": temperature, "graph_k": graph_k, "alpha": alpha,
+            "alpha_cv_top1": {str(a): v for a, v in cv.items()}, "gamma": gamma,
             "pseudo_label_accuracy": pseudo_acc,
             "mean_certainty": float(prop.certainty[unlabeled].mean()) if len(unlabeled) else None}
 
@@ -347,7 +377,7 @@ class FewShotConfig:
     graph_k: int = 10  # neighbours per node of the propagation graph
     graph_index: str = "Flat"  # FAISS factory the graph is searched with (inner product on the
     #                            compared features); e.g. "PCA256,Flat" for very wide features
-    alpha: float = 0.99  # diffusion strength
+    alpha: float | None = None  # diffusion strength; None: cross-validated on the labeled rows
     gamma: float = 3.0  # affinity power
 
     def __post_init__(self) -> None:
@@ -400,7 +430,8 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
                 r = fewshot_linear(x, y, rows, test_x, test_y, seed, stats=stats)
             else:
                 r = fewshot_propagate(xs, y, rows, test_xs, test_y, cfg.knn_k, cfg.temperature,
-                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph, index=index)
+                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph, index=index,
+                                      seed=seed)
             per_seed[seed] = {"labeled": len(rows), **r}
             log.info("few-label %s seed %d: top-1 %.2f%%", protocol, seed, r["top1"])
         out[protocol] = {"seeds": per_seed,

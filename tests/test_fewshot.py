@@ -175,3 +175,20 @@ def test_knn_through_a_flat_faiss_index_equals_the_exact_vote():
     a = knn_classify(x, y, x[:10], y[:10], ks=[5], query_db_rows=own)
     b = knn_classify(x, y, x[:10], y[:10], ks=[5], query_db_rows=own, index=index)
     assert a["k"] == b["k"]
+
+
+def test_propagation_strength_is_chosen_on_the_labeled_rows_only():
+    from hebbret.fewshot import PROPAGATION_ALPHAS, choose_alpha
+
+    x, y = blobs(25, dim=16, spread=2.0, seed=7)
+    rows = labeled_subset(y, 0, labels_per_class=5)
+    graph = knn_graph(x, 6)
+    alpha, scores = choose_alpha(graph, y, rows)
+    assert alpha in PROPAGATION_ALPHAS and set(scores) == set(PROPAGATION_ALPHAS)
+    hidden = np.full_like(y, -1)
+    hidden[rows] = y[rows]  # the unlabeled rows' labels are never looked at
+    assert choose_alpha(graph, hidden, rows) == (alpha, scores)
+    test_x, test_y = blobs(10, dim=16, spread=2.0, seed=8)
+    cfg = FewShotConfig(protocols=["propagate"], labels_per_class=5, seeds=[0], graph_k=6)
+    r = evaluate_frozen(x, y, test_x, test_y, cfg)["propagate"]["seeds"][0]
+    assert r["alpha"] in PROPAGATION_ALPHAS and len(r["alpha_cv_top1"]) == 3
