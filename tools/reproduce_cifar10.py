@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import shutil
 import statistics
@@ -164,7 +165,9 @@ def pretrain_once(run: Path, data: Path, **kwargs: Any) -> dict[str, Any]:
     card = read_json(run / "model.json")
     info = {"reused": False, "wall_s": wall, "train_seconds": card["training"]["train_seconds"],
             "images": card["training"]["images_seen"],
-            "skipped_files": len(card["training"]["skipped_files"])}
+            "skipped_files": len(card["training"]["skipped_files"]),
+            # > the thread count: something else shared the CPU and the times are inflated
+            "load_avg_15m_at_end": round(os.getloadavg()[2], 2)}
     write_json(timings, info)
     return info
 
