@@ -617,7 +617,7 @@ def variants_table(var: dict[str, Any], base: dict[str, Any] | None,
     out = ["**3c. Variants of the Hebbian recipe** (one Hebbian epoch each, everything else as "
            "section 1; kNN top-1 as section 2; kept = it becomes a default)", "",
            "| variant | change | kNN top-1 | vs SoftHebb's recipe | convergence (distance per "
-           "layer) |", "|---|---|---:|---:|---|"]
+           "layer) | kept |", "|---|---|---:|---:|---|---|"]
 
     def conv(row: dict[str, Any] | None) -> str:
         c = (row or {}).get("convergence")
@@ -625,12 +625,14 @@ def variants_table(var: dict[str, Any], base: dict[str, Any] | None,
 
     if base:
         out.append(f"| SoftHebb's recipe (section 1) | – | {_f(base['knn_top1'])} | – | "
-                   f"{conv(heb)} |")
+                   f"{conv(heb)} | – |")
     for name, row in var.items():
-        gap = f"{row['knn_top1'] - base['knn_top1']:+.2f}" if base else "–"
-        out.append(f"| {name} | {row['change']} | {_f(row['knn_top1'])} | {gap} | {conv(row)} |")
+        gap = row["knn_top1"] - base["knn_top1"] if base else None
+        kept = "–" if gap is None else ("yes" if gap > 0 else "no")
+        out.append(f"| {name} | {row['change']} | {_f(row['knn_top1'])} | "
+                   f"{'–' if gap is None else f'{gap:+.2f}'} | {conv(row)} | {kept} |")
     if not var:
-        out.append("| not run yet | | | | |")
+        out.append("| not run yet | | | | | |")
     return out + [""]
 
 
