@@ -219,8 +219,7 @@ def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str]
                      epochs=cfg.pretrain_epochs if hebbian else 1,
                      steps=cfg.pretrain_steps if hebbian else None,
                      lr=cfg.pretrain_lr if hebbian else None,
-                     # random init: one calibration pass of BatchNorm, in large batches
-                     batch_size=cfg.pretrain_batch_size if hebbian else cfg.embed_batch_size,
+                     batch_size=cfg.pretrain_batch_size if hebbian else None,
                      in_chans=cfg.in_chans,
                      img_size=cfg.img_size, model_kwargs=cfg.model_kwargs, seed=cfg.seed,
                      out=str(backbone), resume=(backbone / "state.pt").exists(), **common)

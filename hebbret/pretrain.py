@@ -35,6 +35,9 @@ _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "
                  "steps")
 
 
+CALIBRATION_BATCH = 256  # default batch of a rule-none pass (BatchNorm calibration only)
+
+
 class NonFiniteUpdate(FloatingPointError):
     """A Hebbian update or weight became NaN/inf; the run dir keeps its last good checkpoint."""
 
@@ -165,7 +168,8 @@ def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
                          f"{n_layers}, got {len(lr)}")
     dataset = open_dataset(cfg.data, cfg.split, in_chans, img_size, cfg.data_root,
                            mean=dcfg["mean"], std=dcfg["std"])
-    batch_size = cfg.batch_size or hebb["batch_size"]
+    # rule none learns nothing: its pass only calibrates BatchNorm, in large batches
+    batch_size = cfg.batch_size or (CALIBRATION_BATCH if rule == "none" else hebb["batch_size"])
     per_epoch = math.ceil(len(dataset) / batch_size)
     if cfg.steps is not None:
         steps = cfg.steps

@@ -209,8 +209,6 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
     info = pretrain_once(run, data, model="hebb_softhebb_c3",
                          rule=C3_VARIANTS.get(variant, "softhebb"),
                          model_kwargs={**settings.c3_kwargs, **lift}, epochs=1,  # SoftHebb: 1
-                         # random init: one BatchNorm calibration pass, in large batches
-                         **({"batch_size": settings.embed_batch} if variant == "random" else {}),
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
