@@ -3,20 +3,44 @@
 Train backbones without labels (:func:`pretrain`), fine-tune them on few labels
 (:func:`finetune`), embed images (:func:`extract_embeddings`), or run everything
 (:func:`run_pipeline`). Stage modules: ``hebbret.data``, ``hebbret.hebb``, ``hebbret.models``,
-``hebbret.embed``, ``hebbret.index``, ``hebbret.evaluate``.
+``hebbret.pretraining``, ``hebbret.finetuning``, ``hebbret.embed``, ``hebbret.index``,
+``hebbret.evaluate``, ``hebbret.fewshot``, ``hebbret.pipeline`` (docs/design.md).
+
+``import hebbret`` registers the backbones with timm and nothing more: the stages (and FAISS)
+are imported when one of the names below is first used.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import models  # noqa: E402  (registers the backbones with timm)
-from .config import PretrainConfig, load_config  # noqa: E402
-from .embed import extract_embeddings  # noqa: E402
-from .finetune import FinetuneConfig, finetune  # noqa: E402
-from .models import create_model  # noqa: E402
-from .pipeline import RunConfig, run_pipeline  # noqa: E402
-from .pretrain import pretrain  # noqa: E402
-from .runs import load_run, save_run  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = ["FinetuneConfig", "PretrainConfig", "RunConfig", "__version__", "create_model",
-           "extract_embeddings", "finetune", "load_config", "load_run", "models", "pretrain",
-           "run_pipeline", "save_run"]
+from . import models  # registers the backbones with timm
+from .models import create_model
+from .version import __version__
+
+_LAZY = {  # public name -> the module that defines it
+    "PretrainConfig": "config", "load_config": "config",
+    "pretrain": "pretraining",
+    "FinetuneConfig": "finetuning", "finetune": "finetuning",
+    "extract_embeddings": "embed", "load_embeddings": "embed",
+    "build_index": "index", "search_index": "index", "search_by_image": "index",
+    "evaluate": "evaluate",
+    "FewShotConfig": "fewshot",
+    "RunConfig": "pipeline", "run_pipeline": "pipeline",
+    "load_run": "runs", "save_run": "runs",
+}
+
+__all__ = ["__version__", "create_model", "models", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -23,7 +23,7 @@ def _json_object(text: str) -> dict:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import pretrain
+    from .pretraining import pretrain
 
     cfg = load_config(PretrainConfig, args.config, section="pretrain", data=args.data,
                       model=args.model, rule=args.rule, epochs=args.epochs, steps=args.steps,
@@ -141,7 +141,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from .finetune import FinetuneConfig, finetune
+    from .finetuning import FinetuneConfig, finetune
 
     cfg = load_config(FinetuneConfig, args.config, section="finetune", run=args.run,
                       data=args.data, labels_per_class=args.labels_per_class,

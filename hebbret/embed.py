@@ -18,13 +18,13 @@ import torch
 from numpy.lib.format import open_memmap
 from torch import Tensor, nn
 
-from . import __version__
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .data import SkippedFiles, make_loader, open_dataset
 from .models import HebbNet
-from .pretrain import pick_device
 from .progress import progress
 from .runs import load_run
+from .runtime import pick_device
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

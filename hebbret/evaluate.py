@@ -1,4 +1,5 @@
-"""Evaluation of embeddings: weighted kNN, linear probe, retrieval metrics (docs/design.md §7).
+"""Evaluation: weighted kNN, linear probe, retrieval metrics on embeddings (docs/design.md §7),
+and a fine-tuned classifier's accuracy on a labeled dataset.
 
 Features are L2-normalised and compared by inner product (cosine). Scores are computed in
 blocks of queries × database so extra memory stays under ``memory_mb`` whatever N is.
@@ -8,12 +9,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ._io import write_json
+from .data import SkippedFiles, make_loader, open_dataset
+from .embed import load_embeddings
+from .runs import load_run
+from .runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -467,9 +475,6 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
         options: passed to :func:`knn_classify`, :func:`linear_probe`, :func:`softhebb_readout`
             or :func:`retrieval_metrics`.
     """
-    from ._io import write_json
-    from .embed import load_embeddings
-
     x_train, items_train, meta_train = load_embeddings(train_emb)
     x_test, items_test, meta_test = load_embeddings(test_emb)
     if x_train.shape[1] != x_test.shape[1]:
@@ -502,3 +507,33 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
     if out:
         write_json(out, result)
     return result
+
+
+@torch.no_grad()
+def evaluate_classifier(run: str | os.PathLike, data: str, split: str = "test",
+                        data_root: str | None = None, batch_size: int = 256,
+                        device: str = "auto") -> dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) of a fine-tuned run's classifier on a labeled dataset."""
+    model, card = load_run(run)
+    spec = card["input"]
+    dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
+                           mean=spec["mean"], std=spec["std"])
+    trained_on = card.get("training", {}).get("classes")
+    remap = torch.as_tensor(aligned_labels([{"label": i} for i in range(len(dataset.classes))],
+                                           dataset.classes, trained_on, str(data)))
+    dev = pick_device(device)
+    model.to(dev).eval()
+    skipped = SkippedFiles(dataset)
+    top1 = top5 = n = 0
+    for batch in make_loader(dataset, batch_size, device=dev):
+        skipped.add(batch.skipped)
+        if not len(batch.images):
+            continue
+        logits = model(batch.images.to(dev))
+        truth = remap[batch.labels].to(dev)  # in the classifier's class order
+        h1, h5 = top1_top5_hits(logits, truth)
+        top1, top5, n = top1 + h1, top5 + h5, n + len(truth)
+    if n == 0:
+        raise ValueError(f"none of the files under {dataset.root} could be decoded")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n,
+            "skipped_files": skipped.count}

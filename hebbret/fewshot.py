@@ -13,7 +13,7 @@ split. The protocols:
   semi-supervised learning): Z = (I − αS)⁻¹ Y by conjugate gradient, pseudo-labels argmax Z with
   certainty 1 − H(Z_i)/log C; a test image is then classified by a weighted kNN vote over the
   pseudo-labeled collection, each neighbour's vote scaled by its certainty.
-- ``full``: end-to-end fine-tuning of the backbone (:mod:`hebbret.finetune`, FastHebb's
+- ``full``: end-to-end fine-tuning of the backbone (:mod:`hebbret.finetuning`, FastHebb's
   protocol), tested with its own classifier; on a random-init backbone this is training from
   scratch.
 
@@ -50,7 +50,7 @@ FROZEN_PROTOCOLS = ("knn", "linear", "propagate")
 
 def labeled_subset(labels: np.ndarray, seed: int, labels_per_class: int | None = None,
                    label_fraction: float | None = None) -> np.ndarray:
-    """The labeled rows of seed ``seed``: the same choice :func:`hebbret.finetune.finetune`
+    """The labeled rows of seed ``seed``: the same choice :func:`hebbret.finetuning.finetune`
     makes for the same arguments (sorted row numbers)."""
     return few_label_rows(labels, labels_per_class, label_fraction, seed)
 
@@ -458,7 +458,8 @@ def evaluate_full(run: str | os.PathLike, data: str, test_data: str, out: str | 
                   device: str = "auto", quiet: bool = False) -> dict[str, Any]:
     """The ``full`` protocol: one fine-tuned run per seed in ``OUT/full-seed<S>`` (reused when
     complete), each tested with its own classifier: {"seeds": {seed: result}, "top1": summary}."""
-    from .finetune import evaluate_classifier, finetune
+    from .evaluate import evaluate_classifier
+    from .finetuning import finetune
 
     per_seed = {}
     for seed in cfg.seeds:

@@ -12,9 +12,9 @@ import faiss
 import numpy as np
 import torch
 
-from . import __version__
 from ._io import atomic_path, read_json, read_jsonl, write_json
 from .embed import load_embeddings
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

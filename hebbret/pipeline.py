@@ -34,7 +34,7 @@ from .embed import extract_embeddings, load_embeddings
 from .evaluate import evaluate
 from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
 from .index import build_index, search_index
-from .pretrain import pretrain
+from .pretraining import pretrain
 from .viz import save_convergence, save_filters
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from . import __version__
 from ._io import atomic_path, read_json, sha256_file, write_json
 from .models import HebbNet, create_model
+from .version import __version__
 
 WEIGHTS, MODEL_CARD = "model.safetensors", "model.json"
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from hebbret import cache
 from hebbret.data import EpochSampler, ImageFolder, collate, make_loader, open_dataset
-from hebbret.pretrain import pretrain
+from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder
 
@@ -159,7 +159,7 @@ def test_cache_cli_packs_a_folder_that_pretrain_then_reuses(tmp_path, capsys):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_resident_and_streamed_batches_equal_the_cpu_ones(tmp_path):
-    from hebbret.finetune import augment_batch
+    from hebbret.finetuning import augment_batch
 
     root = folder_with_a_bad_file(tmp_path)
     packed = cache.packed(ImageFolder(root, 3, 16, mean=[0.4] * 3, std=[0.3] * 3))

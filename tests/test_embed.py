@@ -16,7 +16,7 @@ from hebbret.embed import (
     load_extractor,
 )
 from hebbret.index import build_index, search_by_image
-from hebbret.pretrain import pretrain
+from hebbret.pretraining import pretrain
 from hebbret.runs import load_run
 
 from .conftest import TINY_C3

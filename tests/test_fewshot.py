@@ -17,7 +17,7 @@ from hebbret.fewshot import (
     labeled_subset,
     propagate_labels,
 )
-from hebbret.pretrain import pretrain
+from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder
 

@@ -1,4 +1,3 @@
-import importlib
 import json
 import logging
 
@@ -9,8 +8,9 @@ from safetensors.torch import load_file
 
 from hebbret import cli
 from hebbret.data import few_label_rows
-from hebbret.finetune import evaluate_classifier, finetune
-from hebbret.pretrain import pretrain
+from hebbret.evaluate import evaluate_classifier
+from hebbret.finetuning import finetune
+from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder
 
@@ -55,7 +55,7 @@ def test_full_finetune_lowers_loss_and_writes_a_loadable_run(parent, tmp_path):
 
 
 def test_augment_batch_equals_per_image_crops_and_flips():
-    from hebbret.finetune import augment_batch
+    from hebbret.finetuning import augment_batch
 
     x = torch.randn(6, 3, 16, 12)
     got = augment_batch(x, torch.Generator().manual_seed(3))
@@ -84,7 +84,7 @@ def test_linear_mode_changes_only_the_head(parent, tmp_path):
 def test_from_scratch_starts_from_random_weights(parent, tmp_path, monkeypatch):
     data, run = parent
     seen = {}
-    ft_mod = importlib.import_module("hebbret.finetune")  # the module, not the function
+    from hebbret import finetuning as ft_mod
 
     real_train = ft_mod._train
 

@@ -50,3 +50,27 @@ def test_bad_model_arguments_are_explained():
     model = create_model("hebb_softhebb_c3", in_chans=1, img_size=28)
     with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\)"):
         model(torch.randn(2, 3, 28, 28))
+
+
+def test_import_hebbret_is_light_and_exposes_the_api_lazily():
+    """`import hebbret; timm.create_model(...)` imports neither FAISS nor any stage; the public
+    names still resolve, and no hebbret module imports the package root."""
+    import pathlib
+    import subprocess
+    import sys
+
+    code = ("import sys, timm, hebbret; timm.create_model('hebb_softhebb_c3'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'faiss' or m in "
+            "('hebbret.pipeline', 'hebbret.pretraining', 'hebbret.embed', 'hebbret.index', "
+            "'hebbret.evaluate', 'hebbret.fewshot', 'hebbret.finetuning'))); "
+            "print(callable(hebbret.pretrain), callable(hebbret.run_pipeline))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "True True"
+    root = pathlib.Path(hebbret.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "__init__.py" or p.parent != root
+                 if "from . import __version__" in p.read_text()
+                 or "from .. import __version__" in p.read_text()]
+    assert offenders == []

@@ -1,4 +1,3 @@
-import importlib
 import json
 
 import numpy as np
@@ -8,15 +7,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hebbret import cli
+from hebbret import pretraining as pretrain_mod
 from hebbret.models import create_model
-from hebbret.pretrain import NonFiniteUpdate, hebbian_step, pretrain, training_log
+from hebbret.pretraining import NonFiniteUpdate, hebbian_step, pretrain, training_log
 from hebbret.runs import load_run
 
 from .conftest import TINY_C3
 from .test_data import write_bad_files
 
-# the module, not the function `hebbret.pretrain` that shadows it as a package attribute
-pretrain_mod = importlib.import_module("hebbret.pretrain")
 TINY = dict(model_kwargs=TINY_C3, img_size=16, batch_size=4, quiet=True)
 
 
@@ -172,7 +170,7 @@ def test_a_greedy_step_keeps_the_finished_blocks_batchnorm_statistics():
 def test_a_step_budget_runs_part_of_an_epoch_and_the_card_reports_convergence(
         image_folder, tmp_path, caplog):
     # 24 images at batch 4: 6 steps an epoch, so 15 steps = 2 epochs and half of a third
-    with caplog.at_level("WARNING", logger="hebbret.pretrain"):
+    with caplog.at_level("WARNING", logger="hebbret.pretraining"):
         out = pretrain(str(image_folder), out=str(tmp_path / "run"), steps=15, **TINY)
     rows = training_log(out)
     assert [r["epoch"] for r in rows] == [0] * 6 + [1] * 6 + [2] * 3

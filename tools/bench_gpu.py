@@ -27,7 +27,7 @@ import torch
 from hebbret._io import read_json, write_json
 from hebbret.data import link_subset
 from hebbret.embed import extract_embeddings
-from hebbret.pretrain import pretrain
+from hebbret.pretraining import pretrain
 
 log = logging.getLogger("bench_gpu")
 REPO = Path(__file__).resolve().parent.parent

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
 from hebbret.models import create_model
-from hebbret.pretrain import hebbian_step, memory_format
+from hebbret.pretraining import hebbian_step
+from hebbret.runtime import memory_format
 
 log = logging.getLogger("bench_hebb")
 

@@ -55,12 +55,12 @@ from hebbret.embed import extract_embeddings, load_embeddings
 from hebbret.evaluate import (
     aligned_labels,
     cosine_blocks,
+    evaluate_classifier,
     knn_classify,
     linear_probe,
     retrieval_metrics,
     softhebb_readout,
 )
-from hebbret.finetune import evaluate_classifier
 from hebbret.index import build_index, load_index, search_index
 
 log = logging.getLogger("reproduce_cifar10")
@@ -453,7 +453,8 @@ def step_rates(data: Path, settings: Settings, steps: int = 200, rounds: int = 2
     process on the same real batches (batch 10, channels-last), so drift hits all alike."""
     from hebbret.data import make_loader, open_dataset
     from hebbret.models import create_model
-    from hebbret.pretrain import hebbian_step, keep_freed_memory
+    from hebbret.pretraining import hebbian_step
+    from hebbret.runtime import keep_freed_memory
 
     keep_freed_memory()
     torch.manual_seed(0)

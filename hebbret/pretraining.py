@@ -6,11 +6,9 @@ update ΔW from its own input and output, then an SGD step with gradient −(rul
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +23,7 @@ from .hebb.rules import neuron_norms
 from .models import HebbNet, create_model
 from .progress import progress
 from .runs import save_run
+from .runtime import keep_freed_memory, memory_format, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +39,6 @@ CALIBRATION_BATCH = 256  # default batch of a rule-none pass (BatchNorm calibrat
 
 class NonFiniteUpdate(FloatingPointError):
     """A Hebbian update or weight became NaN/inf; the run dir keeps its last good checkpoint."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use cpu or auto")
-    return torch.device(name)
-
-
-def keep_freed_memory() -> bool:
-    """Stop glibc from handing large freed buffers back to the OS after every step.
-
-    By default glibc serves blocks over 128 KiB-32 MiB by mmap and unmaps them on free, so every
-    step page-faults its activations in again (about a fifth of a CPU Hebbian step, as system
-    time). Raising the mmap and trim thresholds keeps them in the heap for reuse; the process's
-    resident memory then stays at its peak. Process-wide; a no-op where glibc is absent.
-    Returns whether the thresholds were set.
-    """
-    if sys.platform != "linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers (malloc.h)
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
-        libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,

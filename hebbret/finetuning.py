@@ -22,11 +22,10 @@ import torch.nn.functional as F
 
 from ._io import write_json, write_jsonl
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
-from .evaluate import aligned_labels, top1_top5_hits
 from .models import HebbNet, create_model
-from .pretrain import keep_freed_memory, pick_device
 from .progress import progress
 from .runs import load_run, save_run
+from .runtime import keep_freed_memory, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -201,33 +200,3 @@ def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
     for p in model.parameters():
         p.requires_grad_(True)
     return history
-
-
-@torch.no_grad()
-def evaluate_classifier(run: str | Path, data: str, split: str = "test",
-                        data_root: str | None = None, batch_size: int = 256,
-                        device: str = "auto") -> dict[str, Any]:
-    """Top-1 / top-5 accuracy (%) of a fine-tuned run's classifier on a labeled dataset."""
-    model, card = load_run(run)
-    spec = card["input"]
-    dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
-                           mean=spec["mean"], std=spec["std"])
-    trained_on = card.get("training", {}).get("classes")
-    remap = torch.as_tensor(aligned_labels([{"label": i} for i in range(len(dataset.classes))],
-                                           dataset.classes, trained_on, str(data)))
-    dev = pick_device(device)
-    model.to(dev).eval()
-    skipped = SkippedFiles(dataset)
-    top1 = top5 = n = 0
-    for batch in make_loader(dataset, batch_size, device=dev):
-        skipped.add(batch.skipped)
-        if not len(batch.images):
-            continue
-        logits = model(batch.images.to(dev))
-        truth = remap[batch.labels].to(dev)  # in the classifier's class order
-        h1, h5 = top1_top5_hits(logits, truth)
-        top1, top5, n = top1 + h1, top5 + h5, n + len(truth)
-    if n == 0:
-        raise ValueError(f"none of the files under {dataset.root} could be decoded")
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n,
-            "skipped_files": skipped.count}
