@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._io import read_json, read_jsonl, write_json, write_jsonl
+from .artifacts import ITEMS, META
 from .data import (
     Batch,
     EpochSampler,
@@ -118,7 +119,7 @@ def pack_folder(folder: ImageFolder, out: str | os.PathLike, workers: int | None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    meta = read_json(out / "meta.json")
+    meta = read_json(out / META)
     log.info("packed %d images of %s (%d undecodable) into %s", n, folder.root, meta["skipped"],
              out)
     return out
@@ -146,9 +147,9 @@ def _fill(folder: ImageFolder, tmp: Path, per_shard: int, workers: int | None, q
         s.flush()
     del shards
     np.save(tmp / "valid.npy", valid)
-    write_jsonl(tmp / "items.jsonl", [{"path": it.path, "label": it.label,
+    write_jsonl(tmp / ITEMS, [{"path": it.path, "label": it.label,
                                        "class_name": it.class_name} for it in folder.items])
-    write_json(tmp / "meta.json", {
+    write_json(tmp / META, {
         "format": PACK_FORMAT, "root": folder.root, "count": n, "shape": [h, w, c],
         "rows_per_shard": per_shard, "classes": folder.classes, "skipped": int(n - valid.sum()),
         "key": key})
@@ -162,13 +163,13 @@ class PackedImages(ImageDataset):
     def __init__(self, cache_dir: str | os.PathLike, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         cache_dir = Path(cache_dir)
-        meta = read_json(cache_dir / "meta.json")
+        meta = read_json(cache_dir / META)
         h, w, c = meta["shape"]
         super().__init__(c, (h, w), mean, std)
         self.cache_dir, self.meta, self.root = cache_dir, meta, meta["root"]
         self.classes = meta["classes"]
         self.items = [Item(r["path"], r["label"], r["class_name"])
-                      for r in read_jsonl(cache_dir / "items.jsonl")]
+                      for r in read_jsonl(cache_dir / ITEMS)]
         self.valid = np.load(cache_dir / "valid.npy")
         self.per_shard = meta["rows_per_shard"]
         self.shards = [np.load(p, mmap_mode="r")
@@ -200,7 +201,7 @@ def packed(folder: ImageFolder, root: str | os.PathLike | None = None,
     """The packed cache of ``folder`` (built on first use, or when the folder changed)."""
     key = folder_key(folder)
     out = Path(root or cache_root()) / "packed" / key[:24]
-    meta = out / "meta.json"
+    meta = out / META
     if not (meta.exists() and read_json(meta).get("key") == key):
         pack_folder(folder, out, workers, quiet, key)
     return PackedImages(out, folder.mean.flatten().tolist(), folder.std.flatten().tolist())

@@ -19,10 +19,11 @@ from numpy.lib.format import open_memmap
 from torch import Tensor, nn
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
-from .data import SkippedFiles, make_loader, open_dataset
-from .models import HebbNet
+from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
+from .data import SkippedFiles, load_image, make_loader, open_dataset, to_tensor
+from .models import HebbNet, create_model
 from .progress import progress
-from .runs import load_run
+from .runs import ModelCard, load_run
 from .runtime import pick_device
 from .version import __version__
 
@@ -86,20 +87,20 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    layer = layer or card["embedding"]["layer"]
-    pool = pool or card["embedding"]["pool"]
-    spec = card["input"]
-    dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
-                           mean=spec["mean"], std=spec["std"])
+    layer = layer or card.embedding.layer
+    pool = pool or card.embedding.pool
+    spec = card.input
+    dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
+                           mean=spec.mean, std=spec.std)
     dev = pick_device(device)
     model.to(dev).eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # written last: marks a complete dir
+    (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
     skipped = SkippedFiles(dataset)
     rows: list[int] = []
     n = len(dataset)
-    with atomic_path(out / "embeddings.npy") as tmp, \
+    with atomic_path(out / EMBEDDINGS) as tmp, \
             progress(total=n, unit="img", unit_scale=True, quiet=quiet, desc="embed") as bar:
         arr = None
         for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers,
@@ -119,18 +120,18 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
         if len(rows) < n:  # skipped files: copy the filled rows into a file of the right length
             _truncate_npy(tmp, len(rows))
         del arr
-    write_jsonl(out / "items.jsonl", [
+    write_jsonl(out / ITEMS, [
         {"path": dataset.items[r].path, "label": dataset.items[r].label,
          "class_name": dataset.items[r].class_name} for r in rows])
     meta = {
-        "count": len(rows), "dim": int(np.load(out / "embeddings.npy", mmap_mode="r").shape[1]),
+        "count": len(rows), "dim": int(np.load(out / EMBEDDINGS, mmap_mode="r").shape[1]),
         "dtype": dtype, "layer": layer, "pool": pool, "normalization": "none",
-        "model_run": str(Path(run).resolve()), "model_sha256": card["weights_sha256"],
-        "architecture": card["architecture"], "data": str(data), "data_root": dataset.root,
+        "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
+        "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
         "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
         "skipped_paths": skipped.paths, "hebbret_version": __version__,
     }
-    write_json(out / "meta.json", meta)
+    write_json(out / META, meta)
     log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
              skipped.count)
     return out
@@ -156,23 +157,23 @@ def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True
     ``items.jsonl`` disagree in length or the array holds NaN/inf (naming the first rows).
     """
     emb_dir = Path(emb_dir)
-    for name in ("embeddings.npy", "items.jsonl", "meta.json"):
+    for name in EMBEDDING_FILES:
         if not (emb_dir / name).is_file():
             raise FileNotFoundError(f"{emb_dir} is not an embeddings dir: {name} is missing")
     try:
-        emb = np.load(emb_dir / "embeddings.npy", mmap_mode="r")
+        emb = np.load(emb_dir / EMBEDDINGS, mmap_mode="r")
     except (ValueError, OSError) as e:
         raise ValueError(f"{emb_dir / 'embeddings.npy'} is not a readable .npy array (truncated "
                          f"or corrupt: {e}); embed again") from None
-    items = read_jsonl(emb_dir / "items.jsonl")
+    items = read_jsonl(emb_dir / ITEMS)
     if emb.ndim != 2:
         raise ValueError(f"{emb_dir / 'embeddings.npy'} must be 2-D (N, D), got shape {emb.shape}")
     if len(items) != emb.shape[0]:
         raise ValueError(f"{emb_dir}: embeddings.npy has {emb.shape[0]} rows but items.jsonl has "
                          f"{len(items)} lines; they must match row for row")
     if check_finite:
-        check_finite_rows(emb, str(emb_dir / "embeddings.npy"))
-    return emb, items, read_json(emb_dir / "meta.json")
+        check_finite_rows(emb, str(emb_dir / EMBEDDINGS))
+    return emb, items, read_json(emb_dir / META)
 
 
 def check_finite_rows(x: np.ndarray, name: str, chunk: int = 8192) -> None:
@@ -187,24 +188,22 @@ def check_finite_rows(x: np.ndarray, name: str, chunk: int = 8192) -> None:
         raise ValueError(f"{name} holds NaN or inf in rows {bad[:5]}{' ...' if len(bad) > 5 else ''}")
 
 
-def embed_images(model: HebbNet, card: dict[str, Any], paths: list[str | os.PathLike],
+def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike],
                  layer: str, pool: str, device: str = "cpu") -> np.ndarray:
     """Embeddings float32 (len(paths), D) of image files, preprocessed as the model card says.
 
     Unlike dataset extraction, a query image that cannot be decoded is an error naming it.
     """
-    from .data import load_image, to_tensor
-
-    spec = card["input"]
+    spec = card.input
     images = []
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"query image not found: {p}")
         try:
-            arr = load_image(p, spec["in_chans"], tuple(spec["img_size"]))
+            arr = load_image(p, spec.in_chans, spec.img_size)
         except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"query image {p} cannot be decoded: {e}") from None
-        images.append(to_tensor(arr, spec["mean"], spec["std"]))
+        images.append(to_tensor(arr, spec.mean, spec.std))
     dev = pick_device(device)
     model.to(dev).eval()
     return embed_batch(model, torch.stack(images).to(dev), layer, pool).cpu().numpy()
@@ -225,17 +224,17 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, card = load_run(run)
-    layer = layer or card["embedding"]["layer"]
-    pool = pool or card["embedding"]["pool"]
+    layer = layer or card.embedding.layer
+    pool = pool or card.embedding.pool
     extractor = Extractor(model, layer, pool).eval()
     out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
-    spec = card["input"]
-    example = torch.zeros(2, spec["in_chans"], *spec["img_size"])
+    spec = card.input
+    example = torch.zeros(2, spec.in_chans, *spec.img_size)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-        header = {"model_card": json.dumps(card), "layer": layer, "pool": pool}
+        header = {"model_card": json.dumps(card.to_json()), "layer": layer, "pool": pool}
         with atomic_path(out) as tmp:
             save_file(tensors, str(tmp), metadata=header)
     elif fmt == "pt2":
@@ -261,13 +260,11 @@ def load_extractor(path: str | os.PathLike) -> Extractor:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from .models import create_model
-
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
     if "model_card" not in header:
         raise ValueError(f"{path} is not a hebbret extractor export (no model_card metadata)")
-    card = json.loads(header["model_card"])
-    model = create_model(card["architecture"], **card["model_args"])
+    card = ModelCard.from_json(json.loads(header["model_card"]))
+    model = create_model(card.architecture, **card.model_args)
     model.load_state_dict(load_file(str(path)))
     return Extractor(model.eval(), header["layer"], header["pool"]).eval()

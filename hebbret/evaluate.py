@@ -515,10 +515,10 @@ def evaluate_classifier(run: str | os.PathLike, data: str, split: str = "test",
                         device: str = "auto") -> dict[str, Any]:
     """Top-1 / top-5 accuracy (%) of a fine-tuned run's classifier on a labeled dataset."""
     model, card = load_run(run)
-    spec = card["input"]
-    dataset = open_dataset(data, split, spec["in_chans"], tuple(spec["img_size"]), data_root,
-                           mean=spec["mean"], std=spec["std"])
-    trained_on = card.get("training", {}).get("classes")
+    spec = card.input
+    dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
+                           mean=spec.mean, std=spec.std)
+    trained_on = card.trained_classes
     remap = torch.as_tensor(aligned_labels([{"label": i} for i in range(len(dataset.classes))],
                                            dataset.classes, trained_on, str(data)))
     dev = pick_device(device)

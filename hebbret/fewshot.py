@@ -35,9 +35,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import read_json, write_json
+from ._io import write_json
+from .artifacts import is_complete
 from .data import few_label_rows
-from .evaluate import _feature_stats, _normalized, knn_classify, top1_top5_hits
+from .embed import extract_embeddings, load_embeddings
+from .evaluate import (
+    _feature_stats,
+    _normalized,
+    aligned_labels,
+    evaluate_classifier,
+    knn_classify,
+    top1_top5_hits,
+)
+from .finetuning import finetune
+from .runs import read_card
 
 if TYPE_CHECKING:
     import faiss
@@ -442,8 +453,6 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
 def evaluate_embeddings(train_emb: str | os.PathLike, test_emb: str | os.PathLike,
                         cfg: FewShotConfig) -> dict[str, Any]:
     """:func:`evaluate_frozen` on two embeddings dirs: the collection and the test images."""
-    from .embed import load_embeddings
-    from .evaluate import aligned_labels
 
     x, items, meta = load_embeddings(train_emb)
     tx, titems, tmeta = load_embeddings(test_emb)
@@ -458,19 +467,16 @@ def evaluate_full(run: str | os.PathLike, data: str, test_data: str, out: str | 
                   device: str = "auto", quiet: bool = False) -> dict[str, Any]:
     """The ``full`` protocol: one fine-tuned run per seed in ``OUT/full-seed<S>`` (reused when
     complete), each tested with its own classifier: {"seeds": {seed: result}, "top1": summary}."""
-    from .evaluate import evaluate_classifier
-    from .finetuning import finetune
-
     per_seed = {}
     for seed in cfg.seeds:
         tuned = Path(out) / f"full-seed{seed}"
-        if not (tuned / "model.json").exists():
+        if not is_complete(tuned):
             finetune(run=str(run), data=data, split=split, data_root=data_root,
                      labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
                      mode="full", seed=seed, out=str(tuned), device=device, quiet=quiet,
                      **(finetune_options or {}))
         acc = evaluate_classifier(tuned, test_data, test_split, data_root, device=device)
-        per_seed[seed] = {"labeled": read_json(tuned / "model.json")["training"]["labeled_items"],
+        per_seed[seed] = {"labeled": read_card(tuned).training["labeled_items"],
                           "top1": acc["top1"], "top5": acc["top5"]}
     return {"seeds": per_seed, "top1": summarize([r["top1"] for r in per_seed.values()])}
 
@@ -485,13 +491,11 @@ def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os
     ``OUT/emb_test`` (reused when complete), runs the frozen protocols on them, and
     :func:`evaluate_full` for ``full``.
     """
-    from .embed import extract_embeddings
-
     out = Path(out)
     embs = {}
     for name, source, sp in (("train", data, split), ("test", test_data, test_split)):
         embs[name] = out / f"emb_{name}"
-        if not (embs[name] / "meta.json").exists():
+        if not is_complete(embs[name]):
             extract_embeddings(run, source, embs[name], split=sp, data_root=data_root,
                                device=device, quiet=quiet)
     protocols = evaluate_embeddings(embs["train"], embs["test"], cfg)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._io import write_json, write_jsonl
+from .artifacts import RUN_CONFIG, TRAIN_LOG
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
 from .models import HebbNet, create_model
 from .progress import progress
@@ -97,12 +98,12 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
     parent, card = load_run(cfg.run)
     torch.manual_seed(cfg.seed)
     if cfg.from_scratch:
-        model = create_model(card["architecture"], **card["model_args"])
+        model = create_model(card.architecture, **card.model_args)
     else:
         model = parent
-    spec = card["input"]
-    dataset = open_dataset(cfg.data, cfg.split, spec["in_chans"], tuple(spec["img_size"]),
-                           cfg.data_root, mean=spec["mean"], std=spec["std"])
+    spec = card.input
+    dataset = open_dataset(cfg.data, cfg.split, spec.in_chans, spec.img_size,
+                           cfg.data_root, mean=spec.mean, std=spec.std)
     labels = dataset.labels
     if labels.min() < 0:
         raise ValueError(f"{cfg.data} is unlabeled; fine-tuning needs class sub-folders")
@@ -112,7 +113,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
         rows = few_label_rows(labels, cfg.labels_per_class, cfg.label_fraction, cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", asdict(cfg))
+    write_json(out / RUN_CONFIG, asdict(cfg))
     write_jsonl(out / "labeled_items.jsonl", [
         {"row": int(r), "path": dataset.items[r].path, "label": dataset.items[r].label}
         for r in rows])
@@ -122,10 +123,10 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
         keep_freed_memory()
     model.to(device)
     history = _train(model, dataset, rows, cfg, device)
-    write_jsonl(out / "log.jsonl", history)
+    write_jsonl(out / TRAIN_LOG, history)
     training = {"kind": "finetune-from-scratch" if cfg.from_scratch else f"finetune-{cfg.mode}",
                 "parent_run": str(Path(cfg.run).resolve()),
-                "parent_sha256": card["weights_sha256"], "labeled_items": len(rows),
+                "parent_sha256": card.weights_sha256, "labeled_items": len(rows),
                 "classes": dataset.classes, **asdict(cfg),
                 "final_train_loss": history[-1]["loss"] if history else None,
                 "train_seconds": round(sum(h["seconds"] for h in history), 2)}

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from ._io import atomic_path, read_json, read_jsonl, write_json
-from .embed import load_embeddings
+from .artifacts import INDEX, INDEX_FILES, ITEMS, META
+from .embed import embed_images, load_embeddings
+from .runs import load_run
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-INDEX_FILES = ("index.faiss", "items.jsonl", "meta.json")
 MIN_POINTS_PER_CENTROID = 39  # FAISS's own k-means warning threshold
 
 
@@ -165,12 +166,12 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         if "Flat" != factory.strip() else 1.0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # written last: marks a complete dir
-    with atomic_path(out / "index.faiss") as tmp:
+    (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
+    with atomic_path(out / INDEX) as tmp:
         faiss.write_index(index, str(tmp))
-    with atomic_path(out / "items.jsonl") as tmp:
-        shutil.copyfile(Path(emb_dir) / "items.jsonl", tmp)
-    write_json(out / "meta.json", {
+    with atomic_path(out / ITEMS) as tmp:
+        shutil.copyfile(Path(emb_dir) / ITEMS, tmp)
+    write_json(out / META, {
         "factory": factory, "metric": metric, "dim": d, "count": int(index.ntotal),
         "normalization": "l2" if normalize else "none", "search_params": search_params,
         "recall_at_10_vs_flat": recall, "embeddings": str(Path(emb_dir).resolve()),
@@ -207,13 +208,13 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], d
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
     try:
-        index = faiss.read_index(str(index_dir / "index.faiss"))
+        index = faiss.read_index(str(index_dir / INDEX))
     except RuntimeError as e:
         raise ValueError(f"{index_dir / 'index.faiss'} is not a readable FAISS index (truncated "
                          f"or corrupt: {str(e).strip().splitlines()[-1][:200]}); rebuild it with "
                          f"`hebbret index build`") from None
-    items = read_jsonl(index_dir / "items.jsonl")
-    meta = read_json(index_dir / "meta.json")
+    items = read_jsonl(index_dir / ITEMS)
+    meta = read_json(index_dir / META)
     if index.ntotal != len(items):
         raise ValueError(f"{index_dir}: index.faiss holds {index.ntotal} vectors but items.jsonl "
                          f"has {len(items)} lines")
@@ -261,17 +262,14 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
     the index records. Returns one {"query", "results": [{rank, score, path, label,
     class_name}]} per image.
     """
-    from .embed import embed_images
-    from .runs import load_run
-
     _, _, meta = load_index(index_dir)
     run = run or meta.get("model_run")
     if not run:
         raise ValueError(f"{index_dir} records no model run; pass the run dir that made it")
     model, card = load_run(run)
-    if meta.get("model_sha256") and card["weights_sha256"] != meta["model_sha256"]:
+    if meta.get("model_sha256") and card.weights_sha256 != meta["model_sha256"]:
         raise ValueError(f"{index_dir} was built from model sha256 {meta['model_sha256'][:12]}, "
-                         f"but {run} holds sha256 {card['weights_sha256'][:12]}; embed the "
+                         f"but {run} holds sha256 {card.weights_sha256[:12]}; embed the "
                          f"queries with the same model as the index")
     queries = embed_images(model, card, list(image_paths), meta["layer"], meta["pool"], device)
     return format_results(search_index(index_dir, queries, k, nprobe, ef_search),

@@ -35,6 +35,7 @@ from .evaluate import evaluate
 from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
 from .index import build_index, search_index
 from .pretraining import pretrain
+from .runs import read_card
 from .viz import save_convergence, save_filters
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str]
            "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
            f"P@{cfg.retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
            "fewshot": fewshot, "seconds": secs}
-    card = read_json(backbone / "model.json")["training"]
+    card = read_card(backbone).training
     if "convergence" in card and variant == "hebbian":
         row["convergence"] = card["convergence"]
         row["pretrain_steps"] = card["steps"]

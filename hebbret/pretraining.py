@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from .artifacts import RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
 from .hebb.rules import neuron_norms
@@ -27,7 +28,7 @@ from .runtime import keep_freed_memory, memory_format, pick_device
 
 log = logging.getLogger(__name__)
 
-STATE = "state.pt"
+
 # Fields that must not change when a run is resumed.
 _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "lr", "mode", "seed",
                  "split", "in_chans", "img_size", "model_kwargs", "channels_last", "precision",
@@ -152,16 +153,16 @@ def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
 
 def _check_resume(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to mix runs."""
-    state_path = out / STATE
+    state_path = out / TRAIN_STATE
     if not resolved["resume"]:
-        if state_path.exists() or (out / "model.safetensors").exists():
+        if state_path.exists() or (out / WEIGHTS).exists():
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or "
                                   f"choose another --out")
         return None
     if not state_path.exists():
-        raise FileNotFoundError(f"nothing to resume in {out}: {STATE} is missing")
+        raise FileNotFoundError(f"nothing to resume in {out}: {TRAIN_STATE} is missing")
     # older runs: defaults for fields they predate; their budget was epochs, now also in steps
-    saved = {**asdict(PretrainConfig()), "steps": resolved["steps"], **read_json(out / "config.json")}
+    saved = {**asdict(PretrainConfig()), "steps": resolved["steps"], **read_json(out / RUN_CONFIG)}
     changed = [k for k in _RUN_IDENTITY if saved.get(k) != resolved.get(k)]
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in changed)
@@ -234,13 +235,13 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         pos = state["position"]
         skipped.rows = set(state["skipped_rows"])
-        _trim_log(out / "log.jsonl", pos["global_step"])
+        _trim_log(out / TRAIN_LOG, pos["global_step"])
         log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
                  pos["step"])
     else:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", resolved)
-        write_jsonl(out / "log.jsonl", [])
+        write_json(out / RUN_CONFIG, resolved)
+        write_jsonl(out / TRAIN_LOG, [])
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
     _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out)
@@ -269,7 +270,7 @@ def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "optimizer": optimizer.state_dict(), "position": dict(pos),
              "skipped_rows": sorted(skipped.rows), "finished": finished}
-    with atomic_path(out / STATE) as tmp:
+    with atomic_path(out / TRAIN_STATE) as tmp:
         torch.save(state, tmp)
 
 
@@ -310,7 +311,7 @@ class _StepLog:
             row = rows[bad]
             raise NonFiniteUpdate(
                 f"a Hebbian update or weight became non-finite at step {row['step']} (phase "
-                f"{row['phase']}, epoch {row['epoch']}); stopped. {self.out / STATE} keeps the "
+                f"{row['phase']}, epoch {row['epoch']}); stopped. {self.out / TRAIN_STATE} keeps the "
                 f"last good checkpoint (if any); try a lower --lr")
 
 
@@ -336,7 +337,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
         pos["seconds"] += time.perf_counter() - t0  # the device catching up
         _save_state(out, model, optimizer, pos, skipped)
 
-    with open(out / "log.jsonl", "a") as logf, bar:
+    with open(out / TRAIN_LOG, "a") as logf, bar:
         steplog = _StepLog(logf, device, out)
         while pos["phase"] < len(phases):
             active = phases[pos["phase"]]
@@ -405,4 +406,4 @@ def convergence(rows: list[dict[str, Any]], model: HebbNet) -> dict[str, Any]:
 
 def training_log(run: str | Path) -> list[dict[str, Any]]:
     """The per-step rows of a run's ``log.jsonl``."""
-    return read_jsonl(Path(run) / "log.jsonl")
+    return read_jsonl(Path(run) / TRAIN_LOG)

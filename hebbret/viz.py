@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._io import atomic_path
-from .runs import load_run
+from ._io import atomic_path, read_jsonl
+from .artifacts import TRAIN_LOG
+from .runs import load_run, read_card
 
 
 def filter_grid(weight: torch.Tensor, scale: int = 4, pad: int = 1) -> np.ndarray:
@@ -58,11 +59,9 @@ def save_convergence(run: str | os.PathLike, out: str | os.PathLike | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._io import read_json, read_jsonl
-
     run = Path(run)
-    rows = read_jsonl(run / "log.jsonl")
-    conv = read_json(run / "model.json")["training"].get("convergence", {"layers": []})
+    rows = read_jsonl(run / TRAIN_LOG)
+    conv = read_card(run).training.get("convergence", {"layers": []})
     series: dict[int, tuple[list[int], list[float]]] = {}
     for row in rows:
         for s in row["layers"]:

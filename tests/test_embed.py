@@ -37,7 +37,7 @@ def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_pa
     assert meta["skipped_files"] == n_bad and meta["layer"] == "features"
     assert meta["model_sha256"] == json.loads((run_dir / "model.json").read_text())["weights_sha256"]
     model, card = load_run(run_dir)
-    ds = ImageFolder(image_folder, 3, 16, mean=card["input"]["mean"], std=card["input"]["std"])
+    ds = ImageFolder(image_folder, 3, 16, mean=card.input.mean, std=card.input.std)
     row = 7
     where = next(i for i, it in enumerate(ds.items) if it.path == items[row]["path"])
     expected = embed_batch(model, ds[where][0][None])[0].numpy()

@@ -101,7 +101,7 @@ def test_from_scratch_starts_from_random_weights(parent, tmp_path, monkeypatch):
     from hebbret.models import create_model
     from hebbret.runs import read_card
     card = read_card(run)
-    fresh = create_model(card["architecture"], **card["model_args"]).hebb_layers()[0].weight
+    fresh = create_model(card.architecture, **card.model_args).hebb_layers()[0].weight
     torch.testing.assert_close(seen["conv0"], fresh)
 
 

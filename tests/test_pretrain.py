@@ -112,7 +112,7 @@ def test_fasthebb_6l_trains_with_its_rules_on_grayscale(tmp_path, rule):
                    in_chans=1, img_size=24, batch_size=3, quiet=True,
                    model_kwargs={"widths": [4, 4, 4, 4, 8]})
     model, card = load_run(out)
-    assert card["input"]["in_chans"] == 1 and card["rule"] == rule
+    assert card.input.in_chans == 1 and card.rule == rule
     moved = [bool(torch.count_nonzero(layer.weight)) for layer in model.hebb_layers()]
     assert all(moved)
 
@@ -147,7 +147,7 @@ def test_bf16_autocast_keeps_fp32_weights_and_a_close_update(image_folder, tmp_p
     assert (low - exact).norm() / exact.norm() < 2e-2
     out = pretrain(str(image_folder), out=str(tmp_path / "bf16"), precision="bf16", epochs=1, **TINY)
     model, card = load_run(out)
-    assert card["training"]["precision"] == "bf16"
+    assert card.training["precision"] == "bf16"
     assert all(w.dtype == torch.float32 for w in model.state_dict().values() if w.is_floating_point())
     with pytest.raises(ValueError, match="precision"):
         pretrain(str(image_folder), out=str(tmp_path / "x"), precision="fp8", **TINY)
@@ -256,3 +256,22 @@ def test_a_nan_planted_at_step_k_stops_there_with_nothing_non_finite_on_disk(ima
     assert state["position"]["global_step"] == 3  # the last checkpoint before the NaN
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (out / "model.safetensors").exists()
+
+
+def test_model_card_is_typed_round_trips_and_reads_older_cards(image_folder, tmp_path):
+    from hebbret.runs import CARD_VERSION, ModelCard, read_card
+
+    out = pretrain(str(image_folder), out=str(tmp_path / "run"), epochs=1, **TINY)
+    raw = json.loads((out / "model.json").read_text())
+    card = read_card(out)
+    assert isinstance(card, ModelCard) and card.card_version == CARD_VERSION == raw["card_version"]
+    assert card.input.img_size == (16, 16) and card.embedding.layer == "features"
+    assert card.to_json() == raw
+    older = {k: v for k, v in raw.items() if k != "card_version"}  # cards before the field
+    (out / "model.json").write_text(json.dumps(older))
+    assert read_card(out).card_version == 0 and read_card(out).input == card.input
+    load_run(out)  # still loads (weights checked against the card)
+    (out / "model.json").write_text(json.dumps({**raw, "card_version": CARD_VERSION + 1,
+                                                "new_field": 1}))
+    with pytest.raises(ValueError, match="upgrade hebbret"):
+        read_card(out)
