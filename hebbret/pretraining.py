@@ -128,7 +128,7 @@ def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
     hebb = dcfg["hebb"]
     n_layers = len(probe.hebb_layers())
     rule = cfg.rule or hebb["rule"]
-    lr = cfg.lr if cfg.lr is not None else hebb.get("lr_by_rule", {}).get(rule, hebb["lr"])
+    lr = cfg.lr if cfg.lr is not None else probe.hebbian_lrs(rule)
     if len(lr) == 1:
         lr = list(lr) * n_layers
     if len(lr) != n_layers:

@@ -25,9 +25,7 @@ import copy
 import logging
 import math
 import os
-import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +40,14 @@ from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
 from hebbret.models import create_model
 from hebbret.pretraining import hebbian_step
-from hebbret.runtime import memory_format
+from hebbret.runtime import (
+    QuietWaiter,
+    contention,
+    load_average,
+    machine_info,
+    memory_format,
+    timing_samples,
+)
 
 log = logging.getLogger("bench_hebb")
 
@@ -76,97 +81,11 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------------------- timing
-MIN_SAMPLE_S = 0.2  # calls faster than this are looped so that one timed sample lasts this long
-CONTENDED = 0.10  # share of all CPUs other processes may take beyond the CPUs we leave idle
-
-
-def contended_share() -> float:
-    """Others' share of all CPUs above which a sample counts as contended.
-
-    With fewer torch threads than CPUs, the CPUs we leave idle are theirs to use.
-    """
-    ncpu = os.cpu_count() or 1
-    return max(0, ncpu - torch.get_num_threads()) / ncpu + CONTENDED
-MAX_EXTRA = 2  # at most this many times ``repeats`` extra samples are taken to replace contended ones
-
-
-def _busy_cpu_s() -> float | None:
-    """CPU seconds all processes have spent busy since boot (/proc/stat), None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class QuietWaiter:
-    """Before a measurement, wait (within a total budget) until other processes leave the CPUs."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s, self.waited_s = budget_s, 0.0
-
-    def __call__(self, window_s: float = 0.3) -> bool:
-        """Return True once a ``window_s`` window had other processes below the contended share."""
-        if self.budget_s <= 0:
-            return True
-        ncpu = os.cpu_count() or 1
-        while True:
-            busy0, cpu0, t0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
-            if busy0 is None:
-                return True
-            time.sleep(window_s)
-            wall = time.perf_counter() - t0
-            others = max(0.0, _busy_cpu_s() - busy0 - (time.process_time() - cpu0)) / (wall * ncpu)
-            if others <= contended_share():
-                return True
-            if self.waited_s >= self.budget_s:
-                return False
-            if self.waited_s == 0:
-                log.info("waiting for other processes to leave the CPUs (budget %.0f s)",
-                         self.budget_s)
-            self.waited_s += wall
-
-
 wait_quiet = QuietWaiter(0.0)  # main() sets the budget
 
 
 def time_call(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """Seconds per ``fn()`` call: median / min / max over ``repeats`` samples after ``warmup`` calls.
-
-    This machine is shared, so every sample also measures the CPU time other processes took
-    meanwhile (/proc/stat busy time minus our own); a sample where they held more than
-    ``contended_share()`` of the CPUs is replaced by a new one, up to ``MAX_EXTRA · repeats`` extra
-    samples. The median is over the clean samples when there are any.
-    """
-    wait_quiet()
-    first = None
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-    number = 1 if first is None else max(1, math.ceil(MIN_SAMPLE_S / max(first, 1e-6)))
-    ncpu = os.cpu_count() or 1
-    samples: list[tuple[float, float]] = []  # (seconds per call, others' share of the CPUs)
-    clean, limit = 0, contended_share()
-    while clean < repeats and len(samples) < repeats * (1 + MAX_EXTRA):
-        busy0, cpu0, t0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
-        for _ in range(number):
-            fn()
-        wall = time.perf_counter() - t0
-        cpu, busy1 = time.process_time() - cpu0, _busy_cpu_s()
-        # /proc/stat counts 10 ms ticks: allow one tick of slack before calling a sample contended
-        others = 0.0 if busy0 is None else max(0.0, busy1 - busy0 - cpu - 0.01) / (wall * ncpu)
-        samples.append((wall / number, others))
-        clean += others <= limit
-        if others > limit:
-            wait_quiet()
-    good = [t for t, o in samples if o <= limit] or [t for t, _ in samples]
-    return {"median": statistics.median(good), "min": min(good), "max": max(good),
-            "n": len(good), "n_samples": len(samples), "n_contended": len(samples) - clean,
-            "calls_per_sample": number,
-            "others_cpu_share": round(statistics.mean(o for _, o in samples), 3)}
+    return timing_samples(fn, repeats, warmup, wait=wait_quiet)
 
 
 def gemm_gflops(sizes: tuple[int, ...], repeats: int) -> dict[str, dict[str, float]]:
@@ -209,29 +128,10 @@ def capture_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
     return [seen[i] for i in range(len(layers))]
 
 
-def padded(layer: HebbLayer, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """The input with reflect padding applied, and the zero padding the conv still has to do."""
-    if isinstance(layer, HebbLinear):
-        return x, (0, 0)
-    ph, pw = layer.padding
-    if layer.padding_mode == "reflect" and (ph or pw):
-        return F.pad(x, (pw, pw, ph, ph), mode="reflect"), (0, 0)
-    return x, (ph, pw)
-
-
-def preact(layer: HebbLayer, xp: Tensor, zero_pad: tuple[int, int]) -> Tensor:
-    """U: (B, K, Ho, Wo) for a conv, (B, K) for a linear layer."""
-    w = layer.weight.detach()
-    if isinstance(layer, HebbLinear):
-        return F.linear(xp, w)
-    return F.conv2d(xp, w, None, layer.stride, zero_pad)
-
-
 def geometry(layer: HebbLayer, x: Tensor) -> dict[str, int]:
     """N, K, D and the shapes of docs/design.md §3 for this layer and input."""
-    xp, zero_pad = padded(layer, x)
     with torch.no_grad():
-        u = preact(layer, xp[:1], zero_pad)
+        u = layer.preact(layer.pad(x[:1]))
     k = layer.weight.shape[0]
     d = layer.weight[0].numel()
     rows_per_sample = u.numel() // k
@@ -252,45 +152,15 @@ def layer_name(layer: HebbLayer) -> str:
 
 # -------------------------------------------------------------------- the materialised method
 def row_matrices(layer: HebbLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row patches X (N, D), coefficients Y (N, K) and decay coefficients C (N, K).
-
-    Row n's update is ΔW_n[k] = y_nk x_n − c_nk w_k for the diagonal rules (softhebb:
-    c = y ⊙ u; swta: c = y) and ΔW_n[k] = y_nk (x_n − Σ_{j≤k} c_nj w_j) for hpca (c = relu(u),
-    y = relu(u)/N). Y comes from ``layer.rule.terms`` on the same batch, so Σ_n ΔW_n = ΔW.
-    """
-    w = layer.weight.detach()
-    k = w.shape[0]
-    xp, zero_pad = padded(layer, x)
-    u = preact(layer, xp, zero_pad)
-    extra = {}
-    if layer.rule.needs_x_norm:
-        extra["x_norm"] = _row_norms(layer, xp, zero_pad)
-    terms = layer.rule.terms(u, w, **extra, **layer.rule_params)
-    if isinstance(layer, HebbLinear):
-        xr, yr, ur = xp, terms.y, u
-    else:
-        patches = F.unfold(xp, layer.kernel_size, padding=zero_pad, stride=layer.stride)
-        xr = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (N, D), rows (b, ho, wo)
-        yr = terms.y.movedim(1, -1).reshape(-1, k)  # (N, K), same row order
-        ur = u.movedim(1, -1).reshape(-1, k)
-    name = layer.rule.name
-    if name == "softhebb":
-        decay = yr * ur  # Σ_n y_nk u_nk = diag(M)
-    elif name == "swta":
-        decay = yr  # Σ_n Gc_nk = diag(M)
-    elif name == "hpca":
-        decay = torch.relu(ur)  # tril(Σ_n y_n p_nᵀ) = tril(PᵀP)/N = M with y = P/N
-    else:
-        raise ValueError(f"no materialised form for rule {name!r}")
-    return xr, yr.to(xr.dtype), decay.to(xr.dtype)
-
-
-def _row_norms(layer: HebbLayer, xp: Tensor, zero_pad: tuple[int, int]) -> Tensor:
-    """‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1)."""
-    if isinstance(layer, HebbLinear):
-        return xp.norm(dim=1, keepdim=True)
-    ones = xp.new_ones(1, *layer.weight.shape[1:])
-    return F.conv2d(xp * xp, ones, None, layer.stride, zero_pad).clamp_min(0).sqrt()
+    """Per-row patches X (N, D), coefficients Y (N, K) and decay coefficients C (N, K)
+    (``Rule.row_decay``), from the layer's own step pieces, so that Σ_n ΔW_n = ΔW."""
+    if layer.rule.row_decay is None:
+        raise ValueError(f"rule {layer.rule.name!r} has no per-row form")
+    xp = layer.pad(x)
+    u = layer.preact(xp)
+    terms = layer.rule_terms(xp, u)
+    xr, yr, ur = layer.patch_rows(xp), layer.as_rows(terms.y), layer.as_rows(u)
+    return xr, yr.to(xr.dtype), layer.rule.row_decay(yr, ur).to(xr.dtype)
 
 
 def materialised_delta(layer: HebbLayer, x: Tensor, chunk_mb: float,
@@ -306,12 +176,12 @@ def materialised_delta(layer: HebbLayer, x: Tensor, chunk_mb: float,
     if max_rows is not None:
         xr, yr, decay = xr[:max_rows], yr[:max_rows], decay[:max_rows]
     chunk = max(1, int(chunk_mb * 2**20 / 4) // (k * d))
-    hpca = layer.rule.name == "hpca"
+    cumulative = layer.rule.cumulative_decay
     acc = torch.zeros_like(w2)
     for s in range(0, xr.shape[0], chunk):
         xs, ys, cs = xr[s:s + chunk], yr[s:s + chunk], decay[s:s + chunk]
         upd = ys[:, :, None] * xs[:, None, :]  # (n, K, D): y_nk x_n
-        if hpca:
+        if cumulative:
             # y_nk Σ_{j≤k} p_nj w_j: the cumulative sum over neurons of p_nj w_j
             upd -= ys[:, :, None] * (cs[:, :, None] * w2[None]).cumsum(dim=1)
         else:
@@ -404,12 +274,6 @@ def bench_layer(layer: HebbLayer, x: Tensor, cfg: BenchConfig) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- full train steps
-def hebbian_lrs(model: nn.Module) -> list[float]:
-    lr = model.default_cfg.get("hebb", {}).get("lr", 0.01)
-    layers = model.hebb_layers()
-    return list(lr) if isinstance(lr, (list, tuple)) else [float(lr)] * len(layers)
-
-
 def set_plastic(model: nn.Module, plastic: bool) -> None:
     for layer in model.hebb_layers():
         layer.plastic = plastic
@@ -454,33 +318,20 @@ def _layer_parts(layer: HebbLayer, x: Tensor, lr: float, reps: int,
     """(part, seconds, GFLOP) for the pieces of one plastic Hebbian layer's forward and update."""
     geo = geometry(layer, x)
     fl = 2.0 * geo["N"] * geo["K"] * geo["D"] / 1e9
-    w = layer.weight.detach()
-    extra_fn = (lambda xp: {"x_norm": layer._row_norms(xp)}) if layer.rule.needs_x_norm else (
-        lambda xp: {})
-    xp = layer._pad(x)
-    u = layer._preact(xp)
-    terms = layer.rule.terms(u, w, **extra_fn(xp), **layer.rule_params)
-    yx = layer._yt_x(xp, terms.y)
-
-    def m_w() -> Tensor:
-        if terms.m.dim() == 1:
-            return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w
-        return yx - (terms.m @ w.flatten(1)).view_as(w)
-
-    delta = m_w()
-    scratch = w.clone()
-
-    def apply() -> None:
-        scratch.add_(lr * layer.update_direction(delta))
-
+    xp = layer.pad(x)
+    u = layer.preact(xp)
+    terms = layer.rule_terms(xp, u)
+    yx = layer.yt_x(xp, terms.y)
+    delta = layer.minus_decay(yx, terms)
+    scratch = layer.weight.detach().clone()
     parts = [
-        ("pad", lambda: layer._pad(x), 0.0),
-        ("forward conv", lambda: layer._preact(xp), fl),
-        ("rule terms", lambda: layer.rule.terms(u, w, **extra_fn(xp), **layer.rule_params), 0.0),
-        (f"YᵀX ({getattr(layer, 'gram', 'matmul')})", lambda: layer._yt_x(xp, terms.y), fl),
-        ("− M W", m_w, 0.0),
-        ("response", lambda: layer._respond(u), 0.0),
-        ("weight update", apply, 0.0),
+        ("pad", lambda: layer.pad(x), 0.0),
+        ("forward conv", lambda: layer.preact(xp), fl),
+        ("rule terms", lambda: layer.rule_terms(xp, u), 0.0),
+        (f"YᵀX ({getattr(layer, 'gram', 'matmul')})", lambda: layer.yt_x(xp, terms.y), fl),
+        ("− M W", lambda: layer.minus_decay(yx, terms), 0.0),
+        ("response", lambda: layer.respond(u), 0.0),
+        ("weight update", lambda: scratch.add_(lr * layer.update_direction(delta)), 0.0),
     ]
     return [(name, time_call(fn, reps, warm)["median"], g) for name, fn, g in parts]
 
@@ -491,7 +342,7 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
     base = create_model("hebb_softhebb_c3", img_size=cfg.img_size).train()
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
     labels = torch.randint(0, base.num_classes, (cfg.batch_size,))
-    lrs = hebbian_lrs(base)
+    lrs = base.hebbian_lrs()
 
     inputs = capture_inputs(base, x)
     flop = sum(4.0 * math.prod(geometry(m, xi)[k] for k in ("N", "K", "D"))
@@ -516,11 +367,7 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
     log.info("Hebbian step breakdown")
     brk_model = copy.deepcopy(base)
     set_plastic(brk_model, True)
-    try:
-        breakdown = step_breakdown(brk_model, x, lrs, cfg)
-    except (AttributeError, TypeError) as e:  # private layer API changed under us
-        log.warning("breakdown skipped: %s", e)
-        breakdown = []
+    breakdown = step_breakdown(brk_model, x, lrs, cfg)
 
     gflops = flop / t_hebb["median"] / 1e9
     return {
@@ -539,49 +386,6 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------- report
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_start": _loadavg()}
-
-
-def _loadavg() -> list[float] | None:
-    """1/5/15-minute load averages: other processes on this shared machine skew timings."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _contention(obj: Any) -> dict[str, int]:
-    """How many timed samples, over every time_call result inside ``obj``, were contended."""
-    total = {"samples": 0, "contended_dropped": 0, "measurements_all_contended": 0}
-    if isinstance(obj, dict):
-        if "n_contended" in obj:
-            all_contended = obj["n_contended"] == obj["n_samples"]
-            total["samples"] += obj["n_samples"]
-            total["contended_dropped"] += 0 if all_contended else obj["n_contended"]
-            total["measurements_all_contended"] += all_contended
-        children = obj.values()
-    elif isinstance(obj, list):
-        children = obj
-    else:
-        return total
-    for child in children:
-        for k, v in _contention(child).items():
-            total[k] += v
-    return total
-
-
 def format_report(res: dict[str, Any]) -> str:
     lines = [f"# bench_hebb — `{res['command']}`", "",
              f"{res['machine']['cpu']}, {res['machine']['torch_threads']} torch threads, "
@@ -699,13 +503,13 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
             ratios["hebb_over_backprop"] <= TARGETS["hebb_over_backprop_max"]),
         "materialised_matches_fused": all(r["verify"]["ok"] for r in rows),
     }
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = load_average()
     machine["waited_for_quiet_s"] = round(wait_quiet.waited_s, 1)
     return {"command": command, "config": asdict(cfg), "machine": machine,
             "gemm_gflops": gemm["mm"], "gemm_onednn_gflops": gemm["onednn"],
             "gemm_best_gflops": gemm_best, "gemm_onednn_best_gflops": onednn_best,
             "gemm_runs": gemm_runs,
-            "layers": rows, "steps": steps, "contention": _contention([rows, steps]),
+            "layers": rows, "steps": steps, "contention": contention([rows, steps]),
             "ratios": ratios, "targets": targets, "target_values": TARGETS,
             "total_runtime_s": time.perf_counter() - t_start}
 

@@ -52,7 +52,7 @@ class _HebbLayer(nn.Module):
         radius = self.init_radius if self.init_radius is not None else self.rule.init_radius
         nn.init.normal_(self.weight, 0.0, radius / math.sqrt(fan_in))
 
-    def _respond(self, u: Tensor) -> Tensor:
+    def respond(self, u: Tensor) -> Tensor:
         return u if self.rule.output is None else self.rule.output(u, self.weight)
 
     def _delta(self, x: Tensor, u: Tensor) -> Tensor:
@@ -69,12 +69,28 @@ class _HebbLayer(nn.Module):
             return self._combine(x, u.to(w.dtype), w, x.to(low))
 
     def _combine(self, x: Tensor, u: Tensor, w: Tensor, x_gram: Tensor) -> Tensor:
-        extra = {"x_norm": self._row_norms(x.to(w.dtype))} if self.rule.needs_x_norm else {}
-        terms: HebbTerms = self.rule.terms(u, w, **extra, **self.rule_params)
-        yx = self._yt_x(x_gram, terms.y).to(w.dtype)
+        terms = self.rule_terms(x.to(w.dtype), u)
+        return self.minus_decay(self.yt_x(x_gram, terms.y).to(w.dtype), terms)
+
+    # ---- the pieces of a step, public for benchmarks and references (docs/design.md §3):
+    # ΔW = minus_decay(yt_x(xp, Y), terms) with xp = pad(x), terms = rule_terms(xp, preact(xp))
+
+    def rule_terms(self, xp: Tensor, u: Tensor) -> HebbTerms:
+        """The rule's Y and M for padded input ``xp`` and its pre-activation ``u``."""
+        w = self.weight.detach()
+        extra = {"x_norm": self.row_norms(xp)} if self.rule.needs_x_norm else {}
+        return self.rule.terms(u, w, **extra, **self.rule_params)
+
+    def minus_decay(self, yx: Tensor, terms: HebbTerms) -> Tensor:
+        """ΔW = Yᵀ X − M W from Yᵀ X (shape of ``weight``) and the rule's M."""
+        w = self.weight.detach()
         if terms.m.dim() == 1:
             return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w
         return yx - (terms.m @ w.flatten(1)).view_as(w)
+
+    def as_rows(self, t: Tensor) -> Tensor:
+        """(N, K): a per-position tensor (B, K, Ho, Wo) or (B, K) with one row per (b, ho, wo)."""
+        return t.movedim(1, -1).reshape(-1, t.shape[1])
 
     def update_direction(self, delta: Tensor) -> Tensor:
         """The rule's step direction from raw ΔW (SoftHebb: max-normalised, per-neuron rate)."""
@@ -85,28 +101,36 @@ class _HebbLayer(nn.Module):
     @torch.no_grad()
     def hebbian_delta(self, x: Tensor) -> Tensor:
         """Raw ΔW (shape of ``weight``) for the batch ``x``, before learning rate or scaling."""
-        x = self._pad(x)
-        return self._delta(x, self._preact(x))
+        x = self.pad(x)
+        return self._delta(x, self.preact(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._pad(x)
-        u = self._preact(x)
+        x = self.pad(x)
+        u = self.preact(x)
         if self.plastic:
             with torch.no_grad():
                 self.delta = self._delta(x.detach(), u.detach())
-        return self._respond(u)
+        return self.respond(u)
 
     # geometry-specific pieces
-    def _pad(self, x: Tensor) -> Tensor:
+    def pad(self, x: Tensor) -> Tensor:
+        """The input as the weights see it (reflect padding applied; zero padding is the conv's)."""
         return x
 
-    def _preact(self, x: Tensor) -> Tensor:
+    def preact(self, xp: Tensor) -> Tensor:
+        """U = W ⋆ xp: (B, K, Ho, Wo) or (B, K)."""
         raise NotImplementedError
 
-    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+    def yt_x(self, xp: Tensor, y: Tensor) -> Tensor:
+        """Yᵀ X, shaped like ``weight``, without materialising the rows of X."""
         raise NotImplementedError
 
-    def _row_norms(self, x: Tensor) -> Tensor:
+    def row_norms(self, xp: Tensor) -> Tensor:
+        """‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1)."""
+        raise NotImplementedError
+
+    def patch_rows(self, xp: Tensor) -> Tensor:
+        """X (N, D): the input patch of every row, in the order of :meth:`as_rows`."""
         raise NotImplementedError
 
 
@@ -152,7 +176,7 @@ class HebbConv2d(_HebbLayer):
                 f"stride={self.stride}, padding={self.padding}, padding_mode={self.padding_mode}, "
                 f"rule={self.rule.name}")
 
-    def _pad(self, x: Tensor) -> Tensor:
+    def pad(self, x: Tensor) -> Tensor:
         ph, pw = self.padding
         if self.padding_mode == "reflect" and (ph or pw):
             return F.pad(x, (pw, pw, ph, ph), mode="reflect")
@@ -161,10 +185,10 @@ class HebbConv2d(_HebbLayer):
     def _native_padding(self) -> tuple[int, int]:
         return (0, 0) if self.padding_mode == "reflect" else self.padding
 
-    def _preact(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self._native_padding())
 
-    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+    def yt_x(self, x: Tensor, y: Tensor) -> Tensor:
         y = y.to(x.dtype)
         if self.gram == "conv":
             # Yᵀ X is the weight gradient of the convolution with grad-output Y.
@@ -178,7 +202,11 @@ class HebbConv2d(_HebbLayer):
         x2 = patches.transpose(1, 2).reshape(-1, d)  # (N, D)
         return (y2 @ x2).view_as(self.weight)
 
-    def _row_norms(self, x: Tensor) -> Tensor:
+    def patch_rows(self, xp: Tensor) -> Tensor:
+        patches = F.unfold(xp, self.kernel_size, padding=self._native_padding(), stride=self.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+    def row_norms(self, x: Tensor) -> Tensor:
         ones = x.new_ones(1, *self.weight.shape[1:])
         sq = F.conv2d(x * x, ones, None, self.stride, self._native_padding())
         return sq.clamp_min(0).sqrt()  # (B, 1, Ho, Wo)
@@ -199,11 +227,14 @@ class HebbLinear(_HebbLayer):
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rule={self.rule.name}"
 
-    def _preact(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight)
 
-    def _yt_x(self, x: Tensor, y: Tensor) -> Tensor:
+    def yt_x(self, x: Tensor, y: Tensor) -> Tensor:
         return y.to(x.dtype).T @ x
 
-    def _row_norms(self, x: Tensor) -> Tensor:
+    def row_norms(self, x: Tensor) -> Tensor:
         return x.norm(dim=1, keepdim=True)  # (B, 1)
+
+    def patch_rows(self, xp: Tensor) -> Tensor:
+        return xp

@@ -118,6 +118,21 @@ def swta_distance(w: Tensor, delta: Tensor) -> Tensor:
     return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(w).clamp_min(EPS)
 
 
+# Per-row decay coefficients c (N, K) with Σ_n of the rows' decays equal to the M W term, for
+# references that build one K×D update per row: ΔW_n[k] = y_nk x_n − c_nk w_k (diagonal M), or
+# ΔW_n[k] = y_nk (x_n − Σ_{j≤k} c_nj w_j) (cumulative: hpca's lower-triangular M).
+def softhebb_row_decay(y: Tensor, u: Tensor) -> Tensor:
+    return y * u  # Σ_n y_nk u_nk = diag(M)
+
+
+def swta_row_decay(y: Tensor, u: Tensor) -> Tensor:
+    return y  # Σ_n Gc_nk = diag(M)
+
+
+def hpca_row_decay(y: Tensor, u: Tensor) -> Tensor:
+    return torch.relu(u)  # with y = relu(u)/N: tril(Σ_n y_n c_nᵀ) = tril(YᵀY)·N/N = M
+
+
 def output_normalized(u: Tensor, w: Tensor) -> Tensor:
     """wᵀx / ‖w‖: the inference response of soft-WTA neurons."""
     return u / _per_channel(neuron_norms(w), u).clamp_min(EPS)
@@ -137,15 +152,21 @@ class Rule:
     # distance from the rule's fixed point: (weights, latest raw ΔW) -> scalar; None: not measured
     distance: Callable[[Tensor, Tensor], Tensor] | None = None
     converged_below: float = 0.0  # a layer whose distance ends above this is reported unconverged
+    # per-row decay coefficients (rows of Y, rows of U) -> (N, K); see softhebb_row_decay
+    row_decay: Callable[[Tensor, Tensor], Tensor] | None = None
+    cumulative_decay: bool = False  # M is lower-triangular: row k decays by Σ_{j≤k} c_nj w_j
 
 
 RULES: dict[str, Rule] = {
-    "hpca": Rule("hpca", hpca_terms, distance=hpca_distance, converged_below=0.1),
+    "hpca": Rule("hpca", hpca_terms, distance=hpca_distance, converged_below=0.1,
+                 row_decay=hpca_row_decay, cumulative_decay=True),
     "swta": Rule("swta", swta_terms, {"temperature": 0.02}, needs_x_norm=True,
-                 output=output_normalized, distance=swta_distance, converged_below=0.05),
+                 output=output_normalized, distance=swta_distance, converged_below=0.05,
+                 row_decay=swta_row_decay),
     "softhebb": Rule("softhebb", softhebb_terms, {"t_inv": 1.0}, step_scale=softhebb_step_scale,
                      init_radius=25.0,  # SoftHebb starts far from the unit sphere it converges to
-                     distance=softhebb_distance, converged_below=1.0),
+                     distance=softhebb_distance, converged_below=1.0,
+                     row_decay=softhebb_row_decay),
     "none": Rule("none", None),
 }
 

@@ -47,6 +47,14 @@ class HebbNet(nn.Module):
         """The plastic layers, input to output; layer i lives in ``blocks[i]``."""
         return [m for m in self.modules() if isinstance(m, (HebbConv2d, HebbLinear))]
 
+    def hebbian_lrs(self, rule: str | None = None) -> list[float]:
+        """The default learning rate of every Hebbian layer for ``rule`` (None: the backbone's
+        own rule), as pretraining uses them."""
+        hebb = self.default_cfg["hebb"]
+        lr = hebb.get("lr_by_rule", {}).get(rule or hebb["rule"], hebb["lr"])
+        lr = [float(v) for v in (lr if isinstance(lr, (list, tuple)) else [lr])]
+        return lr * len(self.hebb_layers()) if len(lr) == 1 else lr
+
     def forward_blocks(self, x: Tensor, upto: int | None = None) -> Tensor:
         """Run blocks 0..upto (all when None)."""
         for i, block in enumerate(self.blocks):
