@@ -14,35 +14,29 @@ Stages whose outputs already exist are reused, so a killed run picks up where it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ._io import atomic_path, read_json, write_bytes, write_json
+from ._io import read_json, write_bytes, write_json
 from .config import load_config
-from .data import NAMED_DATASETS, open_dataset, scan_image_folder
-from .embed import extract_embeddings, load_embeddings
-from .evaluate import evaluate
+from .data import NAMED_DATASETS, scan_image_folder
 from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
-from .index import build_index, search_index
-from .pretraining import pretrain
+from .report import results_table, verdict
 from .runs import read_card
-from .viz import save_convergence, save_filters
+from .runtime import timed
+from .stages import BackboneStages
+from .viz import save_convergence, save_filters, save_retrieval_examples
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 VARIANTS = ("hebbian", "random")
-BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
 
 
 @dataclass
@@ -190,191 +184,51 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     write_bytes(report / "results.md", results_table(results).encode())
     save_filters(out / "hebbian" / "pretrain", report / "filters.png")
     save_convergence(out / "hebbian" / "pretrain", report / "convergence.png")
-    _retrieval_picture(cfg, out / "hebbian" / "index", out / "hebbian" / "emb_test", train, test,
-                       report / "retrieval.png")
+    save_retrieval_examples(out / "hebbian" / "index", out / "hebbian" / "emb_test", train, test,
+                            report / "retrieval.png", cfg.data_root, cfg.img_size or 32,
+                            cfg.queries_shown, cfg.seed)
     return results
-
-
-def _done(d: Path) -> bool:
-    return (d / "model.json").exists() or (d / "meta.json").exists()
-
-
-@contextlib.contextmanager
-def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
 
 
 def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str],
                  test: tuple[str, str]) -> dict[str, Any]:
-    """One backbone of the report; stages with finished outputs are skipped (and not timed)."""
-    base, secs = out / variant, {}
-    common = dict(device=cfg.device, quiet=cfg.quiet)
-    backbone = base / "pretrain"
-    if not _done(backbone):
-        with _timed(secs, "pretrain"):
-            hebbian = variant == "hebbian"
-            pretrain(train[0], split=train[1], data_root=cfg.data_root, model=cfg.model,
-                     rule=cfg.rule if hebbian else "none",
-                     epochs=cfg.pretrain_epochs if hebbian else 1,
-                     steps=cfg.pretrain_steps if hebbian else None,
-                     lr=cfg.pretrain_lr if hebbian else None,
-                     batch_size=cfg.pretrain_batch_size if hebbian else None,
-                     in_chans=cfg.in_chans,
-                     img_size=cfg.img_size, model_kwargs=cfg.model_kwargs, seed=cfg.seed,
-                     out=str(backbone), resume=(backbone / "state.pt").exists(), **common)
-    embs = {}
+    """One backbone of the report; stages with finished outputs are reused (and not timed)."""
+    stages = BackboneStages(out / variant, device=cfg.device, quiet=cfg.quiet)
+    hebbian = variant == "hebbian"
+    stages.pretrain(train[0], split=train[1], data_root=cfg.data_root, model=cfg.model,
+                    rule=cfg.rule if hebbian else "none",
+                    epochs=cfg.pretrain_epochs if hebbian else 1,
+                    steps=cfg.pretrain_steps if hebbian else None,
+                    lr=cfg.pretrain_lr if hebbian else None,
+                    batch_size=cfg.pretrain_batch_size if hebbian else None,
+                    in_chans=cfg.in_chans, img_size=cfg.img_size, model_kwargs=cfg.model_kwargs,
+                    seed=cfg.seed)
     for name, (source, split) in (("train", train), ("test", test)):
-        embs[name] = base / f"emb_{name}"
-        if not _done(embs[name]):
-            with _timed(secs, "embed"):
-                extract_embeddings(backbone, source, embs[name], split=split,
-                                   data_root=cfg.data_root, batch_size=cfg.embed_batch_size,
-                                   **common)
-    if not _done(base / "index"):
-        with _timed(secs, "index"):
-            build_index(embs["train"], base / "index")
-    with _timed(secs, "eval"):
-        knn = evaluate("knn", str(embs["train"]), str(embs["test"]), ks=[cfg.knn_k])
-        lin = evaluate("linear", str(embs["train"]), str(embs["test"]), epochs=cfg.linear_epochs,
-                       seed=cfg.seed)
-        ret = evaluate("retrieval", str(embs["train"]), str(embs["test"]),
-                       ks=[1, cfg.retrieval_k])
-    with _timed(secs, "fewshot"):
-        fewshot = _fewshot(cfg, base, backbone, embs, train, test)
-    k = max(knn["k"])  # k capped at the database size
-    row = {"knn_top1": knn["k"][k]["top1"], "linear_top1": lin["top1"],
-           "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
-           f"P@{cfg.retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
-           "fewshot": fewshot, "seconds": secs}
-    card = read_card(backbone).training
-    if "convergence" in card and variant == "hebbian":
+        stages.embed(name, source, split=split, data_root=cfg.data_root,
+                     batch_size=cfg.embed_batch_size)
+    stages.index()
+    row = stages.all_label_scores(cfg.knn_k, cfg.retrieval_k, cfg.linear_epochs, cfg.seed)
+    with timed(stages.seconds, "fewshot"):
+        row["fewshot"] = _fewshot(cfg, stages, train, test)
+    row["seconds"] = stages.seconds
+    card = read_card(stages.run).training
+    if "convergence" in card and hebbian:
         row["convergence"] = card["convergence"]
         row["pretrain_steps"] = card["steps"]
     log.info("%s: %s", variant, {k: v for k, v in row.items() if k != "fewshot"})
     return row
 
 
-def _fewshot(cfg: RunConfig, base: Path, backbone: Path, embs: dict[str, Path],
-             train: tuple[str, str], test: tuple[str, str]) -> dict[str, Any]:
+def _fewshot(cfg: RunConfig, stages: BackboneStages, train: tuple[str, str],
+             test: tuple[str, str]) -> dict[str, Any]:
     """Every few-label protocol on this backbone: {protocol: summary of test top-1 over seeds}."""
     fcfg = FewShotConfig(protocols=cfg.protocols, labels_per_class=cfg.labels_per_class,
                          label_fraction=cfg.label_fraction, seeds=cfg.seeds, knn_k=cfg.knn_k)
-    results = evaluate_embeddings(embs["train"], embs["test"], fcfg)
+    results = evaluate_embeddings(stages.emb("train"), stages.emb("test"), fcfg)
     if "full" in cfg.protocols:
         results["full"] = evaluate_full(
-            backbone, train[0], test[0], base, fcfg, train[1], test[1], cfg.data_root,
+            stages.run, train[0], test[0], stages.root, fcfg, train[1], test[1], cfg.data_root,
             dict(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                  backbone_lr_scale=cfg.backbone_lr_scale, batch_size=cfg.finetune_batch_size,
                  augment=cfg.augment), cfg.device, cfg.quiet)
     return {p: results[p]["top1"] for p in cfg.protocols}
-
-
-def verdict(rows: dict[str, dict[str, Any]]) -> str:
-    """One sentence: which backbone + protocol wins with few labels, and by how much."""
-    def best(variant: str) -> tuple[str, dict[str, Any]]:
-        return max(rows[variant]["fewshot"].items(), key=lambda ps: ps[1]["mean"])
-
-    def fmt(s: dict[str, Any]) -> str:
-        return f"{s['mean']:.2f} ± {s['std']:.2f}"
-
-    hp, hs = best("hebbian")
-    rp, rs = best("random")
-    gap = hs["mean"] - rs["mean"]
-    scratch = rows["random"]["fewshot"].get("full")
-    vs_scratch = (f"; training from scratch (random init + full) gets {fmt(scratch)} "
-                  f"({hs['mean'] - scratch['mean']:+.2f})" if scratch else
-                  "; training from scratch was not run (add the protocol full)")
-    same = rows["random"]["fewshot"].get(hp)
-    vs_same = (f"; the same protocol on random init gets {fmt(same)} ({hs['mean'] - same['mean']:+.2f})"
-               if same else "")
-    if gap > 0:
-        return (f"With few labels the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
-                f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}.")
-    return (f"With few labels Hebbian pretraining does not pay off here: the best is random init + "
-            f"{rp} ({fmt(rs)} %), {-gap:.2f} points above the best Hebbian protocol ({hp}, "
-            f"{fmt(hs)} %){vs_scratch}.")
-
-
-def results_table(results: dict[str, Any]) -> str:
-    cfg = results["config"]
-    k, rk = cfg["knn_k"], cfg["retrieval_k"]
-    labels = (f"{cfg['labels_per_class']} labels per class" if cfg["labels_per_class"]
-              else f"{cfg['label_fraction']:.0%} of the labels")
-    rows = results["rows"]
-    protocols = cfg["protocols"]
-    n_seeds = len(cfg["seeds"])
-    split = results.get("data", {}).get("split")
-    data = (f"{split['source']} (split for this run: {split['train']} train / {split['test']} "
-            f"test images, {split['test_fraction']:.0%} of every class, seed {split['seed']})"
-            if split else cfg["data_root"] or cfg["data"])
-    lines = [f"`hebbret run` on {data} with {cfg['model']}", "",
-             f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled subsets; "
-             f"full on random init = training from scratch)", "",
-             "| backbone | " + " | ".join(protocols) + " |",
-             "|---|" + "---:|" * len(protocols)]
-    for name, r in rows.items():
-        cells = [f"{r['fewshot'][p]['mean']:.2f} ± {r['fewshot'][p]['std']:.2f}"
-                 for p in protocols]
-        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
-    lines += ["", results["verdict"], "",
-              "**All labels** (frozen features; train = database, test = queries)", "",
-              f"| backbone | kNN top-1 (k={k}) | linear-probe top-1 | mAP | P@{rk} | Recall@1 | "
-              f"pretrain s | embed s | eval s | few-label s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        s = r["seconds"]
-        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | {r['knn_top1']:.2f} | "
-                     f"{r['linear_top1']:.2f} | {r['mAP']:.2f} | {r[f'P@{rk}']:.2f} | "
-                     f"{r['Recall@1']:.2f} | {s.get('pretrain', 0):.0f} | {s.get('embed', 0):.0f} | "
-                     f"{s.get('eval', 0):.0f} | {s.get('fewshot', 0):.0f} |")
-    conv = rows.get("hebbian", {}).get("convergence")
-    if conv:
-        cells = [f"layer {la['layer']} {la['distance']:.3g} (≤ {la['converged_below']:g}: "
-                 f"{'yes' if la['converged'] else 'NO'})" for la in conv["layers"]
-                 if la["distance"] is not None]
-        measure = "; ".join(sorted({la["measure"] for la in conv["layers"]}))
-        lines += ["", f"**Convergence** of the Hebbian backbone after {rows['hebbian']['pretrain_steps']}"
-                  f" steps ({measure}): " + ", ".join(cells) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def _retrieval_picture(cfg: RunConfig, index_dir: Path, test_emb: Path, train: tuple[str, str],
-                       test: tuple[str, str], out: Path, top: int = 8, scale: int = 3) -> None:
-    """Rows of: a test query, then its top-``top`` database images framed green (same class)
-    or red (other class)."""
-    db = open_dataset(train[0], train[1], data_root=cfg.data_root, img_size=cfg.img_size or 32,
-                      cache=False)
-    qs = open_dataset(test[0], test[1], data_root=cfg.data_root, img_size=cfg.img_size or 32,
-                      cache=False)
-    emb, items, _ = load_embeddings(test_emb)
-    rng = np.random.default_rng(cfg.seed)
-    picks = np.sort(rng.permutation(len(items))[: cfg.queries_shown])
-    _, ids, db_items, _ = search_index(index_dir, np.asarray(emb[picks]), k=top)
-    where_q = {it.path: i for i, it in enumerate(qs.items)}
-    where_db = {it.path: i for i, it in enumerate(db.items)}
-
-    def tile(img: np.ndarray, color: tuple[int, int, int] | None) -> np.ndarray:
-        img = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
-        img = np.asarray(Image.fromarray(img).resize((32 * scale, 32 * scale), Image.NEAREST))
-        framed = np.full((img.shape[0] + 8, img.shape[1] + 8, 3), 255, np.uint8)
-        if color is not None:
-            framed[:, :] = color
-        framed[4:-4, 4:-4] = img
-        return framed
-
-    rows = []
-    for q, found in zip(picks, ids, strict=True):
-        label = items[q]["label"]
-        cells = [tile(qs.raw(where_q[items[q]["path"]]), None)]
-        for i in found[found >= 0]:
-            ok = db_items[i]["label"] == label
-            cells.append(tile(db.raw(where_db[db_items[i]["path"]]),
-                              (40, 170, 60) if ok else (210, 40, 40)))
-        gap = np.full((cells[0].shape[0], 12, 3), 255, np.uint8)
-        rows.append(np.concatenate([cells[0], gap, *cells[1:]], axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((4, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    with atomic_path(out) as tmp:
-        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")

@@ -1,4 +1,4 @@
-"""Pictures of what a backbone learned: first-layer filters as an image grid."""
+"""Pictures for the report: first-layer filters, convergence over steps, retrieval examples."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from PIL import Image
 
 from ._io import atomic_path, read_jsonl
 from .artifacts import TRAIN_LOG
+from .data import open_dataset
+from .embed import load_embeddings
+from .index import search_index
 from .runs import load_run, read_card
 
 
@@ -91,3 +94,45 @@ def save_convergence(run: str | os.PathLike, out: str | os.PathLike | None = Non
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
+
+
+def save_retrieval_examples(index_dir: Path, test_emb: Path, train: tuple[str, str],
+                            test: tuple[str, str], out: Path, data_root: str | None = None,
+                            img_size: int = 32, queries: int = 6, seed: int = 0, top: int = 8,
+                            scale: int = 3) -> None:
+    """A PNG of ``queries`` rows: a random test query (seeded), then its top-``top`` database
+    images framed green (same class) or red (other class). ``train``/``test``: (source, split)."""
+    db = open_dataset(train[0], train[1], data_root=data_root, img_size=img_size,
+                      cache=False)
+    qs = open_dataset(test[0], test[1], data_root=data_root, img_size=img_size,
+                      cache=False)
+    emb, items, _ = load_embeddings(test_emb)
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.permutation(len(items))[:queries])
+    _, ids, db_items, _ = search_index(index_dir, np.asarray(emb[picks]), k=top)
+    where_q = {it.path: i for i, it in enumerate(qs.items)}
+    where_db = {it.path: i for i, it in enumerate(db.items)}
+
+    def tile(img: np.ndarray, color: tuple[int, int, int] | None) -> np.ndarray:
+        img = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
+        img = np.asarray(Image.fromarray(img).resize((32 * scale, 32 * scale), Image.NEAREST))
+        framed = np.full((img.shape[0] + 8, img.shape[1] + 8, 3), 255, np.uint8)
+        if color is not None:
+            framed[:, :] = color
+        framed[4:-4, 4:-4] = img
+        return framed
+
+    rows = []
+    for q, found in zip(picks, ids, strict=True):
+        label = items[q]["label"]
+        cells = [tile(qs.raw(where_q[items[q]["path"]]), None)]
+        for i in found[found >= 0]:
+            ok = db_items[i]["label"] == label
+            cells.append(tile(db.raw(where_db[db_items[i]["path"]]),
+                              (40, 170, 60) if ok else (210, 40, 40)))
+        gap = np.full((cells[0].shape[0], 12, 3), 255, np.uint8)
+        rows.append(np.concatenate([cells[0], gap, *cells[1:]], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((4, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    with atomic_path(out) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")

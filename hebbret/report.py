@@ -1,0 +1,105 @@
+"""Reports as markdown: tables of results and the main job's verdict (docs/design.md §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: numbers with ``digits`` decimals, None as –, anything else as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def mean_std(summary: dict[str, Any] | None, digits: int = 2) -> str:
+    """``mean ± std`` of a :func:`hebbret.fewshot.summarize` record (– when missing)."""
+    if not summary:
+        return "–"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2,
+                   align: str | None = None) -> str:
+    """A GitHub markdown table; ``align``: one of l/r per column (default: first l, rest r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(fmt(v, digits) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> str:
+    """One sentence: which backbone + protocol wins with few labels, and by how much."""
+    def best(variant: str) -> tuple[str, dict[str, Any]]:
+        return max(rows[variant]["fewshot"].items(), key=lambda ps: ps[1]["mean"])
+
+    def fmt(s: dict[str, Any]) -> str:
+        return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+    hp, hs = best("hebbian")
+    rp, rs = best("random")
+    gap = hs["mean"] - rs["mean"]
+    scratch = rows["random"]["fewshot"].get("full")
+    vs_scratch = (f"; training from scratch (random init + full) gets {fmt(scratch)} "
+                  f"({hs['mean'] - scratch['mean']:+.2f})" if scratch else
+                  "; training from scratch was not run (add the protocol full)")
+    same = rows["random"]["fewshot"].get(hp)
+    vs_same = (f"; the same protocol on random init gets {fmt(same)} ({hs['mean'] - same['mean']:+.2f})"
+               if same else "")
+    if gap > 0:
+        return (f"With few labels the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
+                f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}.")
+    return (f"With few labels Hebbian pretraining does not pay off here: the best is random init + "
+            f"{rp} ({fmt(rs)} %), {-gap:.2f} points above the best Hebbian protocol ({hp}, "
+            f"{fmt(hs)} %){vs_scratch}.")
+
+
+def results_table(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    k, rk = cfg["knn_k"], cfg["retrieval_k"]
+    labels = (f"{cfg['labels_per_class']} labels per class" if cfg["labels_per_class"]
+              else f"{cfg['label_fraction']:.0%} of the labels")
+    rows = results["rows"]
+    protocols = cfg["protocols"]
+    n_seeds = len(cfg["seeds"])
+    split = results.get("data", {}).get("split")
+    data = (f"{split['source']} (split for this run: {split['train']} train / {split['test']} "
+            f"test images, {split['test_fraction']:.0%} of every class, seed {split['seed']})"
+            if split else cfg["data_root"] or cfg["data"])
+    lines = [f"`hebbret run` on {data} with {cfg['model']}", "",
+             f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled subsets; "
+             f"full on random init = training from scratch)", "",
+             "| backbone | " + " | ".join(protocols) + " |",
+             "|---|" + "---:|" * len(protocols)]
+    for name, r in rows.items():
+        cells = [f"{r['fewshot'][p]['mean']:.2f} ± {r['fewshot'][p]['std']:.2f}"
+                 for p in protocols]
+        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", results["verdict"], "",
+              "**All labels** (frozen features; train = database, test = queries)", "",
+              f"| backbone | kNN top-1 (k={k}) | linear-probe top-1 | mAP | P@{rk} | Recall@1 | "
+              f"pretrain s | embed s | eval s | few-label s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        s = r["seconds"]
+        lines.append(f"| {BACKBONE_NAMES.get(name, name)} | {r['knn_top1']:.2f} | "
+                     f"{r['linear_top1']:.2f} | {r['mAP']:.2f} | {r[f'P@{rk}']:.2f} | "
+                     f"{r['Recall@1']:.2f} | {s.get('pretrain', 0):.0f} | {s.get('embed', 0):.0f} | "
+                     f"{s.get('eval', 0):.0f} | {s.get('fewshot', 0):.0f} |")
+    conv = rows.get("hebbian", {}).get("convergence")
+    if conv:
+        cells = [f"layer {la['layer']} {la['distance']:.3g} (≤ {la['converged_below']:g}: "
+                 f"{'yes' if la['converged'] else 'NO'})" for la in conv["layers"]
+                 if la["distance"] is not None]
+        measure = "; ".join(sorted({la["measure"] for la in conv["layers"]}))
+        lines += ["", f"**Convergence** of the Hebbian backbone after {rows['hebbian']['pretrain_steps']}"
+                  f" steps ({measure}): " + ", ".join(cells) + "."]
+    return "\n".join(lines) + "\n"
+
+

@@ -1,0 +1,102 @@
+"""One backbone's stages in one working dir: pretrain -> embed -> index -> frozen evaluation.
+
+The main job (:mod:`hebbret.pipeline`), ``tools/eval_fashion_mnist.py`` and
+``tools/reproduce_cifar10.py`` all run their backbones through :class:`BackboneStages`, so a
+stage is finished, reused and timed the same way everywhere: a stage whose output dir is
+complete (:func:`hebbret.artifacts.is_complete`, the marker its writer writes last) is reused
+and not timed; a killed pretraining resumes from its checkpoint.
+
+Layout of ``ROOT``: ``<run>/`` (the run dir; ``run_name``), ``pretrain.json`` (how the run was
+made: wall time, images, the load average at its end), ``emb_<name>/``, ``index*/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ._io import read_json, write_json
+from .artifacts import META, TRAIN_STATE, is_complete
+from .embed import extract_embeddings
+from .evaluate import evaluate
+from .index import build_index
+from .pretraining import pretrain
+from .runs import read_card
+from .runtime import load_average, timed
+
+log = logging.getLogger(__name__)
+
+
+class BackboneStages:
+    """The stages of one backbone under ``root``; ``seconds`` collects the wall time of every
+    stage this object actually ran (reused stages are not timed)."""
+
+    def __init__(self, root: str | os.PathLike, run_name: str = "pretrain", device: str = "auto",
+                 quiet: bool = False, digits: int = 1) -> None:
+        self.root = Path(root)
+        self.run = self.root / run_name
+        self.device, self.quiet, self.digits = device, quiet, digits
+        self.seconds: dict[str, float] = {}
+
+    def emb(self, name: str) -> Path:
+        return self.root / f"emb_{name}"
+
+    def pretrain(self, data: str, **options: Any) -> dict[str, Any]:
+        """Pretrain (``hebbret.pretrain(data, **options)``) into the run dir unless complete;
+        resumes a killed run. Returns the record of how the run was made (``pretrain.json``
+        beside it), with ``reused`` set when this call did not train."""
+        record_path = self.root / "pretrain.json"
+        if is_complete(self.run):
+            record = read_json(record_path) if record_path.exists() else {
+                "train_seconds": read_card(self.run).training.get("train_seconds")}
+            return {**record, "reused": True}
+        options = {"device": self.device, "quiet": self.quiet, **options}
+        with timed(self.seconds, "pretrain", self.digits):
+            pretrain(data, out=str(self.run), resume=(self.run / TRAIN_STATE).exists(), **options)
+        training = read_card(self.run).training
+        record = {"wall_s": self.seconds["pretrain"], "train_seconds": training["train_seconds"],
+                  "images": training["images_seen"],
+                  "skipped_files": len(training["skipped_files"]),
+                  # above the thread count: something else shared the CPU, times are inflated
+                  "load_avg_15m_at_end": (load_average() or [None] * 3)[2]}
+        write_json(record_path, record)
+        return {**record, "reused": False}
+
+    def embed(self, name: str, data: str, **options: Any) -> Path:
+        """Embed ``data`` with the run's backbone into ``emb_<name>`` unless complete."""
+        out = self.emb(name)
+        if not is_complete(out):
+            with timed(self.seconds, "embed", self.digits):
+                extract_embeddings(self.run, data, out, device=self.device, quiet=self.quiet,
+                                   **options)
+            if (self.root / "pretrain.json").exists():  # keep the embedding time with the run
+                record = read_json(self.root / "pretrain.json")
+                record[f"embed_{name}_s"] = round(self.seconds["embed"], self.digits)
+                write_json(self.root / "pretrain.json", record)
+        return out
+
+    def index(self, emb_name: str = "train", name: str = "index", **options: Any) -> Path:
+        """A FAISS index over ``emb_<emb_name>`` in ``<name>/`` unless complete."""
+        out = self.root / name
+        if not is_complete(out):
+            with timed(self.seconds, "index", self.digits):
+                build_index(self.emb(emb_name), out, **options)
+        return out
+
+    def all_label_scores(self, knn_k: int = 20, retrieval_k: int = 100, linear_epochs: int = 20,
+                         seed: int = 0, train: str = "train", test: str = "test"
+                         ) -> dict[str, Any]:
+        """kNN, linear probe and retrieval with every label: ``emb_<train>`` is the database
+        / training set, ``emb_<test>`` the queries / test set."""
+        a, b = str(self.emb(train)), str(self.emb(test))
+        with timed(self.seconds, "eval", self.digits):
+            knn = evaluate("knn", a, b, ks=[knn_k])
+            lin = evaluate("linear", a, b, epochs=linear_epochs, seed=seed)
+            ret = evaluate("retrieval", a, b, ks=[1, retrieval_k])
+        k = max(knn["k"])  # k capped at the database size
+        return {"knn_top1": knn["k"][k]["top1"], "linear_top1": lin["top1"],
+                "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
+                f"P@{retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
+                "dim": read_json(self.emb(train) / META)["dim"]}
