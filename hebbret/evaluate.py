@@ -464,6 +464,17 @@ def aligned_labels(items: list[dict], classes: list[str] | None, reference: list
     return np.where(labels >= 0, remap[labels.clip(min=0)], labels)
 
 
+def load_labeled_pair(train_emb: str | os.PathLike, test_emb: str | os.PathLike
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) of two embeddings dirs, the test labels in the train
+    dir's class order (:func:`aligned_labels`); the arrays are memory-mapped."""
+    x_train, items_train, meta_train = load_embeddings(train_emb)
+    x_test, items_test, meta_test = load_embeddings(test_emb)
+    y_test = aligned_labels(items_test, meta_test.get("classes"), meta_train.get("classes"),
+                            str(test_emb))
+    return x_train, _labels(items_train), x_test, y_test
+
+
 def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
              **options: Any) -> dict[str, Any]:
     """Load two embeddings dirs, run one evaluation, optionally write ``out`` (JSON).

@@ -221,6 +221,25 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], d
     return index, items, meta
 
 
+def transform_like_index(index_dir: str | os.PathLike, x: np.ndarray, chunk: int = 8192
+                         ) -> np.ndarray:
+    """float32 (N, d): ``x`` (N, D) normalised and transformed as the index does before its
+    search (e.g. L2 normalisation + the PCA of a ``PCA256,...`` index); x itself when the index
+    has no transform."""
+    owner, _, meta = load_index(index_dir)  # keeps the C++ index alive while its parts are used
+    index = faiss.downcast_index(owner)
+    chain = index.chain if isinstance(index, faiss.IndexPreTransform) else None
+    parts = []
+    for i in range(0, len(x), chunk):
+        xb = np.array(x[i: i + chunk], dtype=np.float32)
+        if meta.get("normalization") == "l2":
+            faiss.normalize_L2(xb)
+        for t in range(chain.size() if chain is not None else 0):
+            xb = faiss.downcast_VectorTransform(chain.at(t)).apply(xb)
+        parts.append(xb)
+    return np.concatenate(parts)
+
+
 def index_info(index_dir: str | os.PathLike) -> dict[str, Any]:
     """The meta of an index dir, checked against the index it describes."""
     index, _, meta = load_index(index_dir)

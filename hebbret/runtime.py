@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ._io import read_json, write_json
 from .version import __version__
 
 T = TypeVar("T")
@@ -253,3 +254,34 @@ def provenance(command: Sequence[str], repo: str | os.PathLike,
     """What every benchmark row records: the command, the commit, the machine, the versions."""
     return {"command": " ".join(command), "git_commit": git_commit(repo, ignore),
             "machine": machine(), "hebbret_version": __version__, "torch": torch.__version__}
+
+
+class ResultsFile:
+    """A benchmark's results JSON: {"stages": {stage: {key: row}}}, every row stamped with
+    :func:`provenance` and its finish time, the file rewritten atomically at each :meth:`put`
+    (a killed benchmark keeps every finished row). :meth:`force` makes a stage's rows count
+    as missing while keeping each in the file until its replacement is written."""
+
+    def __init__(self, path: str | os.PathLike, command: Sequence[str], repo: str | os.PathLike,
+                 ignore: Sequence[str] = (), header: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.doc = read_json(self.path) if self.path.exists() else {**(header or {}),
+                                                                    "stages": {}}
+        self.provenance = provenance(command, repo, ignore)
+        self.redo: set[str] = set()
+        self.fresh: dict[str, set[str]] = {}
+
+    def get(self, stage: str, key: str) -> Any:
+        if stage in self.redo and key not in self.fresh.get(stage, set()):
+            return None
+        return self.doc["stages"].get(stage, {}).get(key)
+
+    def put(self, stage: str, key: str, row: dict[str, Any]) -> None:
+        entry = {**row, **self.provenance,
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+        self.doc["stages"].setdefault(stage, {})[key] = entry
+        self.fresh.setdefault(stage, set()).add(key)
+        write_json(self.path, self.doc)
+
+    def force(self, stage: str) -> None:
+        self.redo.add(stage)

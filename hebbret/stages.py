@@ -68,13 +68,17 @@ class BackboneStages:
         """Embed ``data`` with the run's backbone into ``emb_<name>`` unless complete."""
         out = self.emb(name)
         if not is_complete(out):
-            with timed(self.seconds, "embed", self.digits):
+            spent: dict[str, float] = {}
+            with timed(spent, "embed", self.digits):
                 extract_embeddings(self.run, data, out, device=self.device, quiet=self.quiet,
                                    **options)
-            if (self.root / "pretrain.json").exists():  # keep the embedding time with the run
-                record = read_json(self.root / "pretrain.json")
-                record[f"embed_{name}_s"] = round(self.seconds["embed"], self.digits)
-                write_json(self.root / "pretrain.json", record)
+            self.seconds["embed"] = round(self.seconds.get("embed", 0.0) + spent["embed"],
+                                          self.digits)
+            self.seconds[f"embed_{name}"] = spent["embed"]
+            record_path = self.root / "pretrain.json"
+            if record_path.exists():  # keep the embedding time with the run's record
+                write_json(record_path, {**read_json(record_path),
+                                         f"embed_{name}_s": spent["embed"]})
         return out
 
     def index(self, emb_name: str = "train", name: str = "index", **options: Any) -> Path:

@@ -12,8 +12,8 @@ from .conftest import TINY_C3, write_image_folder
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "reproduce_cifar10.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_cifar10", SCRIPT)
+def load_script(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -84,22 +84,23 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
 
 
 def test_a_cell_with_some_seeds_run_and_the_rest_skipped_says_both():
-    repro = load_script()
+    tables = load_script(SCRIPT.parent / "cifar10_tables.py")
     rows = {"c3-scratch/0.1/seed0": {"arch": "c3-scratch", "budget": 0.1, "seed": 0, "top1": 60.0},
             "c3-scratch/0.1/seed1": {"arch": "c3-scratch", "budget": 0.1, "seed": 1,
                                      "skipped": "too slow for this CPU (--skip)"}}
-    text = repro.render({"stages": {"few-labels": rows}})
+    text = tables.render({"stages": {"few-labels": rows}})
     assert ("| c3-scratch | not run yet | not run yet | 60.00 (1 seed; the other seeds too slow "
             "for this CPU, not run) |") in text
 
 
 def test_force_keeps_each_old_result_until_its_replacement_is_written(tmp_path):
-    repro = load_script()
+    from hebbret.runtime import ResultsFile
+
     path = tmp_path / "r.json"
-    res = repro.Results(path, [])
+    res = ResultsFile(path, [], tmp_path)
     res.put("retrieval", "hebbian", {"knn_top1": 1.0})
     res.put("retrieval", "random", {"knn_top1": 2.0})
-    again = repro.Results(path, ["--force"])
+    again = ResultsFile(path, ["--force"], tmp_path)
     again.force("retrieval")
     assert again.get("retrieval", "hebbian") is None  # to be redone ...
     assert json.loads(path.read_text())["stages"]["retrieval"]["hebbian"]["knn_top1"] == 1.0
