@@ -7,9 +7,19 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import PretrainConfig, load_config
-from .fewshot import PROTOCOLS
+from .config import PRECISIONS, TRAINING_MODES, PretrainConfig, load_config
+from .data import NAMED_DATASETS
+from .embed import DTYPES, EMBED_BATCH_SIZE, EXPORT_FORMATS, POOLS
+from .evaluate import DEFAULT_KS, KNN_TEMPERATURE, LINEAR_PROTOCOLS, RETRIEVAL_KS
+from .fewshot import PROTOCOLS, FewShotConfig
+from .finetuning import FINETUNE_MODES
+from .hebb.rules import RULES
+from .index import METRICS
+from .models import MODEL_NAMES
+from .runtime import DEVICES
+from .version import __version__
 
 
 def _json_object(text: str) -> dict:
@@ -103,7 +113,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     if args.kind == "knn":
-        opts = {"ks": args.k or [10, 20, 100, 200], "temperature": args.temperature}
+        opts = {"ks": args.k, "temperature": args.temperature}
         result = evaluate("knn", args.train, args.test, args.out, **opts)
         rows = [(f"k={k}", f"{v['top1']:.2f}", f"{v['top5']:.2f}") for k, v in result["k"].items()]
         _print_table(["kNN", "top-1 %", "top-5 %"], rows)
@@ -118,7 +128,7 @@ def _eval(args: argparse.Namespace) -> None:
                        f"{result['weight_decay']:g}")])
     else:
         result = evaluate("retrieval", args.database, args.queries, args.out,
-                          ks=args.k or [1, 10, 100])
+                          ks=args.k)
         rows = [(f"k={k}", f"{result['mAP@k'][k]:.2f}", f"{result['P@k'][k]:.2f}",
                  f"{result['Recall@k'][k]:.2f}") for k in result["P@k"]]
         print(f"mAP (whole database): {result['mAP']:.2f}")
@@ -154,7 +164,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _fewshot(args: argparse.Namespace) -> None:
-    from .fewshot import FewShotConfig, run_fewshot
+    from .fewshot import run_fewshot
 
     cfg = FewShotConfig(protocols=args.protocols, labels_per_class=args.labels_per_class,
                         label_fraction=args.label_fraction, seeds=args.seeds, knn_k=args.k,
@@ -171,7 +181,8 @@ def _fewshot(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .pipeline import load_run_config, results_table, run_pipeline
+    from .pipeline import load_run_config, run_pipeline
+    from .report import results_table
 
     target, config = args.target, args.config
     data = None
@@ -190,13 +201,47 @@ def _run(args: argparse.Namespace) -> None:
     print(f"report: {cfg.out}/report/")
 
 
+def _parent(*options: tuple[tuple[str, ...], dict[str, Any]]) -> argparse.ArgumentParser:
+    """A parent parser holding options several commands share (dinov2's habit)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for flags, kwargs in options:
+        parent.add_argument(*flags, **kwargs)
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every choice and default comes from the library's own constants and configs."""
+    pretrain_defaults, few_defaults = PretrainConfig(), FewShotConfig(labels_per_class=1)
+    def device(default: str | None = None) -> argparse.ArgumentParser:  # own parser per default:
+        return _parent((("--device",), dict(  # argparse shares a parent's actions
+            choices=DEVICES, default=default, help="auto: CUDA when torch sees it, else cpu")))
+
+    quiet = _parent((("--quiet",), dict(action="store_true", help="no progress output")))
+    def dataset(split: str | None = None) -> argparse.ArgumentParser:
+        return _parent((("--split",), dict(default=split, help="split of a named dataset "
+                                           "(train/test)")),
+                       (("--data-root",), dict(help="folder with a named dataset's files")))
+
+    image = _parent((("--in-chans",), dict(type=int, choices=[1, 3], help="default: 1 if the "
+                                           "folder is grayscale, else 3")),
+                    (("--img-size",), dict(type=int, help="side images are resized to "
+                                           "(default: the folder's own when square and ≤ 64, "
+                                           "else 32)")))
+    def budget(required: bool = False) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False)
+        few = parent.add_mutually_exclusive_group(required=required)
+        few.add_argument("--labels-per-class", type=int)
+        few.add_argument("--label-fraction", type=float)
+        return parent
+
     parser = argparse.ArgumentParser(prog="hebbret", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"hebbret {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "run", help="the main job: pretrain, fine-tune, embed, index, evaluate",
+        "run", parents=[image, device(), quiet],
+        help="the main job: pretrain, fine-tune, embed, index, evaluate",
         usage="hebbret run [FOLDER | CONFIG] [options]",
         description="hebbret run FOLDER: FOLDER holds train/ and test/ class folders, or one "
         "labeled folder (ROOT/<class>/<image>) that is split 80/20 per class (seeded; the report "
@@ -206,21 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", metavar="FOLDER | CONFIG",
                    help="your image folder, or a config; none: the embedded default")
     p.add_argument("--config", help="a config for the other settings of a FOLDER run")
-    p.add_argument("--img-size", type=int, help="side images are resized to (default: the "
-                   "folder's own when square and ≤ 64, else 32)")
-    p.add_argument("--in-chans", type=int, choices=[1, 3], help="default: 1 if the folder is "
-                   "grayscale, else 3")
     p.add_argument("--data-root", help="files of a named dataset (fashion-mnist idx files), or "
                    "a config's data folder (cifar10: DIR with train/ and test/)")
     p.add_argument("--out", help="output folder (report in OUT/report)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("pretrain", help="unsupervised Hebbian training of a backbone")
-    p.add_argument("data", nargs="?", help="image folder, or a named dataset: fashion-mnist")
-    p.add_argument("--model", help="backbone: hebb_softhebb_c3 (default) or hebb_fasthebb_6l")
-    p.add_argument("--rule", choices=["hpca", "swta", "softhebb", "none"])
+    p = sub.add_parser("pretrain", parents=[dataset(), image, device(), quiet],
+                       help="unsupervised Hebbian training of a backbone")
+    p.add_argument("data", nargs="?", help="image folder, or a named dataset: "
+                   + ", ".join(NAMED_DATASETS))
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"backbone (default "
+                   f"{pretrain_defaults.model})")
+    p.add_argument("--rule", choices=sorted(RULES), help="default: the backbone's own")
     p.add_argument("--epochs", type=int, help="passes over the data (default: the backbone's, "
                    "repeated up to its minimum step budget on small collections)")
     p.add_argument("--steps", type=int, help="Hebbian steps per layer phase (instead of --epochs)")
@@ -228,21 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, nargs="+", help="one value, or one per Hebbian layer")
     p.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
                    help='backbone arguments, e.g. \'{"init_radius": 5}\' (small folders)')
-    p.add_argument("--mode", choices=["consecutive", "greedy"])
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--mode", choices=TRAINING_MODES)
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="run dir to write (default runs/pretrain)")
+    p.add_argument("--out", help=f"run dir to write (default {pretrain_defaults.out})")
     p.add_argument("--config", help="TOML file of defaults (top level or a [pretrain] table)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--split", help="split of a named dataset (train/test)")
-    p.add_argument("--data-root", help="folder with a named dataset's files")
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--img-size", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
+    p.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("show-filters", help="write the first layer's filters as a PNG grid")
@@ -251,13 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4, help="pixels per weight")
     p.set_defaults(func=_show_filters)
 
-    p = sub.add_parser("finetune", help="supervised fine-tuning on (few) labels")
+    p = sub.add_parser("finetune", parents=[budget(), dataset(), device(), quiet],
+                       help="supervised fine-tuning on (few) labels")
     p.add_argument("run", help="parent run dir")
     p.add_argument("data", nargs="?", help="labeled image folder, or fashion-mnist")
-    few = p.add_mutually_exclusive_group()
-    few.add_argument("--labels-per-class", type=int)
-    few.add_argument("--label-fraction", type=float)
-    p.add_argument("--mode", choices=["full", "linear"])
+    p.add_argument("--mode", choices=FINETUNE_MODES)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -266,57 +300,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same architecture from random weights: the baseline")
     p.add_argument("--out", help="run dir to write (default runs/finetune)")
     p.add_argument("--config", help="TOML file of defaults (top level or a [finetune] table)")
-    p.add_argument("--split")
-    p.add_argument("--data-root")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("fewshot", help="few-label classification with every protocol: knn, "
-                       "linear, propagate (label propagation over the kNN graph), full")
+    p = sub.add_parser("fewshot", parents=[budget(required=True), device("auto"), quiet],
+                       help="few-label classification with every protocol: knn, linear, "
+                       "propagate (label propagation over the kNN graph), full")
     p.add_argument("run", help="run dir of the backbone")
     p.add_argument("data", help="the collection: a labeled image folder (or fashion-mnist); "
                    "only the chosen few labels are used")
     p.add_argument("test_data", help="labeled test images (folder, or fashion-mnist with "
                    "--test-split test)")
-    few = p.add_mutually_exclusive_group(required=True)
-    few.add_argument("--labels-per-class", type=int)
-    few.add_argument("--label-fraction", type=float)
-    p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="one labeled subset per seed (default 0 1 2)")
-    p.add_argument("--k", type=int, default=20, help="neighbours of the kNN votes")
-    p.add_argument("--graph-index", default="Flat", help="propagate: FAISS factory the kNN graph "
-                   "is searched with (e.g. PCA256,Flat for very wide features; default exact)")
+    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    p.add_argument("--seeds", type=int, nargs="+", default=few_defaults.seeds,
+                   help="one labeled subset per seed (default %(default)s)")
+    p.add_argument("--k", type=int, default=few_defaults.knn_k,
+                   help="neighbours of the kNN votes (default %(default)s)")
+    p.add_argument("--graph-index", default=few_defaults.graph_index,
+                   help="propagate: FAISS factory the kNN graph is searched with (e.g. "
+                   "PCA256,Flat for very wide features; default %(default)s = exact)")
     p.add_argument("--epochs", type=int, help="full: fine-tuning epochs (default 20)")
     p.add_argument("--lr", type=float, help="full: learning rate (default 1e-3)")
     p.add_argument("--backbone-lr-scale", type=float, help="full: backbone lr = lr × this")
     p.add_argument("--out", required=True, help="folder for embeddings, runs and fewshot.json")
     p.add_argument("--split", default="train", help="split of a named dataset (collection)")
     p.add_argument("--test-split", default="test", help="split of a named test dataset")
-    p.add_argument("--data-root")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data-root", help="folder with a named dataset's files")
     p.set_defaults(func=_fewshot)
 
-    p = sub.add_parser("embed", help="embed every image of a folder/dataset with a frozen backbone")
+    p = sub.add_parser("embed", parents=[dataset("train"), device("auto"), quiet],
+                       help="embed every image of a folder/dataset with a frozen backbone")
     p.add_argument("run", help="run dir")
-    p.add_argument("data", help="image folder, or a named dataset: fashion-mnist")
+    p.add_argument("data", help="image folder, or a named dataset: " + ", ".join(NAMED_DATASETS))
     p.add_argument("--out", required=True, help="embeddings dir to write")
     p.add_argument("--layer", help="features (default) or block<i>")
-    p.add_argument("--pool", choices=["flatten", "avg", "max"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--split", default="train", help="split of a named dataset")
-    p.add_argument("--data-root", help="folder with a named dataset's files")
+    p.add_argument("--pool", choices=POOLS, help="default: the model card's")
+    p.add_argument("--batch-size", type=int, default=EMBED_BATCH_SIZE)
+    p.add_argument("--dtype", choices=DTYPES, default=DTYPES[0])
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_embed)
 
-    p = sub.add_parser("cache", help="decode an image folder once into the packed cache that "
-                       "pretrain, finetune, embed and run read (built on first use otherwise)")
+    p = sub.add_parser("cache", parents=[quiet], help="decode an image folder once into the "
+                       "packed cache that pretrain, finetune, embed and run read (built on "
+                       "first use otherwise)")
     p.add_argument("data", help="image folder")
     p.add_argument("--img-size", type=int, required=True, help="side the images are resized to")
     p.add_argument("--in-chans", type=int, choices=[1, 3], default=3)
@@ -324,34 +350,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "the other commands look under $HEBBRET_CACHE_DIR")
     p.add_argument("--num-workers", type=int, help="decoding processes (default: all cores, "
                    "up to 8)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cache)
 
+    search_params = _parent((("--nprobe",), dict(type=int, help="IVF lists visited per query")),
+                            (("--ef-search",), dict(type=int, help="HNSW search depth")))
     p = sub.add_parser("index", help="build or describe a FAISS index")
     isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", help="build a FAISS index from an embeddings dir")
+    b = isub.add_parser("build", parents=[search_params],
+                        help="build a FAISS index from an embeddings dir")
     b.add_argument("embeddings", help="embeddings dir")
     b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
     b.add_argument("--factory", default="Flat", help="any FAISS index_factory string")
-    b.add_argument("--metric", choices=["ip", "l2"], default="ip",
+    b.add_argument("--metric", choices=list(METRICS), default="ip",
                    help="ip: inner product on L2-normalised vectors (cosine)")
-    b.add_argument("--nprobe", type=int, help="IVF lists visited per query")
-    b.add_argument("--ef-search", type=int, help="HNSW search depth")
     b.set_defaults(func=_index_build)
     b = isub.add_parser("info", help="print an index's meta")
     b.add_argument("index", help="index dir")
     b.set_defaults(func=_index_info)
 
-    p = sub.add_parser("search", help="query an index by image or by embeddings")
+    p = sub.add_parser("search", parents=[search_params, device("auto")],
+                       help="query an index by image or by embeddings")
     p.add_argument("index", help="index dir")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", help="query image files")
     q.add_argument("--embeddings", help="query embeddings, a (Q, D) .npy file")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
-    p.add_argument("--nprobe", type=int)
-    p.add_argument("--ef-search", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="machine-readable results")
     p.set_defaults(func=_search)
 
@@ -363,10 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("test", help="test embeddings dir")
         e.add_argument("--out", help="results JSON to write")
         if kind == "knn":
-            e.add_argument("--k", type=int, nargs="+", help="default 10 20 100 200")
-            e.add_argument("--temperature", type=float, default=0.07)
+            e.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS),
+                           help="default %(default)s")
+            e.add_argument("--temperature", type=float, default=KNN_TEMPERATURE)
         else:
-            e.add_argument("--protocol", choices=["logreg", "softhebb"], default="logreg",
+            e.add_argument("--protocol", choices=LINEAR_PROTOCOLS, default=LINEAR_PROTOCOLS[0],
                            help="logreg: L2 penalty chosen on a validation split, standardised "
                                 "features; softhebb: SoftHebb's readout (dropout 0.5, Adam 1e-3, "
                                 "step decay, raw features)")
@@ -375,16 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("retrieval", help="mAP, mAP@k, P@k, Recall@k")
     e.add_argument("--database", required=True, help="database embeddings dir")
     e.add_argument("--queries", required=True, help="query embeddings dir")
-    e.add_argument("--k", type=int, nargs="+", help="default 1 10 100")
+    e.add_argument("--k", type=int, nargs="+", default=list(RETRIEVAL_KS),
+                   help="default %(default)s")
     e.add_argument("--out", help="results JSON to write")
     e.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export the embedding extractor of a run")
     p.add_argument("run", help="run dir")
-    p.add_argument("--format", choices=["safetensors", "pt2", "onnx"], default="pt2")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="pt2")
     p.add_argument("--out", help="file to write (default RUN/extractor.FORMAT)")
     p.add_argument("--layer")
-    p.add_argument("--pool", choices=["flatten", "avg", "max"])
+    p.add_argument("--pool", choices=POOLS)
     p.set_defaults(func=_export)
     return parser
 

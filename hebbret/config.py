@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import tomllib
 
 C = TypeVar("C")
+TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
 
 
@@ -45,8 +46,8 @@ class PretrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
 
     def __post_init__(self) -> None:
-        if self.mode not in ("consecutive", "greedy"):
-            raise ValueError(f"mode must be 'consecutive' or 'greedy', got {self.mode!r}")
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"mode must be one of {TRAINING_MODES}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, (int, float)):

@@ -30,6 +30,7 @@ from .version import __version__
 log = logging.getLogger(__name__)
 
 POOLS = ("flatten", "avg", "max")
+EMBED_BATCH_SIZE = 256
 DTYPES = ("float32", "float16")
 
 
@@ -72,7 +73,8 @@ def embed_batch(model: HebbNet, x: Tensor, layer: str = "features", pool: str = 
 
 
 def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-                       layer: str | None = None, pool: str | None = None, batch_size: int = 256,
+                       layer: str | None = None, pool: str | None = None,
+                       batch_size: int = EMBED_BATCH_SIZE,
                        dtype: str = "float32", device: str = "auto", split: str = "train",
                        data_root: str | None = None, num_workers: int = 0,
                        quiet: bool = False) -> Path:

@@ -26,6 +26,8 @@ from .runtime import pick_device
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (10, 20, 100, 200)
+KNN_TEMPERATURE = 0.07  # votes exp(cos / T), InstDisc / DINO's weighted kNN
+LINEAR_PROTOCOLS = ("logreg", "softhebb")  # `eval linear --protocol`
 RETRIEVAL_KS = (1, 10, 100)
 
 
@@ -104,7 +106,7 @@ def _mask_own(scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
 
 def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                  test_labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
-                 temperature: float = 0.07, query_db_rows: np.ndarray | None = None,
+                 temperature: float = KNN_TEMPERATURE, query_db_rows: np.ndarray | None = None,
                  memory_mb: int = 1024, train_weights: np.ndarray | None = None,
                  index: Any = None) -> dict[str, Any]:
     """Weighted kNN: each of the k nearest train items votes exp(cos / T) for its class.

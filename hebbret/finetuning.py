@@ -31,6 +31,9 @@ from .runtime import keep_freed_memory, pick_device
 log = logging.getLogger(__name__)
 
 
+FINETUNE_MODES = ("full", "linear")  # end to end / only the head on the frozen backbone
+
+
 @dataclass
 class FinetuneConfig:
     """Supervised training of a run's backbone on (few) labels."""
@@ -57,8 +60,8 @@ class FinetuneConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in ("full", "linear"):
-            raise ValueError(f"mode must be 'full' or 'linear', got {self.mode!r}")
+        if self.mode not in FINETUNE_MODES:
+            raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {self.mode!r}")
         if self.labels_per_class is not None and self.label_fraction is not None:
             raise ValueError("give labels_per_class or label_fraction, not both")
         if self.backbone_lr_scale < 0:

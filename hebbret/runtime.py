@@ -28,6 +28,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (also cuda:N)
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` (CUDA when torch sees it, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     if name == "auto":
