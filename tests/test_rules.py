@@ -124,3 +124,18 @@ def test_bad_rule_and_params_are_named():
         HebbLinear(3, 2, rule="oja")
     with pytest.raises(ValueError, match="t_inv"):
         HebbLinear(3, 2, rule="softhebb", temperature=0.1)
+
+
+@pytest.mark.parametrize("rule", ["hpca", "swta", "softhebb"])
+def test_materialised_per_row_update_equals_the_fused_one(rule):
+    """The method FastHebb replaced (one K×D update per row, summed) against the fused ΔW."""
+    from hebbret.hebb.materialised import materialised_delta
+
+    torch.manual_seed(0)
+    conv = HebbConv2d(3, 6, 3, padding=1, padding_mode="reflect", rule=rule).double()
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    fc = HebbLinear(12, 5, rule=rule).double()
+    xf = torch.randn(9, 12, dtype=torch.float64)
+    for layer, inp in ((conv, x), (fc, xf)):
+        fused = layer.hebbian_delta(inp)
+        assert rel_err(materialised_delta(layer, inp, chunk_mb=0.01), fused) < 1e-10

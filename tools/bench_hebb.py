@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
+from hebbret.hebb.materialised import materialised_delta
 from hebbret.models import create_model
 from hebbret.pretraining import hebbian_step
 from hebbret.runtime import (
@@ -110,24 +111,6 @@ def gemm_gflops(sizes: tuple[int, ...], repeats: int) -> dict[str, dict[str, flo
 
 
 # ------------------------------------------------------------------------------- layer geometry
-def capture_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
-    """The input each Hebbian layer sees in one forward pass of ``x`` (train mode, no grad)."""
-    layers = model.hebb_layers()
-    seen: dict[int, Tensor] = {}
-
-    def keep(i: int) -> Callable[..., None]:
-        return lambda module, args, out: seen.__setitem__(i, args[0].detach())
-
-    hooks = [m.register_forward_hook(keep(i)) for i, m in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [seen[i] for i in range(len(layers))]
-
-
 def geometry(layer: HebbLayer, x: Tensor) -> dict[str, int]:
     """N, K, D and the shapes of docs/design.md §3 for this layer and input."""
     with torch.no_grad():
@@ -148,46 +131,6 @@ def layer_name(layer: HebbLayer) -> str:
         return f"fc {layer.in_features}→{layer.out_features}"
     kh, kw = layer.kernel_size
     return f"conv{kh}×{kw} {layer.in_channels}→{layer.out_channels}"
-
-
-# -------------------------------------------------------------------- the materialised method
-def row_matrices(layer: HebbLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row patches X (N, D), coefficients Y (N, K) and decay coefficients C (N, K)
-    (``Rule.row_decay``), from the layer's own step pieces, so that Σ_n ΔW_n = ΔW."""
-    if layer.rule.row_decay is None:
-        raise ValueError(f"rule {layer.rule.name!r} has no per-row form")
-    xp = layer.pad(x)
-    u = layer.preact(xp)
-    terms = layer.rule_terms(xp, u)
-    xr, yr, ur = layer.patch_rows(xp), layer.as_rows(terms.y), layer.as_rows(u)
-    return xr, yr.to(xr.dtype), layer.rule.row_decay(yr, ur).to(xr.dtype)
-
-
-def materialised_delta(layer: HebbLayer, x: Tensor, chunk_mb: float,
-                       max_rows: int | None = None) -> Tensor:
-    """ΔW the pre-FastHebb way: build every row's K×D update in (n_chunk, K, D) chunks and sum.
-
-    ``max_rows`` stops after that many (sample, position) rows (for timing a part of a sample).
-    """
-    w = layer.weight.detach()
-    w2 = w.flatten(1)  # (K, D)
-    k, d = w2.shape
-    xr, yr, decay = row_matrices(layer, x)
-    if max_rows is not None:
-        xr, yr, decay = xr[:max_rows], yr[:max_rows], decay[:max_rows]
-    chunk = max(1, int(chunk_mb * 2**20 / 4) // (k * d))
-    cumulative = layer.rule.cumulative_decay
-    acc = torch.zeros_like(w2)
-    for s in range(0, xr.shape[0], chunk):
-        xs, ys, cs = xr[s:s + chunk], yr[s:s + chunk], decay[s:s + chunk]
-        upd = ys[:, :, None] * xs[:, None, :]  # (n, K, D): y_nk x_n
-        if cumulative:
-            # y_nk Σ_{j≤k} p_nj w_j: the cumulative sum over neurons of p_nj w_j
-            upd -= ys[:, :, None] * (cs[:, :, None] * w2[None]).cumsum(dim=1)
-        else:
-            upd -= cs[:, :, None] * w2[None]  # c_nk w_k
-        acc += upd.sum(dim=0)
-    return acc.view_as(w)
 
 
 def verify_materialised(layer: HebbLayer, x: Tensor, chunk_mb: float) -> dict[str, Any]:
@@ -344,7 +287,7 @@ def bench_steps(cfg: BenchConfig, gemm_best: float) -> dict[str, Any]:
     labels = torch.randint(0, base.num_classes, (cfg.batch_size,))
     lrs = base.hebbian_lrs()
 
-    inputs = capture_inputs(base, x)
+    inputs = base.hebb_inputs(x)
     flop = sum(4.0 * math.prod(geometry(m, xi)[k] for k in ("N", "K", "D"))
                for m, xi in zip(base.hebb_layers(), inputs, strict=True))
 
@@ -470,7 +413,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
         model = create_model(name, rule=rule, img_size=cfg.img_size).train()
         x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
         log.info("%s (%s): per-layer ΔW", name, rule)
-        inputs = capture_inputs(model, x)
+        inputs = model.hebb_inputs(x)
         for i, (layer, xi) in enumerate(zip(model.hebb_layers(), inputs, strict=True)):
             rows.append({"model": name, "index": i, **bench_layer(layer, xi, cfg)})
 

@@ -47,6 +47,20 @@ class HebbNet(nn.Module):
         """The plastic layers, input to output; layer i lives in ``blocks[i]``."""
         return [m for m in self.modules() if isinstance(m, (HebbConv2d, HebbLinear))]
 
+    @torch.no_grad()
+    def hebb_inputs(self, x: Tensor) -> list[Tensor]:
+        """The input each Hebbian layer sees in one forward pass of ``x`` (current mode)."""
+        seen: dict[int, Tensor] = {}
+        hooks = [m.register_forward_hook(
+            lambda module, args, out, i=i: seen.__setitem__(i, args[0].detach()))
+            for i, m in enumerate(self.hebb_layers())]
+        try:
+            self(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return [seen[i] for i in range(len(hooks))]
+
     def hebbian_lrs(self, rule: str | None = None) -> list[float]:
         """The default learning rate of every Hebbian layer for ``rule`` (None: the backbone's
         own rule), as pretraining uses them."""
