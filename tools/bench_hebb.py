@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
 from hebbret.hebb.materialised import materialised_delta
+from hebbret.hebb.rules import divide
 from hebbret.models import create_model
 from hebbret.pretraining import hebbian_step
 from hebbret.runtime import (
@@ -265,14 +266,14 @@ def _layer_parts(layer: HebbLayer, x: Tensor, lr: float, reps: int,
     u = layer.preact(xp)
     terms = layer.rule_terms(xp, u)
     yx = layer.yt_x(xp, terms.y)
-    delta = layer.minus_decay(yx, terms)
+    delta = divide(layer.minus_decay(yx, terms), terms.den)
     scratch = layer.weight.detach().clone()
     parts = [
         ("pad", lambda: layer.pad(x), 0.0),
         ("forward conv", lambda: layer.preact(xp), fl),
         ("rule terms", lambda: layer.rule_terms(xp, u), 0.0),
         (f"YᵀX ({getattr(layer, 'gram', 'matmul')})", lambda: layer.yt_x(xp, terms.y), fl),
-        ("− M W", lambda: layer.minus_decay(yx, terms), 0.0),
+        ("− M W", lambda: divide(layer.minus_decay(yx, terms), terms.den), 0.0),
         ("response", lambda: layer.respond(u), 0.0),
         ("weight update", lambda: scratch.add_(lr * layer.update_direction(delta)), 0.0),
     ]

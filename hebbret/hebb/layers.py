@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules import HebbTerms, Rule, get_rule
+from .rules import HebbTerms, Rule, divide, get_rule
 
 GRAM_METHODS = ("conv", "unfold")
 
@@ -57,9 +57,14 @@ class _HebbLayer(nn.Module):
 
     def _delta(self, x: Tensor, u: Tensor) -> Tensor:
         """ΔW for input ``x`` (already padded) and its pre-activation ``u``."""
+        return divide(*self.delta_parts(x, u))
+
+    def delta_parts(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(Yᵀ X − M W, den) for padded input ``x`` and its pre-activation ``u``: sums over the
+        rows, so the parts of several shards of a batch add up to the whole batch's."""
         w = self.weight.detach()
         if self.rule.terms is None:
-            return torch.zeros_like(w)
+            return torch.zeros_like(w), None
         low = _autocast_dtype(x)
         if low is None:
             return self._combine(x, u, w, x)
@@ -68,21 +73,23 @@ class _HebbLayer(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return self._combine(x, u.to(w.dtype), w, x.to(low))
 
-    def _combine(self, x: Tensor, u: Tensor, w: Tensor, x_gram: Tensor) -> Tensor:
+    def _combine(self, x: Tensor, u: Tensor, w: Tensor, x_gram: Tensor
+                 ) -> tuple[Tensor, Tensor | None]:
         terms = self.rule_terms(x.to(w.dtype), u)
-        return self.minus_decay(self.yt_x(x_gram, terms.y).to(w.dtype), terms)
+        return self.minus_decay(self.yt_x(x_gram, terms.y).to(w.dtype), terms), terms.den
 
     # ---- the pieces of a step, public for benchmarks and references (docs/design.md §3):
-    # ΔW = minus_decay(yt_x(xp, Y), terms) with xp = pad(x), terms = rule_terms(xp, preact(xp))
+    # ΔW = divide(minus_decay(yt_x(xp, Y), terms), terms.den) with xp = pad(x),
+    # terms = rule_terms(xp, preact(xp))
 
     def rule_terms(self, xp: Tensor, u: Tensor) -> HebbTerms:
-        """The rule's Y and M for padded input ``xp`` and its pre-activation ``u``."""
+        """The rule's Y, M and den for padded input ``xp`` and its pre-activation ``u``."""
         w = self.weight.detach()
         extra = {"x_norm": self.row_norms(xp)} if self.rule.needs_x_norm else {}
         return self.rule.terms(u, w, **extra, **self.rule_params)
 
     def minus_decay(self, yx: Tensor, terms: HebbTerms) -> Tensor:
-        """ΔW = Yᵀ X − M W from Yᵀ X (shape of ``weight``) and the rule's M."""
+        """Yᵀ X − M W from Yᵀ X (shape of ``weight``) and the rule's M (before den)."""
         w = self.weight.detach()
         if terms.m.dim() == 1:
             return yx - terms.m.view(-1, *([1] * (w.dim() - 1))) * w

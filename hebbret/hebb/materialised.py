@@ -11,19 +11,22 @@ import torch
 from torch import Tensor
 
 from .layers import HebbConv2d, HebbLinear
+from .rules import divide
 
 
 @torch.no_grad()
-def row_matrices(layer: HebbConv2d | HebbLinear, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row patches X (N, D), coefficients Y (N, K) and decay coefficients C (N, K)
-    (``Rule.row_decay``), from the layer's own step pieces, so that Σ_n ΔW_n = ΔW."""
+def row_matrices(layer: HebbConv2d | HebbLinear, x: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Per-row patches X (N, D), coefficients Y (N, K), decay coefficients C (N, K)
+    (``Rule.row_decay``) and the rule's den, from the layer's own step pieces, so that
+    (Σ_n ΔW_n) / den = ΔW."""
     if layer.rule.row_decay is None:
         raise ValueError(f"rule {layer.rule.name!r} has no per-row form")
     xp = layer.pad(x)
     u = layer.preact(xp)
     terms = layer.rule_terms(xp, u)
     xr, yr, ur = layer.patch_rows(xp), layer.as_rows(terms.y), layer.as_rows(u)
-    return xr, yr.to(xr.dtype), layer.rule.row_decay(yr, ur).to(xr.dtype)
+    return xr, yr.to(xr.dtype), layer.rule.row_decay(yr, ur).to(xr.dtype), terms.den
 
 
 @torch.no_grad()
@@ -36,7 +39,7 @@ def materialised_delta(layer: HebbConv2d | HebbLinear, x: Tensor, chunk_mb: floa
     w = layer.weight.detach()
     w2 = w.flatten(1)  # (K, D)
     k, d = w2.shape
-    xr, yr, decay = row_matrices(layer, x)
+    xr, yr, decay, den = row_matrices(layer, x)
     if max_rows is not None:
         xr, yr, decay = xr[:max_rows], yr[:max_rows], decay[:max_rows]
     chunk = max(1, int(chunk_mb * 2**20 / 4) // (k * d))
@@ -51,4 +54,4 @@ def materialised_delta(layer: HebbConv2d | HebbLinear, x: Tensor, chunk_mb: floa
         else:
             upd -= cs[:, :, None] * w2[None]  # c_nk w_k
         acc += upd.sum(dim=0)
-    return acc.view_as(w)
+    return divide(acc.view_as(w), den)

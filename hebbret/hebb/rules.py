@@ -58,30 +58,36 @@ def neuron_norms(w: Tensor) -> Tensor:
 
 @dataclass
 class HebbTerms:
-    """The two rule-specific terms of ΔW = Yᵀ X − M W."""
+    """The rule-specific terms of ΔW = (Yᵀ X − M W) / den.
+
+    Y·X sums, M and den are all sums over the N rows, so a batch split into shards (processes
+    or pieces of one batch) gives ΔW exactly by summing each shard's Yᵀ X − M W and den before
+    the one division (docs/design.md §9)."""
 
     y: Tensor  # same layout as u: (B, K, Ho, Wo) or (B, K)
     m: Tensor  # (K,) diagonal of M, or (K, K) full (lower-triangular for hpca)
+    den: Tensor | None = None  # () or (K,): divides ΔW (per neuron); None: 1
 
 
 def hpca_terms(u: Tensor, w: Tensor) -> HebbTerms:
     """Hebbian PCA, nonlinear Sanger rule: Y = relu(U), ΔW = (YᵀX − tril(YᵀY) W) / N."""
-    n = rows(u)
     y = torch.relu(u)
-    return HebbTerms(y=y / n, m=torch.tril(channel_gram(y)) / n)
+    return HebbTerms(y=y, m=torch.tril(channel_gram(y)),
+                     den=torch.full((), float(rows(u)), dtype=u.dtype, device=u.device))
 
 
 def swta_terms(u: Tensor, w: Tensor, x_norm: Tensor, temperature: float = 0.02) -> HebbTerms:
     """Soft winner-take-all with weighted-average reduction.
 
     s = ((1 + cos(w_k, x_n)) / 2)², Z = softmax(s / T) over K, Gc = Z ⊙ Z / colsum(Z),
-    ΔW = Gcᵀ X − diag(colsum(Gc)) W.  ``x_norm`` is ‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1).
+    ΔW = Gcᵀ X − diag(colsum(Gc)) W = ((Z⊙Z)ᵀ X − diag(colsum(Z⊙Z)) W) / colsum(Z) per neuron.
+    ``x_norm`` is ‖x_n‖ per row: (B, 1, Ho, Wo) or (B, 1).
     """
     cos = u / (_per_channel(neuron_norms(w), u) * x_norm).clamp_min(EPS)
     s = ((1 + cos) / 2) ** 2
     z = torch.softmax(s / temperature, dim=1)
-    gc = z * z / _per_channel(colsum(z).clamp_min(EPS), z)
-    return HebbTerms(y=gc, m=colsum(gc))
+    zz = z * z
+    return HebbTerms(y=zz, m=colsum(zz), den=colsum(z))
 
 
 def softhebb_terms(u: Tensor, w: Tensor, t_inv: float = 1.0) -> HebbTerms:
@@ -91,6 +97,13 @@ def softhebb_terms(u: Tensor, w: Tensor, t_inv: float = 1.0) -> HebbTerms:
     winner = soft.argmax(dim=1, keepdim=True)  # softmax keeps the order of u
     y = soft.neg().scatter_(1, winner, soft.gather(1, winner))
     return HebbTerms(y=y, m=colsum(y * u))
+
+
+def divide(numerator: Tensor, den: Tensor | None) -> Tensor:
+    """ΔW from its summed numerator Yᵀ X − M W (shape of the weight) and den (() or (K,))."""
+    if den is None:
+        return numerator
+    return numerator / den.clamp_min(EPS).view(-1, *([1] * (numerator.dim() - 1)))
 
 
 def softhebb_step_scale(delta: Tensor, w: Tensor) -> Tensor:
@@ -120,7 +133,8 @@ def swta_distance(w: Tensor, delta: Tensor) -> Tensor:
 
 # Per-row decay coefficients c (N, K) with Σ_n of the rows' decays equal to the M W term, for
 # references that build one K×D update per row: ΔW_n[k] = y_nk x_n − c_nk w_k (diagonal M), or
-# ΔW_n[k] = y_nk (x_n − Σ_{j≤k} c_nj w_j) (cumulative: hpca's lower-triangular M).
+# ΔW_n[k] = y_nk (x_n − Σ_{j≤k} c_nj w_j) (cumulative: hpca's lower-triangular M); the sum of
+# the rows' updates is then divided by den.
 def softhebb_row_decay(y: Tensor, u: Tensor) -> Tensor:
     return y * u  # Σ_n y_nk u_nk = diag(M)
 
@@ -130,7 +144,7 @@ def swta_row_decay(y: Tensor, u: Tensor) -> Tensor:
 
 
 def hpca_row_decay(y: Tensor, u: Tensor) -> Tensor:
-    return torch.relu(u)  # with y = relu(u)/N: tril(Σ_n y_n c_nᵀ) = tril(YᵀY)·N/N = M
+    return torch.relu(u)  # with y = relu(u): tril(Σ_n y_n c_nᵀ) = tril(YᵀY) = M
 
 
 def output_normalized(u: Tensor, w: Tensor) -> Tensor:
