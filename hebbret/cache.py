@@ -250,12 +250,8 @@ class PackedLoader:
         return held
 
     def _batches(self) -> Iterator[np.ndarray]:
-        order = np.asarray(list(self.sampler), dtype=np.int64)
-        for i in range(0, len(order), self.batch_size):
-            rows = order[i: i + self.batch_size]
-            if self.drop_last and len(rows) < self.batch_size:
-                return
-            yield rows
+        for rows in self.sampler.batches(self.batch_size, self.drop_last):
+            yield np.asarray(rows, dtype=np.int64)
 
     def _finish(self, pixels: torch.Tensor, rows: torch.Tensor, skipped: list[int]) -> Batch:
         """uint8 (B, H, W, C) on the device -> normalised float32 (B, C, H, W)."""

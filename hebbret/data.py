@@ -11,7 +11,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,11 +361,13 @@ class SkippedFiles:
 
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch (or plain order) of ``rows`` (default: all), starting
-    part-way for resumed runs."""
+    part-way for resumed runs. ``shard`` = (rank, ranks): :meth:`batches` yields only this
+    rank's contiguous piece of every global batch (docs/design.md §9)."""
 
-    def __init__(self, rows: Sequence[int], seed: int | None, epoch: int = 0, start: int = 0
-                 ) -> None:
+    def __init__(self, rows: Sequence[int], seed: int | None, epoch: int = 0, start: int = 0,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.rows, self.seed, self.epoch, self.start = list(rows), seed, epoch, start
+        self.shard = shard
 
     def order(self) -> list[int]:
         if self.seed is None:
@@ -379,24 +381,50 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.rows) - self.start
 
+    def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[list[int]]:
+        """The rows of every global batch of ``batch_size``; with a shard, this rank's piece."""
+        from .distributed import shard_bounds
+
+        order = self.order()[self.start:]
+        for i in range(0, len(order), batch_size):
+            rows = order[i: i + batch_size]
+            if drop_last and len(rows) < batch_size:
+                return
+            a, b = shard_bounds(len(rows), *self.shard)
+            yield rows[a:b]
+
+
+class _Batches(Sampler[list[int]]):
+    """:meth:`EpochSampler.batches` as a DataLoader batch sampler."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def __iter__(self):
+        return self.sampler.batches(self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
 
 def make_loader(dataset: ImageDataset, batch_size: int, seed: int | None = None, epoch: int = 0,
                 skip_batches: int = 0, num_workers: int = 0, drop_last: bool = False,
-                rows: Sequence[int] | None = None, device: torch.device | str = "cpu"
-                ) -> Iterable[Batch]:
+                rows: Sequence[int] | None = None, device: torch.device | str = "cpu",
+                shard: tuple[int, int] = (0, 1)) -> Iterable[Batch]:
     """Batches of :class:`Batch` over ``rows`` (default all); shuffled by (seed, epoch) unless
     seed is None. A ``batchable`` dataset (packed cache, native Fashion-MNIST) is batched by
     indexing its uint8 array, normalised on ``device`` (:class:`hebbret.cache.PackedLoader`);
-    others are decoded by a DataLoader (``num_workers`` processes) and stay on the CPU."""
+    others are decoded by a DataLoader (``num_workers`` processes) and stay on the CPU.
+    ``shard`` = (rank, ranks): only this rank's piece of every global batch is read."""
     rows = range(len(dataset)) if rows is None else rows
-    sampler = EpochSampler(rows, seed, epoch, skip_batches * batch_size)
+    sampler = EpochSampler(rows, seed, epoch, skip_batches * batch_size, shard)
     if dataset.batchable:
         from .cache import PackedLoader
 
         return PackedLoader(dataset, batch_size, sampler, device, drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate, drop_last=drop_last,
-                      persistent_workers=False)
+    return DataLoader(dataset, batch_sampler=_Batches(sampler, batch_size, drop_last),
+                      num_workers=num_workers, collate_fn=collate, persistent_workers=False)
 
 
 def few_label_rows(labels: Sequence[int], per_class: int | None = None,

@@ -9,17 +9,30 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
+from .distributed import (
+    ShardSum,
+    World,
+    barrier,
+    check_same_data,
+    join,
+    local_device,
+    on_main,
+    sharded_forward,
+    union_rows,
+)
 from .hebb.rules import neuron_norms
 from .models import HebbNet, create_model
 from .progress import progress
@@ -42,11 +55,16 @@ class NonFiniteUpdate(FloatingPointError):
     """A Hebbian update or weight became NaN/inf; the run dir keeps its last good checkpoint."""
 
 
-def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 active: list[int], autocast: torch.dtype | None = None,
-                 measure: bool = False, ok: torch.Tensor | None = None
+def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
+                 x: torch.Tensor | list[torch.Tensor], active: list[int],
+                 autocast: torch.dtype | None = None, measure: bool = False,
+                 ok: torch.Tensor | None = None, reduce: ShardSum | None = None
                  ) -> list[dict[str, Any]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
+
+    ``reduce`` (data parallel, :mod:`hebbret.distributed`): ``x`` is this process's shard of
+    the global batch (or a list of shards), BatchNorm and ΔW are computed over the global batch
+    and every process applies the same update.
 
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
     rule terms, ΔW and the weights stay float32.
@@ -72,9 +90,13 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer, x: torch.Tens
         block.eval()
     try:
         with torch.no_grad():
-            with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
+            shards = x if isinstance(x, list) else [x]
+            with torch.autocast(shards[0].device.type, dtype=autocast or torch.bfloat16,
                                 enabled=autocast is not None):
-                model.forward_blocks(x, upto=max(active))
+                if reduce is None:
+                    model.forward_blocks(shards[0], upto=max(active))
+                else:
+                    sharded_forward(model, shards, reduce, upto=max(active))
             deltas = {i: layers[i].delta for i in active}
             # NaN/inf anywhere propagate into the max
             maxes = {i: d.abs().amax() for i, d in deltas.items()}
@@ -202,17 +224,25 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     if not cfg.data:
         raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
                          "data in --config")
+    device = pick_device(cfg.device)
+    w = join(device)  # under torchrun: one process of a data-parallel job
+    device = local_device(device, w)
+    if not w.is_main:
+        barrier()  # rank 0 resolves first: it packs the cache once for every rank
     resolved, dataset = _resolve(cfg)
+    if w.is_main:
+        barrier()
+    resolved["world_size"] = w.size
+    check_same_data(getattr(dataset, "items", []), str(cfg.data))
     valid = getattr(dataset, "valid", None)  # a packed folder knows its decodable files
     if valid is not None and not valid.any():
         raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
                          f"decoded; nothing to train on")
     out = Path(cfg.out)
-    state = _check_resume(out, resolved)
+    state = on_main(lambda: _check_resume(out, resolved))
     if state is not None and state["finished"]:
         log.info("%s is already complete", out)
         return out
-    device = pick_device(cfg.device)
     if cfg.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(cfg.seed)
@@ -235,19 +265,23 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         pos = state["position"]
         skipped.rows = set(state["skipped_rows"])
-        _trim_log(out / TRAIN_LOG, pos["global_step"])
+        if w.is_main:
+            _trim_log(out / TRAIN_LOG, pos["global_step"])
         log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
                  pos["step"])
-    else:
+    elif w.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_CONFIG, resolved)
         write_jsonl(out / TRAIN_LOG, [])
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
-    _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out)
+    _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out, w)
     if pos["images"] == 0:
         raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
                          f"decoded; nothing was trained and no model was written to {out}")
+    if not w.is_main:
+        barrier()  # returns once rank 0 has written the run dir
+        return out
     conv = convergence(training_log(out), model)
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
@@ -255,6 +289,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                "convergence": conv}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     _save_state(out, model, optimizer, pos, skipped, finished=True)
+    barrier()
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:
         if not la["converged"]:
@@ -283,8 +318,10 @@ class _StepLog:
     for all pending rows), which writes them to ``log.jsonl`` — or, if ``ok`` went False,
     writes the rows before the failing step and raises NonFiniteUpdate naming it."""
 
-    def __init__(self, file: Any, device: torch.device, out: Path) -> None:
-        self.file, self.out = file, out
+    def __init__(self, file: Any, device: torch.device, out: Path, images: int,
+                 skipped: SkippedFiles) -> None:
+        self.file, self.out, self.images, self.skipped = file, out, images, skipped
+        self.distributed = dist.is_available() and dist.is_initialized()
         self.ok = torch.ones((), dtype=torch.bool, device=device)
         self.pending: list[tuple[dict[str, Any], torch.Tensor]] = []
 
@@ -303,6 +340,14 @@ class _StepLog:
         oks = torch.stack([ok for _, ok in self.pending]).tolist()
         rows = [row for row, _ in self.pending]
         self.pending = []
+        # images trained per step, over every rank; the undecodable files seen so far
+        counts = ShardSum()([torch.tensor([float(r.pop("n")) for r in rows], dtype=torch.float64)])
+        self.skipped.rows = union_rows(self.skipped.rows)
+        for row, n in zip(rows, counts.tolist(), strict=True):
+            self.images += int(n)
+            row["images"] = self.images
+            if self.distributed:  # files another rank found undecodable count too
+                row["skipped_files"] = self.skipped.count
         bad = oks.index(False) if False in oks else None
         for row in rows[:bad]:
             self.file.write(json.dumps(row) + "\n")
@@ -317,11 +362,12 @@ class _StepLog:
 
 def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
            phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
-           skipped: SkippedFiles, device: torch.device, out: Path) -> None:
+           skipped: SkippedFiles, device: torch.device, out: Path, w: World) -> None:
     """Run every phase for ``cfg["steps"]`` steps (epochs repeat; the last one may stop part-way).
 
     No step waits for the device: statistics and the non-finite guard sync every LOG_EVERY
-    steps and before every checkpoint (:class:`_StepLog`)."""
+    steps and before every checkpoint (:class:`_StepLog`). Under torchrun (``w``) every rank
+    reads its piece of each global batch and takes part in every step; rank 0 writes."""
     steps, batch_size = cfg["steps"], cfg["batch_size"]
     low = PRECISIONS[cfg["precision"]]
     autocast = getattr(torch, low) if low else None
@@ -329,42 +375,45 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     total = len(phases) * steps * batch_size
     done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
     bar = progress(total=total, initial=min(done, total), unit="img", unit_scale=True,
-                   quiet=cfg["quiet"], desc="hebbian")
+                   quiet=cfg["quiet"] or not w.is_main, desc="hebbian")
+    reduce = ShardSum() if w.size > 1 else None
+    fmt = memory_format(cfg["channels_last"])
 
     def checkpoint() -> None:
         t0 = time.perf_counter()
         steplog.flush()
         pos["seconds"] += time.perf_counter() - t0  # the device catching up
-        _save_state(out, model, optimizer, pos, skipped)
+        pos["images"] = steplog.images
+        if w.is_main:
+            _save_state(out, model, optimizer, pos, skipped)
 
-    with open(out / TRAIN_LOG, "a") as logf, bar:
-        steplog = _StepLog(logf, device, out)
+    with open(out / TRAIN_LOG if w.is_main else os.devnull, "a") as logf, bar:
+        steplog = _StepLog(logf, device, out, pos["images"], skipped)
         while pos["phase"] < len(phases):
             active = phases[pos["phase"]]
             while pos["epoch"] * steps_per_epoch + pos["step"] < steps:
                 loader = make_loader(dataset, batch_size, cfg["seed"],
                                      epoch=pos["phase"] * cfg["epochs"] + pos["epoch"],
                                      skip_batches=pos["step"], num_workers=cfg["num_workers"],
-                                     device=device)
+                                     device=device, shard=(w.rank, w.size))
                 for batch in loader:
                     skipped.add(batch.skipped)
                     t0 = time.perf_counter()
                     phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
                     measure = phase_step % MEASURE_EVERY == 0 or phase_step == steps
                     stats = []
-                    if len(batch.images):
-                        x = batch.images.to(device).contiguous(
-                            memory_format=memory_format(cfg["channels_last"]))
+                    if len(batch.images) or reduce is not None:  # every rank joins every step
+                        x = batch.images.to(device).reshape(
+                            -1, *model.default_cfg["input_size"]).contiguous(memory_format=fmt)
                         stats = hebbian_step(model, optimizer, x, active, autocast, measure,
-                                             ok=steplog.ok)
+                                             ok=steplog.ok, reduce=reduce)
                     pos["seconds"] += time.perf_counter() - t0
                     pos["step"] += 1
                     pos["global_step"] += 1
-                    pos["images"] += len(batch.images)
                     steplog.add({"step": pos["global_step"], "phase": pos["phase"],
-                                 "epoch": pos["epoch"], "images": pos["images"],
+                                 "epoch": pos["epoch"], "n": len(batch.images),
                                  "skipped_files": skipped.count, "layers": stats})
-                    bar.update(len(batch.images) + len(batch.skipped))
+                    bar.update((len(batch.images) + len(batch.skipped)) * w.size)
                     if phase_step == steps:
                         break
                     if pos["global_step"] % cfg["checkpoint_every"] == 0:
@@ -372,6 +421,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     elif pos["global_step"] % LOG_EVERY == 0:
                         t0 = time.perf_counter()
                         steplog.flush()
+                        pos["images"] = steplog.images
                         pos["seconds"] += time.perf_counter() - t0
                 if (pos["step"] >= steps_per_epoch
                         or pos["epoch"] * steps_per_epoch + pos["step"] >= steps):
