@@ -172,7 +172,7 @@ def test_shard_bounds_cover_every_row_once():
         for size in (1, 2, 3, 5):
             parts = [shard_bounds(n, r, size) for r in range(size)]
             assert parts[0][0] == 0 and parts[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
             sizes = [b - a for a, b in parts]
             assert max(sizes) - min(sizes) <= 1 and math.fsum(sizes) == n
 
