@@ -112,10 +112,19 @@ def pack_folder(folder: ImageFolder, out: str | os.PathLike, workers: int | None
     tmp.mkdir(parents=True)
     log.info("packing %d images of %s at %d×%d×%d into %s", n, folder.root, h, w, c, out)
     try:
-        _fill(folder, tmp, per_shard, workers, quiet, key or folder_key(folder))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        key = key or folder_key(folder)
+        _fill(folder, tmp, per_shard, workers, quiet, key)
+        if _complete(out, key):  # another process packed the same folder meanwhile
+            shutil.rmtree(tmp)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if not _complete(out, key):
+                    raise
+                shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -196,13 +205,16 @@ class PackedImages(ImageDataset):
         return self._to_tensor(self.raw(i)), self.items[i].label, i
 
 
+def _complete(out: Path, key: str) -> bool:
+    return (out / META).exists() and read_json(out / META).get("key") == key
+
+
 def packed(folder: ImageFolder, root: str | os.PathLike | None = None,
            workers: int | None = None, quiet: bool = True) -> PackedImages:
     """The packed cache of ``folder`` (built on first use, or when the folder changed)."""
     key = folder_key(folder)
     out = Path(root or cache_root()) / "packed" / key[:24]
-    meta = out / META
-    if not (meta.exists() and read_json(meta).get("key") == key):
+    if not _complete(out, key):
         pack_folder(folder, out, workers, quiet, key)
     return PackedImages(out, folder.mean.flatten().tolist(), folder.std.flatten().tolist())
 

@@ -18,11 +18,12 @@ is tested against bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +213,17 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. packs the image cache), the other ranks after it."""
+    w = world()
+    if not w.is_main:
+        barrier()
+    yield
+    if w.is_main:
+        barrier()
 
 
 def barrier() -> None:

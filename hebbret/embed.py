@@ -20,7 +20,16 @@ from torch import Tensor, nn
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
-from .data import SkippedFiles, load_image, make_loader, open_dataset, to_tensor
+from .data import ImageDataset, SkippedFiles, load_image, make_loader, open_dataset, to_tensor
+from .distributed import (
+    barrier,
+    check_same_data,
+    join,
+    local_device,
+    main_first,
+    shard_bounds,
+    union_rows,
+)
 from .models import HebbNet, create_model
 from .progress import progress
 from .runs import ModelCard, load_run
@@ -92,36 +101,38 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     layer = layer or card.embedding.layer
     pool = pool or card.embedding.pool
     spec = card.input
-    dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
-                           mean=spec.mean, std=spec.std)
     dev = pick_device(device)
+    w = join(dev)  # under torchrun: rank r embeds its share of the batches
+    dev = local_device(dev, w)
+    with main_first():  # rank 0 packs the image cache once for every rank
+        dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
+                               mean=spec.mean, std=spec.std)
     model.to(dev).eval()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
-    skipped = SkippedFiles(dataset)
-    rows: list[int] = []
+    if w.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
+    check_same_data(getattr(dataset, "items", []), str(data))
     n = len(dataset)
-    with atomic_path(out / EMBEDDINGS) as tmp, \
-            progress(total=n, unit="img", unit_scale=True, quiet=quiet, desc="embed") as bar:
-        arr = None
-        for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers,
-                                 device=dev):
-            skipped.add(batch.skipped)
-            bar.update(len(batch.images) + len(batch.skipped))
-            if not len(batch.images):
-                continue
-            emb = embed_batch(model, batch.images.to(dev), layer, pool).cpu().numpy()
-            if arr is None:
-                arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, emb.shape[1]))
-            arr[len(rows): len(rows) + len(emb)] = emb
-            rows += batch.indices.tolist()
-        if arr is None:
-            raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
-        arr.flush()
-        if len(rows) < n:  # skipped files: copy the filled rows into a file of the right length
-            _truncate_npy(tmp, len(rows))
-        del arr
+    batches = -(-n // batch_size)
+    first, last = shard_bounds(batches, w.rank, w.size)  # whole batches: the same batches as
+    mine = range(first * batch_size, min(last * batch_size, n))  # one process would run
+    target = out if w.size == 1 else out / SHARDS / f"rank-{w.rank:05d}-of-{w.size:05d}"
+    target.mkdir(parents=True, exist_ok=True)
+    rows, skipped = _embed_rows(model, dataset, mine, target / EMBEDDINGS, batch_size, dtype, dev,
+                                layer, pool, num_workers, quiet or not w.is_main)
+    if w.size > 1:
+        write_jsonl(target / ITEMS, [{"row": r} for r in rows])
+        barrier()
+        if w.is_main:
+            rows = _merge_shards(out, w.size)
+        skipped.rows = union_rows(skipped.rows)
+    if not w.is_main:
+        barrier()
+        return out
+    if not rows:
+        (out / EMBEDDINGS).unlink(missing_ok=True)
+        raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
     write_jsonl(out / ITEMS, [
         {"path": dataset.items[r].path, "label": dataset.items[r].label,
          "class_name": dataset.items[r].class_name} for r in rows])
@@ -131,12 +142,73 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
         "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
         "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
         "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
-        "skipped_paths": skipped.paths, "hebbret_version": __version__,
+        "skipped_paths": skipped.paths, "hebbret_version": __version__, "world_size": w.size,
     }
     write_json(out / META, meta)
+    barrier()
     log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
              skipped.count)
     return out
+
+
+SHARDS = ".shards"  # per-rank pieces of an embeddings dir being written under torchrun
+
+
+def _embed_rows(model: HebbNet, dataset: ImageDataset, rows: range, path: Path, batch_size: int,
+                dtype: str, dev: torch.device, layer: str, pool: str, num_workers: int,
+                quiet: bool) -> tuple[list[int], SkippedFiles]:
+    """Embed dataset ``rows`` in order into the .npy ``path`` (atomically); returns the rows
+    written (undecodable files left out) and the skipped files."""
+    skipped = SkippedFiles(dataset)
+    kept: list[int] = []
+    with atomic_path(path) as tmp, \
+            progress(total=len(rows), unit="img", unit_scale=True, quiet=quiet,
+                     desc="embed") as bar:
+        arr = None
+        for batch in make_loader(dataset, batch_size, seed=None, num_workers=num_workers,
+                                 rows=rows, device=dev):
+            skipped.add(batch.skipped)
+            bar.update(len(batch.images) + len(batch.skipped))
+            if not len(batch.images):
+                continue
+            emb = embed_batch(model, batch.images.to(dev), layer, pool).cpu().numpy()
+            if arr is None:
+                arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), emb.shape[1]))
+            arr[len(kept): len(kept) + len(emb)] = emb
+            kept += batch.indices.tolist()
+        if arr is None:  # nothing decodable here: an empty (0, D) shard
+            dim = embed_batch(model, torch.zeros(1, *model.default_cfg["input_size"], device=dev),
+                              layer, pool).shape[1]
+            arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(0, dim))
+        arr.flush()
+        if len(kept) < arr.shape[0]:  # skipped files: keep the filled rows only
+            del arr
+            _truncate_npy(tmp, len(kept))
+        else:
+            del arr
+    return kept, skipped
+
+
+def _merge_shards(out: Path, size: int, chunk: int = 8192) -> list[int]:
+    """Concatenate the ranks' shards of ``out`` in rank order into ``out/embeddings.npy``
+    (chunk by chunk, never all in memory); removes the shards; returns the dataset rows."""
+    parts = [out / SHARDS / f"rank-{r:05d}-of-{size:05d}" for r in range(size)]
+    arrays = [np.load(p / EMBEDDINGS, mmap_mode="r") for p in parts]
+    rows = [r["row"] for p in parts for r in read_jsonl(p / ITEMS)]
+    total = sum(len(a) for a in arrays)
+    with atomic_path(out / EMBEDDINGS) as tmp:
+        dst = open_memmap(tmp, mode="w+", dtype=arrays[0].dtype, shape=(total, arrays[0].shape[1]))
+        at = 0
+        for a in arrays:
+            for i in range(0, len(a), chunk):
+                piece = a[i: i + chunk]
+                dst[at: at + len(piece)] = piece
+                at += len(piece)
+        dst.flush()
+        del dst
+    del arrays
+    shutil.rmtree(out / SHARDS)
+    return rows
 
 
 def _truncate_npy(path: Path, rows: int, chunk: int = 4096) -> None:

@@ -29,6 +29,7 @@ from .distributed import (
     check_same_data,
     join,
     local_device,
+    main_first,
     on_main,
     sharded_forward,
     union_rows,
@@ -227,11 +228,8 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     device = pick_device(cfg.device)
     w = join(device)  # under torchrun: one process of a data-parallel job
     device = local_device(device, w)
-    if not w.is_main:
-        barrier()  # rank 0 resolves first: it packs the cache once for every rank
-    resolved, dataset = _resolve(cfg)
-    if w.is_main:
-        barrier()
+    with main_first():  # rank 0 packs the image cache once for every rank
+        resolved, dataset = _resolve(cfg)
     resolved["world_size"] = w.size
     check_same_data(getattr(dataset, "items", []), str(cfg.data))
     valid = getattr(dataset, "valid", None)  # a packed folder knows its decodable files

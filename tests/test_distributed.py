@@ -191,3 +191,30 @@ def test_sharded_forward_of_one_shard_equals_the_plain_step():
     for k in runs[0]:
         np.testing.assert_allclose(runs[0][k].float().numpy(), runs[1][k].float().numpy(),
                                    rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_two_process_embedding_equals_one_process_row_for_row(folder, two_process_runs, tmp_path):
+    from hebbret.embed import extract_embeddings, load_embeddings
+
+    from .test_data import write_bad_files
+
+    data = tmp_path / "images"
+    write_image_folder(data, classes=3, per_class=9, size=24, seed=3)
+    n_bad = write_bad_files(data / "class_1")
+    run = two_process_runs / "hebb_softhebb_c3-softhebb-consecutive"
+    done = torchrun({"jobs": [{"embed": {"run": str(run), "data": str(data),
+                                         "out": str(tmp_path / "two"), "batch_size": 4}}]},
+                    tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = extract_embeddings(run, data, tmp_path / "one", batch_size=4, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    (a, items_a, meta_a), (b, items_b, meta_b) = load_embeddings(one), load_embeddings(
+        tmp_path / "two")
+    assert items_a == items_b and len(items_a) == 27
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert meta_b["skipped_files"] == meta_a["skipped_files"] == n_bad
+    assert meta_b["world_size"] == 2 and not (tmp_path / "two" / ".shards").exists()
