@@ -3,7 +3,8 @@
 A run dir (``pretrain``/``finetune``) holds ``model.safetensors`` + ``model.json`` (the model
 card, :class:`hebbret.runs.ModelCard`), ``config.json``, ``log.jsonl`` and, while Hebbian
 training runs, ``state.pt``. An embeddings dir holds ``embeddings.npy`` + ``items.jsonl`` +
-``meta.json``; an index dir ``index.faiss`` + ``items.jsonl`` + ``meta.json``; a packed cache
+``meta.json``; an index dir ``index.faiss`` + ``items.jsonl`` + ``meta.json`` (+
+``index.ivfdata`` when on disk); a packed cache
 ``images-*.npy`` + ``items.jsonl`` + ``meta.json`` (docs/design.md §6). Every writer writes its
 dir's marker — the card or ``meta.json`` — last, atomically, so a dir with its marker is
 complete and a killed writer leaves one without it.
@@ -23,6 +24,7 @@ EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
 META = "meta.json"
 INDEX = "index.faiss"
+IVFDATA = "index.ivfdata"  # inverted lists of an on-disk index, memory-mapped by search
 
 EMBEDDING_FILES = (EMBEDDINGS, ITEMS, META)
 INDEX_FILES = (INDEX, ITEMS, META)

@@ -76,7 +76,8 @@ def _index_build(args: argparse.Namespace) -> None:
     from .index import build_index
 
     print(build_index(args.embeddings, args.out, factory=args.factory, metric=args.metric,
-                      nprobe=args.nprobe, ef_search=args.ef_search))
+                      nprobe=args.nprobe, ef_search=args.ef_search, on_disk=args.on_disk,
+                      shard_rows=args.shard_rows))
 
 
 def _index_info(args: argparse.Namespace) -> None:
@@ -363,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--factory", default="Flat", help="any FAISS index_factory string")
     b.add_argument("--metric", choices=list(METRICS), default="ip",
                    help="ip: inner product on L2-normalised vectors (cosine)")
+    b.add_argument("--on-disk", action="store_true", help="IVF factories: add the vectors "
+                   "shard by shard and keep the inverted lists in index.ivfdata, memory-mapped "
+                   "by search (collections larger than RAM)")
+    b.add_argument("--shard-rows", type=int, default=262_144,
+                   help="--on-disk: vectors added per block (default %(default)s)")
     b.set_defaults(func=_index_build)
     b = isub.add_parser("info", help="print an index's meta")
     b.add_argument("index", help="index dir")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_path, read_json, read_jsonl, write_json
-from .artifacts import INDEX, INDEX_FILES, ITEMS, META
+from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
 from .embed import embed_images, load_embeddings
 from .runs import load_run
 from .version import __version__
@@ -111,13 +111,14 @@ def _set_pca(index: faiss.Index, x: np.ndarray, seed: int) -> bool:
     return True
 
 
-def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_PRODUCT,
-                 normalize: bool = True, chunk: int = 65536, seed: int = 0,
-                 pca_sample_bytes: int = 2 << 30, source: str = "the collection") -> faiss.Index:
-    """A FAISS ``index_factory`` index trained on a sample of the rows of ``x`` (n, d) and
-    holding all of them, in order (L2-normalised first when ``normalize``). A leading
+def trained_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_PRODUCT,
+                  normalize: bool = True, seed: int = 0, pca_sample_bytes: int = 2 << 30,
+                  source: str = "the collection") -> tuple[faiss.Index, np.ndarray]:
+    """An empty FAISS ``index_factory`` index trained on a seeded sample of the rows of ``x``
+    (n, d) (L2-normalised first when ``normalize``); returns it and the sampled rows. A leading
     ``PCA<d>`` is fitted with :func:`fit_pca` on at most ``pca_sample_bytes`` of float32 rows."""
     n, d = x.shape
+    train_rows = np.zeros(0, np.int64)
     try:
         index = faiss.index_factory(d, factory, metric)
     except RuntimeError as e:
@@ -138,6 +139,15 @@ def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_P
         if not _set_pca(index, x_train, seed):
             index.train(x_train)
         del x_train
+    return index, train_rows
+
+
+def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_PRODUCT,
+                 normalize: bool = True, chunk: int = 65536, seed: int = 0,
+                 pca_sample_bytes: int = 2 << 30, source: str = "the collection") -> faiss.Index:
+    """:func:`trained_index` holding every row of ``x``, in order."""
+    n = len(x)
+    index, _ = trained_index(x, factory, metric, normalize, seed, pca_sample_bytes, source)
     for i in range(0, n, chunk):
         index.add(_as_float32(x[i: i + chunk], normalize))
     return index
@@ -146,35 +156,57 @@ def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_P
 def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str = "Flat",
                 metric: str = "ip", normalize: bool | None = None, nprobe: int | None = None,
                 ef_search: int | None = None, chunk: int = 65536, recall_queries: int = 500,
-                seed: int = 0, pca_sample_bytes: int = 2 << 30) -> Path:
+                seed: int = 0, pca_sample_bytes: int = 2 << 30, on_disk: bool = False,
+                shard_rows: int = 262_144) -> Path:
     """Build a FAISS index (any ``index_factory`` string) over an embeddings dir.
 
     Default: exact ``Flat`` with inner product on L2-normalised vectors (cosine). Approximate
-    indexes record their recall@10 against exact search on ``recall_queries`` database rows.
-    A leading ``PCA<d>`` (e.g. ``PCA256,L2norm,Flat``) is fitted with :func:`fit_pca` on a sample
-    of at most ``pca_sample_bytes`` of float32 vectors (100,000 rows at most).
+    indexes record their recall@10 against exact search for ``recall_queries`` rows held out of
+    the training sample. A leading ``PCA<d>`` (e.g. ``PCA256,L2norm,Flat``) is fitted with
+    :func:`fit_pca` on a sample of at most ``pca_sample_bytes`` of float32 vectors.
+
+    ``on_disk`` (an IVF factory, e.g. ``IVF4096,SQ8``): the quantiser is trained on a sample,
+    the vectors are added ``shard_rows`` at a time into block indexes, and the blocks are merged
+    with ``faiss.contrib.ondisk.merge_ondisk`` into ``index.ivfdata``, which search memory-maps:
+    neither the build nor a search holds all vectors in memory.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     normalize = metric == "ip" if normalize is None else normalize
     emb, items, emb_meta = load_embeddings(emb_dir)
     n, d = emb.shape
-    index = filled_index(emb, factory, METRICS[metric], normalize, chunk, seed, pca_sample_bytes,
-                         source=str(emb_dir))
-    search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
-    recall = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed) \
-        if "Flat" != factory.strip() else 1.0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
-    with atomic_path(out / INDEX) as tmp:
-        faiss.write_index(index, str(tmp))
+    index, train_rows = trained_index(emb, factory, METRICS[metric], normalize, seed,
+                                      pca_sample_bytes, source=str(emb_dir))
+    build = out / ".build"
+    if on_disk:
+        index = _fill_on_disk(index, emb, normalize, chunk, shard_rows, build, factory)
+    else:
+        for i in range(0, n, chunk):
+            index.add(_as_float32(emb[i: i + chunk], normalize))
+    search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
+    recall = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed, train_rows) \
+        if "Flat" != factory.strip() else 1.0
+    if on_disk:
+        faiss.write_index(index, str(build / INDEX))
+        os.replace(build / IVFDATA, out / IVFDATA)
+        os.replace(build / INDEX, out / INDEX)
+        shutil.rmtree(build)
+    else:
+        (out / IVFDATA).unlink(missing_ok=True)
+        with atomic_path(out / INDEX) as tmp:
+            faiss.write_index(index, str(tmp))
     with atomic_path(out / ITEMS) as tmp:
         shutil.copyfile(Path(emb_dir) / ITEMS, tmp)
     write_json(out / META, {
         "factory": factory, "metric": metric, "dim": d, "count": int(index.ntotal),
         "normalization": "l2" if normalize else "none", "search_params": search_params,
-        "recall_at_10_vs_flat": recall, "embeddings": str(Path(emb_dir).resolve()),
+        "recall_at_10_vs_flat": recall, "recall_queries": "held out of the training sample",
+        "on_disk": on_disk,
+        "ivfdata_bytes": (out / IVFDATA).stat().st_size if on_disk else None,
+        "embeddings": str(Path(emb_dir).resolve()),
         "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
         "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
         "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
@@ -184,37 +216,86 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
     return out
 
 
+def _fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk: int,
+                  shard_rows: int, build: Path, factory: str) -> faiss.Index:
+    """Add ``emb`` into block indexes of ``shard_rows`` rows and merge them on disk into
+    ``build/index.ivfdata``; returns the trained index now backed by those lists."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    if faiss.try_extract_index_ivf(trained) is None:
+        raise ValueError(f"an on-disk index needs inverted lists: {factory!r} has none; use an "
+                         f"IVF factory such as IVF4096,SQ8 or PCA256,IVF4096,PQ32")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    faiss.write_index(trained, str(build / "trained.faiss"))
+    blocks = []
+    for b, start in enumerate(range(0, len(emb), shard_rows)):
+        block = faiss.read_index(str(build / "trained.faiss"))
+        for i in range(start, min(start + shard_rows, len(emb)), chunk):
+            xb = _as_float32(emb[i: min(i + chunk, start + shard_rows)], normalize)
+            block.add_with_ids(xb, np.arange(i, i + len(xb), dtype=np.int64))
+        blocks.append(str(build / f"block-{b:05d}.faiss"))
+        faiss.write_index(block, blocks[-1])
+        del block
+        log.info("on-disk index: %d of %d vectors added", min(start + shard_rows, len(emb)),
+                 len(emb))
+    merged = faiss.read_index(str(build / "trained.faiss"))
+    merge_ondisk(merged, blocks, str(build / IVFDATA))
+    for path in blocks:
+        os.remove(path)
+    os.remove(build / "trained.faiss")
+    return merged
+
+
 def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize: bool,
-                     queries: int, seed: int, k: int = 10) -> float:
-    """Mean |approx top-k ∩ exact top-k| / k for database rows used as queries."""
+                     queries: int, seed: int, held_out_of: np.ndarray | None = None,
+                     k: int = 10, chunk: int = 65536) -> float:
+    """Mean |approx top-k ∩ exact top-k| / k for ``queries`` database rows not in
+    ``held_out_of`` (the quantiser's training sample); exact search streams the database."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
     n = len(emb)
     k = min(k, n)
-    rows = np.sort(np.random.default_rng(seed).permutation(n)[: min(queries, n)])
+    candidates = np.setdiff1d(np.arange(n), held_out_of if held_out_of is not None else [])
+    if len(candidates) == 0:
+        candidates = np.arange(n)
+    rows = np.sort(np.random.default_rng(seed).permutation(candidates)[: min(queries, n)])
     q = _as_float32(emb[rows], normalize)
-    exact = faiss.IndexFlat(emb.shape[1], METRICS[metric])
-    for i in range(0, n, 65536):
-        exact.add(_as_float32(emb[i: i + 65536], normalize))
-    _, truth = exact.search(q, k)
+    blocks = (_as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
+    _, truth = knn_ground_truth(q, blocks, k, METRICS[metric], ngpu=0)
     _, found = index.search(q, k)
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
 
 
 def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], dict[str, Any]]:
-    """(index, items, meta) of an index dir; names any missing file."""
+    """(index, items, meta) of an index dir; names any missing file. An on-disk index is
+    opened with its inverted lists memory-mapped from ``index.ivfdata`` beside it."""
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise FileNotFoundError(f"index dir not found: {index_dir}")
     for name in INDEX_FILES:
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
+    meta = read_json(index_dir / META)
+    flags = 0
+    if meta.get("on_disk"):
+        data = index_dir / IVFDATA
+        if not data.is_file():
+            raise FileNotFoundError(f"{index_dir} is an on-disk index but its inverted lists "
+                                    f"{data} are missing; rebuild it with `hebbret index build "
+                                    f"--on-disk`")
+        if data.stat().st_size != meta.get("ivfdata_bytes"):
+            raise ValueError(f"{data} holds {data.stat().st_size} bytes but the index was built "
+                             f"with {meta.get('ivfdata_bytes')}: truncated or replaced; rebuild "
+                             f"it with `hebbret index build --on-disk`")
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists live beside index.faiss, mmapped
     try:
-        index = faiss.read_index(str(index_dir / INDEX))
+        index = faiss.read_index(str(index_dir / INDEX), flags)
     except RuntimeError as e:
-        raise ValueError(f"{index_dir / 'index.faiss'} is not a readable FAISS index (truncated "
+        raise ValueError(f"{index_dir / INDEX} is not a readable FAISS index (truncated "
                          f"or corrupt: {str(e).strip().splitlines()[-1][:200]}); rebuild it with "
                          f"`hebbret index build`") from None
     items = read_jsonl(index_dir / ITEMS)
-    meta = read_json(index_dir / META)
     if index.ntotal != len(items):
         raise ValueError(f"{index_dir}: index.faiss holds {index.ntotal} vectors but items.jsonl "
                          f"has {len(items)} lines")
@@ -241,9 +322,12 @@ def transform_like_index(index_dir: str | os.PathLike, x: np.ndarray, chunk: int
 
 
 def index_info(index_dir: str | os.PathLike) -> dict[str, Any]:
-    """The meta of an index dir, checked against the index it describes."""
+    """The meta of an index dir (factory, recall@10 against exact search, search parameters),
+    checked against the index it describes, with its size on disk."""
     index, _, meta = load_index(index_dir)
-    return {**meta, "ntotal": int(index.ntotal), "is_trained": bool(index.is_trained)}
+    size = sum(p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file())
+    return {**meta, "ntotal": int(index.ntotal), "is_trained": bool(index.is_trained),
+            "size_on_disk_bytes": size, "nprobe": meta.get("search_params", {}).get("nprobe")}
 
 
 def search_index(index_dir: str | os.PathLike, queries: np.ndarray, k: int = 10,

@@ -158,3 +158,43 @@ def test_pca_fitted_in_torch_matches_faiss_and_numpy(tmp_path):
     np.testing.assert_allclose(var, exact[1][:4] ** 2 / 300, rtol=1e-3)
     with pytest.raises(ValueError, match="at least 8 vectors"):
         fit_pca(x[:5], 8)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "PCA8,IVF8,SQ8"])
+def test_on_disk_index_answers_like_the_same_index_in_memory(clustered, tmp_path, factory):
+    """Added block by block, merged with merge_ondisk, searched memory-mapped: the same
+    neighbours as the in-memory index trained on the same sample."""
+    import shutil
+
+    emb_dir, x = clustered
+    mem = build_index(emb_dir, tmp_path / "mem", factory=factory, nprobe=4)
+    disk = build_index(emb_dir, tmp_path / "disk", factory=factory, nprobe=4, on_disk=True,
+                       shard_rows=400)  # 4 blocks
+    assert (disk / "index.ivfdata").is_file() and not (disk / ".build").exists()
+    moved = tmp_path / "elsewhere" / "disk"  # the dir is self-contained
+    shutil.move(str(disk), moved)
+    q = np.random.default_rng(2).normal(size=(30, 24)).astype(np.float32)
+    s_mem, i_mem, _, _ = search_index(mem, q, k=10)
+    s_disk, i_disk, items, _ = search_index(moved, q, k=10)
+    np.testing.assert_array_equal(i_mem, i_disk)
+    np.testing.assert_allclose(s_mem, s_disk, rtol=1e-5, atol=1e-6)
+    info = index_info(moved)
+    assert info["on_disk"] and info["nprobe"] == 4 and info["ntotal"] == len(x) == len(items)
+    assert info["size_on_disk_bytes"] > (moved / "index.ivfdata").stat().st_size > 0
+    assert 0 < info["recall_at_10_vs_flat"] <= 1
+    assert info["recall_at_10_vs_flat"] == index_info(mem)["recall_at_10_vs_flat"]
+
+
+def test_on_disk_index_with_missing_or_truncated_lists_is_named(clustered, tmp_path):
+    emb_dir, _ = clustered
+    with pytest.raises(ValueError, match="needs inverted lists.*IVF"):
+        build_index(emb_dir, tmp_path / "flat", factory="Flat", on_disk=True)
+    out = build_index(emb_dir, tmp_path / "disk", factory="IVF8,Flat", on_disk=True)
+    data = out / "index.ivfdata"
+    blob = data.read_bytes()
+    data.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="index.ivfdata holds .* truncated"):
+        search_index(out, np.zeros((1, 24), np.float32))
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match="inverted lists .* missing"):
+        load_index(out)
