@@ -1,0 +1,270 @@
+"""Scaling out on this machine: data-parallel pretraining under torchrun, and a FAISS index of a
+million vectors built and searched on disk. Results JSON + README table.
+
+    python tools/bench_scale.py --pretrain-data data/cifar10/train \\
+        --vectors runs/scale/cifar_pca256.npy --readme README.md
+
+- ``pretrain``: Hebbian steps/s of ``hebb_softhebb_c3`` at one global batch, as 1 process
+  (all threads), 1 process (1 thread) and 2 gloo processes (1 thread each), each a real
+  ``torchrun -m hebbret pretrain``; parallel efficiency = 2-process rate / (2 × 1-thread rate).
+- ``index``: ``--n`` vectors (default 1,000,000) of ``--dim``: noisy copies of the rows of
+  ``--vectors`` (e.g. L2-normalised PCA'd Hebbian features; copy = normalise(x + σ·ε)), or, without
+  it, clustered synthetic vectors; an on-disk IVF index (``hebbret.index.build_index(on_disk=
+  True)``), built and searched in child processes whose peak resident memory (VmHWM) is read
+  from /proc; recall@10 against exact search for queries that are fresh noisy copies (not in
+  the index), at two nprobe settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from hebbret._io import write_json, write_jsonl
+from hebbret.report import markdown_table
+from hebbret.runs import read_card
+from hebbret.runtime import ResultsFile, load_average
+
+log = logging.getLogger("bench_scale")
+REPO = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- scale-results:begin -->", "<!-- scale-results:end -->"
+
+
+def memory() -> dict[str, float]:
+    """This process's peak and current resident memory in MiB (/proc/self/status)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- pretraining
+def pretrain_rate(data: str, nproc: int, threads: int, steps: int, batch: int, work: Path,
+                  widths: list[int] | None) -> dict[str, Any]:
+    out = work / f"pretrain-{nproc}p-{threads}t"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(29500 + nproc * 10 + threads),
+           "-m", "hebbret", "pretrain", data, "--steps", str(steps), "--batch-size", str(batch),
+           "--img-size", "32", "--out", str(out), "--quiet"]
+    if widths:
+        cmd += ["--model-kwargs", json.dumps({"widths": widths})]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    training = read_card(out).training
+    return {"processes": nproc, "threads_per_process": threads, "global_batch": batch,
+            "steps": training["steps"], "in_steps_s": training["train_seconds"],
+            "wall_s": round(wall, 1), "steps_per_s": round(steps / training["train_seconds"], 3),
+            "world_size": training["world_size"], "command": " ".join(cmd[2:])}
+
+
+def bench_pretrain(args: argparse.Namespace, res: ResultsFile) -> None:
+    work = Path(args.work)
+    rows = {}
+    for nproc, threads in ((1, os.cpu_count() or 1), (1, 1), (2, 1)):
+        rows[f"{nproc}p{threads}t"] = r = pretrain_rate(
+            args.pretrain_data, nproc, threads, args.steps, args.batch, work, args.widths)
+        log.info("pretrain %d process(es) × %d thread(s): %.3f steps/s", nproc, threads,
+                 r["steps_per_s"])
+    one, two = rows["1p1t"]["steps_per_s"], rows["2p1t"]["steps_per_s"]
+    res.put("scale", "pretrain", {"rows": rows, "parallel_efficiency": round(two / (2 * one), 3),
+                                  "speedup_2p_vs_1p_all_threads":
+                                      round(two / rows[f"1p{os.cpu_count() or 1}t"]["steps_per_s"],
+                                            3), "load_avg_end": load_average()})
+
+
+# ----------------------------------------------------------------------------------- index
+def make_vectors(path: Path, n: int, dim: int, source: str | None, sigma: float, seed: int,
+                 chunk: int = 65536) -> str:
+    """An embeddings dir of ``n`` unit vectors; returns what they are."""
+    rng = np.random.default_rng(seed)
+    if source:
+        base = np.load(source, mmap_mode="r").astype(np.float32)
+        dim = base.shape[1]
+        what = f"noisy copies (σ = {sigma} per dim, L2-normalised) of the {len(base)} rows of {source}"
+    else:
+        base = rng.normal(size=(max(1, n // 200), dim)).astype(np.float32)
+        what = f"clustered synthetic: {len(base)} Gaussian centres, σ = {sigma} per dim, L2-normalised"
+    path.mkdir(parents=True, exist_ok=True)
+    arr = open_memmap(path / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        x = base[rng.integers(0, len(base), m)] + sigma * rng.standard_normal((m, dim),
+                                                                            dtype=np.float32)
+        arr[i: i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    arr.flush()
+    del arr
+    write_jsonl(path / "items.jsonl", ({"path": f"v{i}", "label": -1} for i in range(n)))
+    write_json(path / "meta.json", {"count": n, "dim": dim, "vectors": what})
+    return what
+
+
+def child_build(emb: str, out: str, factory: str, nprobe: int) -> dict[str, Any]:
+    from hebbret.index import build_index, index_info
+
+    t0 = time.perf_counter()
+    build_index(emb, out, factory=factory, nprobe=nprobe, on_disk=True)
+    wall = time.perf_counter() - t0
+    info = index_info(out)
+    return {"build_s": round(wall, 1), "memory_mib": memory(), "recall_at_10_held_out_rows":
+            info["recall_at_10_vs_flat"], "size_on_disk_mib": round(info["size_on_disk_bytes"]
+                                                                   / 2**20, 1)}
+
+
+def child_search(index_dir: str, queries: str, truth: str, nprobes: list[int], batch: int
+                 ) -> dict[str, Any]:
+    from hebbret.index import search_index
+
+    q = np.load(queries)
+    gt = np.load(truth)
+    rows = {}
+    for nprobe in nprobes:
+        search_index(index_dir, q[:batch], k=10, nprobe=nprobe)  # warm: open + page in
+        found, t0 = [], time.perf_counter()
+        for i in range(0, len(q), batch):
+            found.append(search_index(index_dir, q[i: i + batch], k=10, nprobe=nprobe)[1])
+        secs = time.perf_counter() - t0
+        ids = np.concatenate(found)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt, strict=True)]))
+        rows[str(nprobe)] = {"qps": round(len(q) / secs, 1), "recall_at_10": round(recall, 4),
+                             "queries": len(q), "batch": batch}
+    return {"by_nprobe": rows, "memory_mib": memory()}
+
+
+def run_child(kind: str, **kwargs: Any) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(kwargs)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"child {kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_index(args: argparse.Namespace, res: ResultsFile) -> None:
+    import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    work = Path(args.work)
+    emb = work / f"vectors-{args.n}"
+    what = make_vectors(emb, args.n, args.dim, args.vectors, args.sigma, seed=0)
+    x = np.load(emb / "embeddings.npy", mmap_mode="r")
+    raw_mib = x.nbytes / 2**20
+    # queries: fresh noisy copies made the same way (not rows of the index)
+    qdir = work / "queries"
+    make_vectors(qdir, args.queries, args.dim, args.vectors, args.sigma, seed=1)
+    q = np.ascontiguousarray(np.load(qdir / "embeddings.npy"))
+    np.save(work / "q.npy", q)
+    blocks = (np.ascontiguousarray(x[i: i + 65536]) for i in range(0, len(x), 65536))
+    _, truth = knn_ground_truth(q, blocks, 10, faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    np.save(work / "truth.npy", truth)
+    index_dir = work / "index"
+    build = run_child("build", emb=str(emb), out=str(index_dir), factory=args.factory,
+                      nprobe=args.nprobe[0])
+    search = run_child("search", index_dir=str(index_dir), queries=str(work / "q.npy"),
+                       truth=str(work / "truth.npy"), nprobes=args.nprobe, batch=args.query_batch)
+    res.put("scale", "index", {
+        "vectors": what, "n": args.n, "dim": int(x.shape[1]), "raw_float32_mib": round(raw_mib, 1),
+        "factory": args.factory, "build": build, "search": search,
+        "search_peak_rss_over_raw": round(search["memory_mib"]["VmHWM"] / raw_mib, 3),
+        "load_avg_end": load_average()})
+
+
+# ---------------------------------------------------------------------------------- report
+def render(doc: dict[str, Any]) -> str:
+    st = doc.get("stages", {}).get("scale", {})
+    out = []
+    if "pretrain" in st:
+        p = st["pretrain"]
+        rows = [[f"{r['processes']} × {r['threads_per_process']} thread(s)", r["global_batch"],
+                 r["steps"], r["in_steps_s"], r["steps_per_s"], r["wall_s"]]
+                for r in p["rows"].values()]
+        out += ["**Data-parallel pretraining** (`hebb_softhebb_c3`, gloo on this 2-core CPU; "
+                "steps/s inside the steps)", "",
+                markdown_table(["processes", "global batch", "steps", "in steps (s)", "steps/s",
+                                "wall (s)"], rows, digits=3),
+                f"Parallel efficiency (2 processes vs 2 × one 1-thread process): "
+                f"{p['parallel_efficiency']:.2f}; 2 processes vs 1 process with every thread: "
+                f"{p['speedup_2p_vs_1p_all_threads']:.2f}× (`{p['command']}`, {p['git_commit']}, "
+                f"{p['machine']}).", ""]
+    if "index" in st:
+        ix = st["index"]
+        b, s = ix["build"], ix["search"]
+        rows = [[nprobe, r["qps"], r["recall_at_10"]] for nprobe, r in s["by_nprobe"].items()]
+        out += [f"**{ix['n']:,} × {ix['dim']} on-disk index** (`{ix['factory']}`, built with "
+                f"`--on-disk`; vectors: {ix['vectors']}; raw float32 {ix['raw_float32_mib']:.0f} "
+                f"MiB)", "",
+                markdown_table(["measurement", "value"], [
+                    ["build wall (s)", b["build_s"]],
+                    ["build peak RSS (MiB)", b["memory_mib"]["VmHWM"]],
+                    ["size on disk (MiB)", b["size_on_disk_mib"]],
+                    ["search peak RSS (MiB)", s["memory_mib"]["VmHWM"]],
+                    ["search peak RSS / raw vectors", ix["search_peak_rss_over_raw"]],
+                    ["search RSS at the end: anonymous / file-backed (MiB)",
+                     f"{s['memory_mib'].get('RssAnon')} / {s['memory_mib'].get('RssFile')}"]]),
+                markdown_table(["nprobe", "queries/s", "recall@10 vs exact"], rows, digits=3),
+                f"(`{ix['command']}`, {ix['git_commit']}, {ix['machine']}.)", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        fn = {"build": child_build, "search": child_search}[argv[1]]
+        print(json.dumps(fn(**json.loads(argv[2]))))
+        return {}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", nargs="+", choices=["pretrain", "index"],
+                        default=["pretrain", "index"])
+    parser.add_argument("--pretrain-data", help="image folder for the pretraining rows")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64, help="global batch")
+    parser.add_argument("--widths", type=int, nargs=3, help="c3 widths (smoke runs)")
+    parser.add_argument("--vectors", help=".npy (N, D) rows the index vectors are copies of")
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=256, help="synthetic vectors only")
+    parser.add_argument("--sigma", type=float, default=0.03)
+    parser.add_argument("--factory", default="IVF4096,SQ8")
+    parser.add_argument("--nprobe", type=int, nargs=2, default=[16, 64])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--query-batch", type=int, default=100)
+    parser.add_argument("--work", default=tempfile.gettempdir() + "/hebbret-scale")
+    parser.add_argument("--results", default=str(REPO / "tools/results/scale.json"))
+    parser.add_argument("--readme", default="", help="rewrite this README's scale section")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    res = ResultsFile(args.results, ["python", "tools/bench_scale.py", *argv], REPO,
+                      ignore=("tools/results", "README.md"))
+    if "pretrain" in args.part:
+        if not args.pretrain_data:
+            parser.error("--pretrain-data is required for the pretrain part")
+        bench_pretrain(args, res)
+    if "index" in args.part:
+        bench_index(args, res)
+    if args.readme:
+        text = Path(args.readme).read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} section")
+        head, rest = text.split(BEGIN, 1)
+        Path(args.readme).write_text(head + BEGIN + "\n" + render(res.doc) + END
+                                     + rest.split(END, 1)[1])
+    sys.stdout.write(render(res.doc))
+    return res.doc
+
+
+if __name__ == "__main__":
+    main()
