@@ -19,6 +19,7 @@ from .hebb.rules import RULES
 from .index import METRICS
 from .models import MODEL_NAMES
 from .runtime import DEVICES
+from .serve import ServeConfig
 from .version import __version__
 
 
@@ -179,6 +180,13 @@ def _fewshot(args: argparse.Namespace) -> None:
             for p, r in result["protocols"].items()]
     _print_table(["protocol", "test top-1 % (mean)", "std", "seeds"], rows)
     print(f"wrote {args.out}/fewshot.json")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(ServeConfig(index=args.index, run=args.run, host=args.host, port=args.port, k=args.k,
+                      max_upload_mb=args.max_upload_mb, device=args.device))
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -384,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
     p.add_argument("--json", action="store_true", help="machine-readable results")
     p.set_defaults(func=_search)
+
+    p = sub.add_parser("serve", parents=[device("auto")], help="search an index by image in the "
+                       "browser, with a JSON API (http://HOST:PORT/)")
+    p.add_argument("index", help="index dir")
+    p.add_argument("--host", default=ServeConfig.host, help="address to listen on (default "
+                   "%(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=ServeConfig.port)
+    p.add_argument("--run", help="run dir to embed uploads with (default: the one the index "
+                   "records)")
+    p.add_argument("--k", type=int, default=ServeConfig.k, help="default number of results")
+    p.add_argument("--max-upload-mb", type=float, default=ServeConfig.max_upload_mb)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("eval", help="kNN, linear-probe or retrieval evaluation of embeddings")
     esub = p.add_subparsers(dest="kind", required=True)

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -262,21 +262,23 @@ def check_finite_rows(x: np.ndarray, name: str, chunk: int = 8192) -> None:
         raise ValueError(f"{name} holds NaN or inf in rows {bad[:5]}{' ...' if len(bad) > 5 else ''}")
 
 
-def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike],
+def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike | IO[bytes]],
                  layer: str, pool: str, device: str = "cpu") -> np.ndarray:
-    """Embeddings float32 (len(paths), D) of image files, preprocessed as the model card says.
+    """Embeddings float32 (len(paths), D) of image files (or open binary files, e.g. uploads),
+    preprocessed as the model card says.
 
     Unlike dataset extraction, a query image that cannot be decoded is an error naming it.
     """
     spec = card.input
     images = []
     for p in paths:
-        if not Path(p).is_file():
+        if isinstance(p, (str, os.PathLike)) and not Path(p).is_file():
             raise FileNotFoundError(f"query image not found: {p}")
         try:
             arr = load_image(p, spec.in_chans, spec.img_size)
         except (OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f"query image {p} cannot be decoded: {e}") from None
+            name = p if isinstance(p, (str, os.PathLike)) else "upload"
+            raise ValueError(f"query image {name} cannot be decoded: {e}") from None
         images.append(to_tensor(arr, spec.mean, spec.std))
     dev = pick_device(device)
     model.to(dev).eval()

@@ -53,6 +53,23 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
     return ks
 
 
+def weighted_vote(scores: np.ndarray, labels: np.ndarray, temperature: float = KNN_TEMPERATURE
+                  ) -> dict[int, float]:
+    """The weighted kNN vote of :func:`knn_classify` for one query: {label: share of the votes},
+    each neighbour voting exp(score / T) for its label (unlabeled neighbours, label < 0, abstain),
+    highest first."""
+    keep = labels >= 0
+    if not keep.any():
+        return {}
+    s = np.asarray(scores, np.float64)[keep]
+    w = np.exp((s - s.max()) / temperature)
+    votes: dict[int, float] = {}
+    for label, weight in zip(labels[keep].tolist(), w.tolist(), strict=True):
+        votes[label] = votes.get(label, 0.0) + weight
+    total = sum(votes.values())
+    return dict(sorted(((k, v / total) for k, v in votes.items()), key=lambda kv: -kv[1]))
+
+
 def top1_top5_hits(scores: torch.Tensor, truth: torch.Tensor) -> tuple[int, int]:
     """How many rows of ``scores`` (Q, C) rank class ``truth`` (Q,) first, and in the top 5."""
     ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices

@@ -19,3 +19,9 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
    echo "note: could not install dataset-fashion-mnist; the fashion-mnist examples need it"
 fi
+# Chromium from Debian for the browser test of `hebbret serve` (Playwright drives it; no download).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+   echo "note: could not install chromium; the browser test of hebbret serve will be skipped"
+fi

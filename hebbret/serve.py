@@ -1,0 +1,294 @@
+"""``hebbret serve INDEX``: search a collection by image in the browser, and a JSON API.
+
+One FastAPI app over one index dir: the page (``static/serve.html``, no build step),
+``POST /api/search`` (an uploaded image, a JSON vector or a row of the collection -> the hits of
+``hebbret search --json`` and, for a labeled collection, the weighted kNN vote of ``eval knn``),
+``GET /api/info``, ``GET /api/random``, ``GET /thumb/<row>`` and ``GET /healthz``.
+
+Only rows of the index are ever read from disk: no path from a request reaches the file system.
+Uploads are capped (``max_upload_mb``); anything that is not a decodable image, a wrong-sized
+vector, a bad k or row is a 4xx with ``{"error": message}``, and never stops the server.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
+import functools
+import io
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .data import NAMED_DATASETS, open_dataset
+from .embed import embed_images, load_embeddings
+from .evaluate import KNN_TEMPERATURE, weighted_vote
+from .index import format_results, index_info, load_index, search_index
+from .runs import load_run
+from .runtime import pick_device
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).parent / "static" / "serve.html"
+
+
+@dataclass
+class ServeConfig:
+    """What `hebbret serve` serves and how."""
+
+    index: str
+    run: str | None = None  # the model that embeds uploads; None: the one the index records
+    host: str = "127.0.0.1"  # loopback only unless asked
+    port: int = 8000
+    k: int = 10  # default number of hits
+    max_k: int = 100
+    max_upload_mb: float = 10.0
+    thumb_px: int = 96  # thumbnails are at most this many pixels a side (small images: scaled up)
+    device: str = "auto"
+
+
+class ClientError(ValueError):
+    """A request the server refuses: its status code and a message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Collection:
+    """An index with its items, the model it records (sha256-checked as `search` does), the
+    embedded vectors (search by row) and the images of its rows (thumbnails)."""
+
+    def __init__(self, cfg: "ServeConfig") -> None:
+        self.cfg = cfg
+        self.index_dir = Path(cfg.index)
+        _, self.items, self.meta = load_index(self.index_dir)
+        run = cfg.run or self.meta.get("model_run")
+        if not run:
+            raise ValueError(f"{self.index_dir} records no model run; pass --run")
+        self.model, self.card = load_run(run)
+        if self.meta.get("model_sha256") and self.card.weights_sha256 != self.meta["model_sha256"]:
+            raise ValueError(f"{self.index_dir} was built from model sha256 "
+                             f"{self.meta['model_sha256'][:12]}, but {run} holds "
+                             f"{self.card.weights_sha256[:12]}; serve it with the model that "
+                             f"embedded the collection")
+        self.device = str(pick_device(cfg.device))
+        self.labels = np.array([it.get("label", -1) for it in self.items], dtype=np.int64)
+        self.class_names = {int(it["label"]): it.get("class_name") or str(it["label"])
+                            for it in self.items if it.get("label", -1) >= 0}
+        self.vectors, _, self.emb_meta = load_embeddings(self.meta["embeddings"],
+                                                         check_finite=False)
+        self.lock = threading.Lock()  # one search at a time: the model and FAISS use every core
+        self._dataset: Any = None
+
+    # ----------------------------------------------------------------------------- search
+    def info(self) -> dict[str, Any]:
+        return {**index_info(self.index_dir), "labeled": bool(self.class_names),
+                "classes": [self.class_names[c] for c in sorted(self.class_names)],
+                "input": {"in_chans": self.card.input.in_chans,
+                          "img_size": list(self.card.input.img_size)}}
+
+    def _k(self, k: Any) -> int:
+        try:
+            k = int(self.cfg.k if k is None else k)
+        except (TypeError, ValueError):
+            raise ClientError(400, f"k must be an integer, got {k!r}") from None
+        if not 1 <= k <= self.cfg.max_k:
+            raise ClientError(400, f"k must be between 1 and {self.cfg.max_k}, got {k}")
+        return k
+
+    def _row(self, row: Any) -> int:
+        try:
+            row = int(row)
+        except (TypeError, ValueError):
+            raise ClientError(400, f"row must be an integer, got {row!r}") from None
+        if not 0 <= row < len(self.items):
+            raise ClientError(404, f"no row {row}: the collection has rows 0..{len(self.items) - 1}")
+        return row
+
+    def search_vector(self, vector: Any, k: Any = None, query: str = "vector") -> dict[str, Any]:
+        k = self._k(k)
+        try:
+            v = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ClientError(400, "vector must be a list of numbers") from None
+        if v.ndim != 1 or len(v) != self.vectors.shape[1]:
+            raise ClientError(400, f"vector must have {self.vectors.shape[1]} numbers, got shape "
+                                   f"{list(v.shape)}")
+        if not np.isfinite(v).all():
+            raise ClientError(400, "vector holds NaN or inf")
+        with self.lock:
+            found = search_index(self.index_dir, v[None], k)
+        hits = format_results(found, [query])[0]
+        scores = np.array([h["score"] for h in hits["results"]])
+        rows = np.array([h["row"] for h in hits["results"]], dtype=np.int64)
+        votes = weighted_vote(scores, self.labels[rows]) if len(rows) else {}
+        prediction = None
+        if votes:
+            label, share = next(iter(votes.items()))
+            prediction = {"label": label, "class_name": self.class_names.get(label, str(label)),
+                          "share": share, "temperature": KNN_TEMPERATURE,
+                          "votes": {self.class_names.get(c, str(c)): v for c, v in votes.items()}}
+        return {**hits, "k": k, "prediction": prediction}
+
+    def search_image(self, data: bytes, k: Any = None) -> dict[str, Any]:
+        if not data:
+            raise ClientError(400, "the upload is empty; send an image file")
+        try:
+            with self.lock:
+                vec = embed_images(self.model, self.card, [io.BytesIO(data)],
+                                   self.meta["layer"], self.meta["pool"], self.device)[0]
+        except ValueError as e:
+            raise ClientError(415, f"not an image this server can read ({e})") from None
+        return self.search_vector(vec, k, query="upload")
+
+    def search_row(self, row: Any, k: Any = None) -> dict[str, Any]:
+        row = self._row(row)
+        out = self.search_vector(np.asarray(self.vectors[row], dtype=np.float32), k,
+                                 query=f"row {row}")
+        return {**out, "query_row": row, "query_item": self.items[row]}
+
+    # ------------------------------------------------------------------------- thumbnails
+    def _images(self) -> Any:
+        """The dataset the rows were embedded from (read lazily, once)."""
+        if self._dataset is None:
+            em = self.emb_meta
+            named = em.get("data") in NAMED_DATASETS
+            root = em.get("data_root")
+            source = em["data"] if named else root
+            self._dataset = open_dataset(
+                source, em.get("split", "train"), self.card.input.in_chans, self.card.input.img_size,
+                data_root=root if named and root and Path(root).is_dir() else None, cache=False)
+            self._where = {it.path: i for i, it in enumerate(self._dataset.items)}
+        return self._dataset
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Collection per server process
+    def thumbnail(self, row: int) -> bytes:
+        """PNG bytes of row ``row``'s image, at most ``thumb_px`` a side (small images scaled up
+        without smoothing)."""
+        row = self._row(row)
+        ds = self._images()
+        i = self._where.get(self.items[row]["path"])
+        if i is None:
+            raise ClientError(404, f"row {row}'s image is no longer in the collection")
+        try:
+            arr = ds.raw(i)
+        except (OSError, ValueError, SyntaxError):
+            raise ClientError(404, f"row {row}'s image cannot be read any more") from None
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        scale = self.cfg.thumb_px / max(img.size)
+        size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+        img = img.resize(size, Image.NEAREST if scale >= 1 else Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
+    """The FastAPI app serving ``cfg.index``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    col = collection or Collection(cfg)
+    app = FastAPI(title="hebbret", docs_url="/api/docs", redoc_url=None)
+    cap = int(cfg.max_upload_mb * 2**20)
+    rng = np.random.default_rng()
+
+    @app.exception_handler(ClientError)
+    def _client_error(request: Request, e: ClientError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    def _http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                          for err in e.errors())
+        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "count": len(col.items)}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return col.info()
+
+    @app.get("/api/random")
+    def random_row() -> dict[str, Any]:
+        row = int(rng.integers(len(col.items)))
+        return {"row": row, "item": col.items[row]}
+
+    @app.get("/thumb/{row}")
+    def thumb(row: int) -> Response:
+        return Response(col.thumbnail(row), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/search")
+    async def search(request: Request, k: int | None = None) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is None:
+            raise ClientError(411, "send a Content-Length with the request")
+        if int(length) > cap:
+            raise ClientError(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is "
+                                   f"{cfg.max_upload_mb:g} MB")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=4)
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ClientError(400, "send the image in a form field named 'image'")
+            data = await upload.read()
+            k = k if k is not None else form.get("k")
+            return await _run(col.search_image, data, k)
+        if kind.startswith("application/json"):
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ClientError(400, "the body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise ClientError(400, 'send {"vector": [...]} or {"row": N}')
+            k = k if k is not None else body.get("k")
+            if "vector" in body:
+                return await _run(col.search_vector, body["vector"], k)
+            if "row" in body:
+                return await _run(col.search_row, body["row"], k)
+            raise ClientError(400, 'send {"vector": [...]} or {"row": N}')
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            return await _run(col.search_image, await request.body(), k)
+        raise ClientError(415, "send an image (multipart field 'image', or the bytes with an "
+                               "image/* content type) or JSON {\"vector\": [...]} / {\"row\": N}")
+
+    return app
+
+
+async def _run(fn: Any, *args: Any) -> Any:
+    """CPU-bound work off the event loop (the server keeps answering /healthz meanwhile)."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the collection and serve it until interrupted."""
+    import uvicorn
+
+    app = create_app(cfg)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can search the "
+                    "collection and see its images", cfg.host)
+    log.info("serving %s at http://%s:%d/", cfg.index, cfg.host, cfg.port)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                workers=1, limit_concurrency=int(os.environ.get("HEBBRET_SERVE_CONCURRENCY", 64)))

@@ -1,0 +1,183 @@
+"""`hebbret serve`: the JSON API with FastAPI's test client, and the page in a real headless
+Chromium (Debian's, driven by Playwright; skipped where it is not installed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hebbret.embed import extract_embeddings, load_embeddings
+from hebbret.evaluate import weighted_vote
+from hebbret.index import build_index, search_by_image
+from hebbret.pretraining import pretrain
+from hebbret.serve import ServeConfig, create_app
+
+from .conftest import TINY_C3, write_image_folder
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    images = write_image_folder(root / "images", classes=3, per_class=8, size=16)
+    os.environ.setdefault("HEBBRET_CACHE_DIR", str(root / "cache"))
+    run = pretrain(str(images), out=str(root / "run"), model_kwargs=TINY_C3, img_size=16,
+                   batch_size=4, epochs=1, quiet=True)
+    emb = extract_embeddings(run, images, root / "emb", quiet=True)
+    return {"images": images, "run": run, "emb": emb,
+            "index": build_index(emb, root / "index")}
+
+
+@pytest.fixture(scope="module")
+def client(collection):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(ServeConfig(index=str(collection["index"]), device="cpu",
+                                             max_upload_mb=0.05)))
+
+
+def png_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_image_search_equals_search_by_image_and_votes_like_eval_knn(client, collection):
+    query = collection["images"] / "class_1" / "img_3.png"
+    r = client.post("/api/search?k=5", files={"image": ("q.png", png_bytes(query), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = search_by_image(collection["index"], [query], k=5)[0]["results"]
+    assert [h["row"] for h in body["results"]] == [h["row"] for h in expected]
+    assert [h["path"] for h in body["results"]] == [h["path"] for h in expected]
+    np.testing.assert_allclose([h["score"] for h in body["results"]],
+                               [h["score"] for h in expected], rtol=1e-5)
+    votes = weighted_vote(np.array([h["score"] for h in expected]),
+                          np.array([h["label"] for h in expected]))
+    assert body["prediction"]["label"] == next(iter(votes))
+    assert body["prediction"]["class_name"] == f"class_{body['prediction']['label']}"
+    # the raw bytes with an image content type give the same hits
+    raw = client.post("/api/search?k=5", content=png_bytes(query),
+                      headers={"content-type": "image/png"})
+    assert [h["row"] for h in raw.json()["results"]] == [h["row"] for h in body["results"]]
+
+
+def test_vector_and_row_search_info_random_thumbs_and_health(client, collection):
+    emb, items, _ = load_embeddings(collection["emb"])
+    r = client.post("/api/search", json={"vector": np.asarray(emb[4]).tolist(), "k": 3})
+    assert r.status_code == 200 and r.json()["results"][0]["row"] == 4
+    by_row = client.post("/api/search", json={"row": 4, "k": 3}).json()
+    assert by_row["results"] == r.json()["results"] and by_row["query_item"] == items[4]
+    info = client.get("/api/info").json()
+    assert info["ntotal"] == 24 and info["labeled"] and info["classes"] == [
+        "class_0", "class_1", "class_2"]
+    row = client.get("/api/random").json()["row"]
+    assert 0 <= row < 24
+    thumb = client.get(f"/thumb/{row}")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(thumb.content))
+    assert img.size == (96, 96)
+    assert client.get("/healthz").json() == {"status": "ok", "count": 24}
+    assert "search the collection" in client.get("/").text
+
+
+@pytest.mark.parametrize("request_kwargs,status,message", [
+    (dict(files={"image": ("x.png", b"not an image at all", "image/png")}), 415, "not an image"),
+    (dict(files={"image": ("x.png", b"", "image/png")}), 400, "empty"),
+    (dict(files={"image": ("big.png", b"\0" * 60_000, "image/png")}), 413, "limit"),
+    (dict(files={"photo": ("x.png", b"123", "image/png")}), 400, "field named 'image'"),
+    (dict(json={"vector": [0.1, 0.2]}), 400, "must have"),
+    (dict(content=b'{"vector": [' + b", ".join([b"NaN"] * 128) + b"]}",
+          headers={"content-type": "application/json"}), 400, "NaN"),
+    (dict(json={"row": 10_000}), 404, "no row"),
+    (dict(json={"row": "../../etc/passwd"}), 400, "row must be an integer"),
+    (dict(json={"row": 1, "k": 0}), 400, "k must be"),
+    (dict(json={"row": 1, "k": -3}), 400, "k must be"),
+    (dict(json=[1, 2]), 400, "send"),
+    (dict(content=b"{broken", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+    (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "send an image"),
+])
+def test_bad_requests_get_a_4xx_with_a_message_and_the_server_stays_up(
+        client, request_kwargs, status, message):
+    r = client.post("/api/search", **request_kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/thumb/../../etc/passwd", "/thumb/..%2F..%2Fetc%2Fpasswd",
+                                 "/thumb/-1", "/thumb/24", "/thumb/1e3", "/api/search?k=../x",
+                                 "/static/../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd"])
+def test_paths_in_urls_never_reach_the_file_system(client, url):
+    r = client.post(url) if url.startswith("/api/search") else client.get(url)
+    assert 400 <= r.status_code < 500
+    assert "root:" not in r.text and "error" in r.json()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(collection):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hebbret", "serve", str(collection["index"]),
+                             "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read().decode()) from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
+def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
+        server, collection):
+    from playwright.sync_api import expect, sync_playwright
+
+    query = collection["images"] / "class_2" / "img_5.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            expect(page.locator("#info")).to_contain_text("24 images")
+            page.fill("#k", "6")
+            page.set_input_files("#file", str(query))
+            cards = page.locator(".result")
+            expect(cards).to_have_count(6)
+            labels = cards.locator(".label").all_inner_texts()
+            assert set(labels) <= {"class_0", "class_1", "class_2"}
+            expect(page.locator("#prediction")).to_contain_text("predicted: class_")
+            for img in cards.locator("img").all():  # every thumbnail loaded
+                assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+            row = cards.nth(2).get_attribute("data-row")
+            cards.nth(2).click()
+            expect(page.locator("#querytext")).to_contain_text(f"row {row}")
+            expect(cards).to_have_count(6)
+            assert cards.first.get_attribute("data-row") == row  # a row finds itself first
+            assert page.locator("#error").inner_text() == ""
+        finally:
+            browser.close()
