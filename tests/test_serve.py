@@ -181,3 +181,23 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
             assert page.locator("#error").inner_text() == ""
         finally:
             browser.close()
+
+
+def test_bench_serve_reports_latency_throughput_and_flat_memory(collection, tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", script)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- serve-results:begin -->\nold\n<!-- serve-results:end -->\nb\n")
+    doc = bench.main([str(collection["index"]), "--clients", "2", "--seconds", "2",
+                      "--queries", "5", "--results", str(tmp_path / "serve.json"),
+                      "--readme", str(readme)])
+    row = doc["stages"]["serve"]["2-clients"]
+    assert row["requests"] > 0 and row["errors"] == 0 and row["server_alive_after"]
+    assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p95"] <= row["latency_ms"]["max"]
+    assert row["server_rss_mib"]["peak"] >= row["server_rss_mib"]["start"] > 0
+    assert "searches/s" in readme.read_text() and "old" not in readme.read_text()
