@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -267,6 +268,19 @@ def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
 
 
+def _read(path: Path, flags: int | None = None) -> Any:
+    """A FAISS index (``flags`` given) or a JSONL file, read once per version of the file: the
+    cache is keyed by path, size and mtime, so a rebuilt index is read again (a server answers
+    many searches from one index)."""
+    st = path.stat()
+    return _read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns, flags)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, size: int, mtime_ns: int, flags: int | None) -> Any:
+    return read_jsonl(path) if flags is None else faiss.read_index(path, flags)
+
+
 def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], dict[str, Any]]:
     """(index, items, meta) of an index dir; names any missing file. An on-disk index is
     opened with its inverted lists memory-mapped from ``index.ivfdata`` beside it."""
@@ -290,12 +304,12 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], d
                              f"it with `hebbret index build --on-disk`")
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists live beside index.faiss, mmapped
     try:
-        index = faiss.read_index(str(index_dir / INDEX), flags)
+        index = _read(index_dir / INDEX, flags)
     except RuntimeError as e:
         raise ValueError(f"{index_dir / INDEX} is not a readable FAISS index (truncated "
                          f"or corrupt: {str(e).strip().splitlines()[-1][:200]}); rebuild it with "
                          f"`hebbret index build`") from None
-    items = read_jsonl(index_dir / ITEMS)
+    items = _read(index_dir / ITEMS)
     if index.ntotal != len(items):
         raise ValueError(f"{index_dir}: index.faiss holds {index.ntotal} vectors but items.jsonl "
                          f"has {len(items)} lines")
