@@ -40,8 +40,9 @@ def _verdict(ok: bool | None) -> str:
 def variants_table(var: dict[str, Any], base: dict[str, Any] | None,
                    heb: dict[str, Any] | None) -> list[str]:
     """Section 3c: recipe variants tried, against the stage-1 Hebbian run."""
-    out = ["**3c. Variants of the Hebbian recipe** (one Hebbian epoch each, everything else as "
-           "section 1; kNN top-1 as section 2; kept = it becomes a default)", "",
+    out = ["**3c. Variants of the Hebbian recipe** (one Hebbian epoch unless the change says "
+           "otherwise, everything else as section 1; kNN top-1 as section 2; kept = it becomes "
+           "a default)", "",
            "| variant | change | kNN top-1 | vs SoftHebb's recipe | convergence (distance per "
            "layer) | kept |", "|---|---|---:|---:|---|---|"]
 

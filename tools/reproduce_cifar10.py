@@ -110,9 +110,12 @@ labels_of = load_labeled_pair
 # ---------------------------------------------------------------- stage 1: SoftHebb protocol
 C3_VARIANTS = {"hebbian": "softhebb", "random": "none"}
 # Changes to the Hebbian recipe tried against the stage-1 run: (what it changes, model kwargs)
+# name -> (what it changes, model kwargs, pretrain kwargs)
 LIFT_VARIANTS = {
     "init-radius-5": ("neurons start at norm 5 instead of SoftHebb's 25 (the embedded default's "
-                      "choice for small collections)", {"init_radius": 5.0}),
+                      "choice for small collections)", {"init_radius": 5.0}, {}),
+    "two-epochs": ("two Hebbian epochs instead of one (10,000 steps per layer)", {},
+                   {"epochs": 2}),
 }
 
 
@@ -122,10 +125,11 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
     hebbian, random or a LIFT_VARIANTS name."""
     name = f"c3-{variant}" + ("" if precision == "fp32" else f"-{precision}")
     run = work / name / "run"
-    lift = LIFT_VARIANTS.get(variant, ("", {}))[1]
+    _, lift, options = LIFT_VARIANTS.get(variant, ("", {}, {}))
     info = pretrain_once(run, data, model="hebb_softhebb_c3",
                          rule=C3_VARIANTS.get(variant, "softhebb"),
-                         model_kwargs={**settings.c3_kwargs, **lift}, epochs=1,  # SoftHebb: 1
+                         model_kwargs={**settings.c3_kwargs, **lift},
+                         **{"epochs": 1, **options},  # SoftHebb: 1 epoch
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
@@ -268,9 +272,9 @@ def stage_few_labels(work: Path, data: Path, res: ResultsFile, settings: Setting
 
 # ---------------------------------------------------------------- stage 3c: recipe variants
 def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings) -> None:
-    """Each LIFT_VARIANTS recipe: one Hebbian epoch, kNN top-1 and convergence, against the
-    stage-1 Hebbian run (its features are deleted afterwards: 3 GB each)."""
-    for name, (change, kwargs) in LIFT_VARIANTS.items():
+    """Each LIFT_VARIANTS recipe: kNN top-1 and convergence against the stage-1 Hebbian run
+    (its features are deleted afterwards: 3 GB each)."""
+    for name, (change, kwargs, options) in LIFT_VARIANTS.items():
         if res.get("variants", name):
             continue
         root, info = c3_features(work, data, name, settings)
@@ -278,7 +282,8 @@ def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings)
         knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
                            temperature=0.07)
         card = read_card(root / "run").training
-        res.put("variants", name, {"change": change, "model_kwargs": kwargs, **info,
+        res.put("variants", name, {"change": change, "model_kwargs": kwargs,
+                                   "pretrain_kwargs": options, **info,
                                    "knn_top1": knn["k"][settings.knn_k]["top1"], "knn_s": knn_s,
                                    "convergence": card.get("convergence")})
         log.info("variants/%s: kNN top-1 %.2f", name, knn["k"][settings.knn_k]["top1"])
