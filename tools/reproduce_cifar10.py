@@ -110,12 +110,22 @@ labels_of = load_labeled_pair
 # ---------------------------------------------------------------- stage 1: SoftHebb protocol
 C3_VARIANTS = {"hebbian": "softhebb", "random": "none"}
 # Changes to the Hebbian recipe tried against the stage-1 run: (what it changes, model kwargs)
-# name -> (what it changes, model kwargs, pretrain kwargs)
+C3_WIDTHS = [96, 384, 1536]  # SoftHebb's
+
+
+def _wider_last(c3_kwargs: dict) -> dict:
+    widths = list(c3_kwargs.get("widths", C3_WIDTHS))
+    return {"widths": widths[:-1] + [2 * widths[-1]]}
+
+
+# name -> (what it changes, model kwargs (or a function of the run's c3 kwargs), pretrain kwargs)
 LIFT_VARIANTS = {
     "init-radius-5": ("neurons start at norm 5 instead of SoftHebb's 25 (the embedded default's "
                       "choice for small collections)", {"init_radius": 5.0}, {}),
     "two-epochs": ("two Hebbian epochs instead of one (10,000 steps per layer)", {},
                    {"epochs": 2}),
+    "wide-last-layer": ("twice the neurons in the last layer (3,072: 49,152-d features)",
+                        _wider_last, {}),
 }
 
 
@@ -126,6 +136,7 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
     name = f"c3-{variant}" + ("" if precision == "fp32" else f"-{precision}")
     run = work / name / "run"
     _, lift, options = LIFT_VARIANTS.get(variant, ("", {}, {}))
+    lift = lift(settings.c3_kwargs) if callable(lift) else lift
     info = pretrain_once(run, data, model="hebb_softhebb_c3",
                          rule=C3_VARIANTS.get(variant, "softhebb"),
                          model_kwargs={**settings.c3_kwargs, **lift},
@@ -282,6 +293,7 @@ def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings)
         knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
                            temperature=0.07)
         card = read_card(root / "run").training
+        kwargs = kwargs(settings.c3_kwargs) if callable(kwargs) else kwargs
         res.put("variants", name, {"change": change, "model_kwargs": kwargs,
                                    "pretrain_kwargs": options, **info,
                                    "knn_top1": knn["k"][settings.knn_k]["top1"], "knn_s": knn_s,
