@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -107,24 +108,13 @@ def pack_folder(folder: ImageFolder, out: str | os.PathLike, workers: int | None
     c = folder.in_chans
     n = len(folder)
     per_shard = max(1, SHARD_BYTES // (h * w * c))
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     log.info("packing %d images of %s at %d×%d×%d into %s", n, folder.root, h, w, c, out)
     try:
         key = key or folder_key(folder)
         _fill(folder, tmp, per_shard, workers, quiet, key)
-        if _complete(out, key):  # another process packed the same folder meanwhile
-            shutil.rmtree(tmp)
-        else:
-            if out.exists():
-                shutil.rmtree(out)
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                if not _complete(out, key):
-                    raise
-                shutil.rmtree(tmp)
+        _publish(tmp, out, key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -203,6 +193,30 @@ class PackedImages(ImageDataset):
         if not self.valid[i]:
             return None, self.items[i].label, i
         return self._to_tensor(self.raw(i)), self.items[i].label, i
+
+
+def _publish(tmp: Path, out: Path, key: str) -> None:
+    """Move the finished cache ``tmp`` to ``out``, unless another process published the same
+    key first (then ``tmp`` is dropped); an outdated ``out`` is renamed aside, never deleted
+    under a reader's feet before the new one is in place."""
+    if _complete(out, key):
+        shutil.rmtree(tmp)
+        return
+    aside = None
+    if out.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.replace(out, aside / "cache")
+        except OSError:  # another process moved it meanwhile
+            pass
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not _complete(out, key):
+            raise
+        shutil.rmtree(tmp)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _complete(out: Path, key: str) -> bool:

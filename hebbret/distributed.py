@@ -58,30 +58,38 @@ def world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(),
                      int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size <= 1:
+        return World()
+    return World(int(os.environ.get("RANK", 0)), size, int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def join(device: torch.device) -> World:
-    """Join the torchrun job when there is one (WORLD_SIZE > 1): NCCL for CUDA, gloo for CPU,
-    collectives that fail after ``HEBBRET_DIST_TIMEOUT`` seconds (default 600) instead of
-    hanging when a rank died. Returns this process's :class:`World`."""
+_waits: Any = None  # a gloo group for waits that may outlast the collective timeout
+
+
+def join(device: torch.device) -> tuple[World, torch.device]:
+    """Join the torchrun job when there is one (WORLD_SIZE > 1): NCCL for CUDA, gloo for CPU
+    (and for the CPU-side counts), collectives that fail after ``HEBBRET_DIST_TIMEOUT`` seconds
+    (default 600) instead of hanging when a rank died. Each process drives the GPU of its local
+    rank. Returns this process's :class:`World` and its device."""
+    global _waits
     w = world()
+    if w.size > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(f"--device {device} under torchrun with {w.size} processes: give "
+                             f"--device cuda (or auto); each process takes the GPU of its local "
+                             f"rank")
+        torch.cuda.set_device(w.local_rank)
+        device = torch.device("cuda", w.local_rank)
     if w.size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S), **kwargs)
+        # waits for rank 0's long work (packing a cache, merging shards) must not time out
+        _waits = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
         w = world()
         log.info("rank %d of %d (%s)", w.rank, w.size, backend)
-    return w
-
-
-def local_device(device: torch.device, w: World) -> torch.device:
-    """Under torchrun each process drives the GPU of its local rank."""
-    if device.type == "cuda" and w.size > 1 and device.index is None:
-        torch.cuda.set_device(w.local_rank)
-        return torch.device("cuda", w.local_rank)
-    return device
+    return w, device
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -217,18 +225,20 @@ def broadcast(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. packs the image cache), the other ranks after it."""
+    """Rank 0 runs the block first (e.g. packs the image cache), the other ranks after it
+    (they wait as long as it takes)."""
     w = world()
     if not w.is_main:
-        barrier()
+        barrier(long=True)
     yield
     if w.is_main:
-        barrier()
+        barrier(long=True)
 
 
-def barrier() -> None:
+def barrier(long: bool = False) -> None:
+    """Wait for every rank; ``long``: without the collective timeout (rank 0 may be busy)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_waits if long else None)
 
 
 def on_main(fn: Any) -> Any:
@@ -237,12 +247,17 @@ def on_main(fn: Any) -> Any:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return fn()
     result: Any = None
+    error: BaseException | None = None
     if dist.get_rank() == 0:
         try:
             result = ("ok", fn())
         except (ValueError, OSError) as e:
-            result = ("error", e)
+            result, error = ("error", e), e
+        except Exception as e:  # noqa: BLE001 - every rank must learn that rank 0 failed
+            result, error = ("error", RuntimeError(f"rank 0 failed: {type(e).__name__}: {e}")), e
     kind, value = broadcast(result)
+    if error is not None:
+        raise error
     if kind == "error":
         raise value
     return value

@@ -16,16 +16,17 @@ from typing import IO, Any
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
+from PIL import Image
 from torch import Tensor, nn
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
 from .data import ImageDataset, SkippedFiles, load_image, make_loader, open_dataset, to_tensor
 from .distributed import (
+    ShardSum,
     barrier,
     check_same_data,
     join,
-    local_device,
     main_first,
     shard_bounds,
     union_rows,
@@ -101,9 +102,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     layer = layer or card.embedding.layer
     pool = pool or card.embedding.pool
     spec = card.input
-    dev = pick_device(device)
-    w = join(dev)  # under torchrun: rank r embeds its share of the batches
-    dev = local_device(dev, w)
+    w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
         dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
                                mean=spec.mean, std=spec.std)
@@ -123,13 +122,14 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
                                 layer, pool, num_workers, quiet or not w.is_main)
     if w.size > 1:
         write_jsonl(target / ITEMS, [{"row": r} for r in rows])
-        barrier()
-        if w.is_main:
-            rows = _merge_shards(out, w.size)
-        skipped.rows = union_rows(skipped.rows)
-    if not w.is_main:
-        barrier()
-        return out
+        skipped.rows = union_rows(skipped.rows)  # every rank decides together:
+        total = int(ShardSum()([torch.tensor([float(len(rows))])]).item())
+        if total == 0:
+            raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
+        if not w.is_main:
+            barrier(long=True)  # returns once rank 0 has merged the shards
+            return out
+        rows = _merge_shards(out, w.size)
     if not rows:
         (out / EMBEDDINGS).unlink(missing_ok=True)
         raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
@@ -145,7 +145,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
         "skipped_paths": skipped.paths, "hebbret_version": __version__, "world_size": w.size,
     }
     write_json(out / META, meta)
-    barrier()
+    barrier(long=True)
     log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
              skipped.count)
     return out
@@ -276,7 +276,7 @@ def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike 
             raise FileNotFoundError(f"query image not found: {p}")
         try:
             arr = load_image(p, spec.in_chans, spec.img_size)
-        except (OSError, ValueError, SyntaxError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             name = p if isinstance(p, (str, os.PathLike)) else "upload"
             raise ValueError(f"query image {name} cannot be decoded: {e}") from None
         images.append(to_tensor(arr, spec.mean, spec.std))

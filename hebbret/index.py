@@ -183,7 +183,11 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
                                       pca_sample_bytes, source=str(emb_dir))
     build = out / ".build"
     if on_disk:
-        index = _fill_on_disk(index, emb, normalize, chunk, shard_rows, build, factory)
+        try:
+            index = _fill_on_disk(index, emb, normalize, chunk, shard_rows, build, factory)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
     else:
         for i in range(0, n, chunk):
             index.add(_as_float32(emb[i: i + chunk], normalize))
@@ -273,11 +277,11 @@ def _read(path: Path, flags: int | None = None) -> Any:
     cache is keyed by path, size and mtime, so a rebuilt index is read again (a server answers
     many searches from one index)."""
     st = path.stat()
-    return _read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns, flags)
+    return _read_cached(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, flags)
 
 
-@functools.lru_cache(maxsize=8)
-def _read_cached(path: str, size: int, mtime_ns: int, flags: int | None) -> Any:
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: str, inode: int, size: int, mtime_ns: int, flags: int | None) -> Any:
     return read_jsonl(path) if flags is None else faiss.read_index(path, flags)
 
 
@@ -352,12 +356,21 @@ def search_index(index_dir: str | os.PathLike, queries: np.ndarray, k: int = 10,
     Returns scores float32 (Q, k'), ids int64 (Q, k') with k' = min(k, index size), the index's
     items and meta. Queries are normalised the way the database was.
     """
+    return search_loaded(load_index(index_dir), queries, k, nprobe, ef_search, str(index_dir))
+
+
+def search_loaded(loaded: tuple[faiss.Index, list[dict], dict[str, Any]], queries: np.ndarray,
+                  k: int = 10, nprobe: int | None = None, ef_search: int | None = None,
+                  name: str = "the index") -> tuple[np.ndarray, np.ndarray, list[dict],
+                                                    dict[str, Any]]:
+    """:func:`search_index` on an index already opened by :func:`load_index` (one search at a
+    time per index object: the search parameters are set on it)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
-    index, items, meta = load_index(index_dir)
+    index, items, meta = loaded
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != index.d:
-        raise ValueError(f"queries have dimension {queries.shape[-1]} but {index_dir} holds "
+        raise ValueError(f"queries have dimension {queries.shape[-1]} but {name} holds "
                          f"{index.d}-dimensional vectors")
     if not np.isfinite(queries).all():
         bad = np.flatnonzero(~np.isfinite(queries).all(axis=1))[:5].tolist()

@@ -28,7 +28,6 @@ from .distributed import (
     barrier,
     check_same_data,
     join,
-    local_device,
     main_first,
     on_main,
     sharded_forward,
@@ -226,8 +225,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
                          "data in --config")
     device = pick_device(cfg.device)
-    w = join(device)  # under torchrun: one process of a data-parallel job
-    device = local_device(device, w)
+    w, device = join(device)  # under torchrun: one process of a data-parallel job
     with main_first():  # rank 0 packs the image cache once for every rank
         resolved, dataset = _resolve(cfg)
     resolved["world_size"] = w.size
@@ -278,7 +276,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
                          f"decoded; nothing was trained and no model was written to {out}")
     if not w.is_main:
-        barrier()  # returns once rank 0 has written the run dir
+        barrier(long=True)  # returns once rank 0 has written the run dir
         return out
     conv = convergence(training_log(out), model)
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
@@ -287,7 +285,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                "convergence": conv}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     _save_state(out, model, optimizer, pos, skipped, finished=True)
-    barrier()
+    barrier(long=True)
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:
         if not la["converged"]:
@@ -339,7 +337,8 @@ class _StepLog:
         rows = [row for row, _ in self.pending]
         self.pending = []
         # images trained per step, over every rank; the undecodable files seen so far
-        counts = ShardSum()([torch.tensor([float(r.pop("n")) for r in rows], dtype=torch.float64)])
+        counts = ShardSum()([torch.tensor([float(r.pop("n")) for r in rows], dtype=torch.float64,
+                                          device=self.ok.device)])
         self.skipped.rows = union_rows(self.skipped.rows)
         for row, n in zip(rows, counts.tolist(), strict=True):
             self.images += int(n)

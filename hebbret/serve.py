@@ -27,7 +27,7 @@ from PIL import Image
 from .data import NAMED_DATASETS, open_dataset
 from .embed import embed_images, load_embeddings
 from .evaluate import KNN_TEMPERATURE, weighted_vote
-from .index import format_results, index_info, load_index, search_index
+from .index import format_results, index_info, load_index, search_loaded
 from .runs import load_run
 from .runtime import pick_device
 
@@ -47,6 +47,7 @@ class ServeConfig:
     k: int = 10  # default number of hits
     max_k: int = 100
     max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000  # larger images are refused before they are decoded
     thumb_px: int = 96  # thumbnails are at most this many pixels a side (small images: scaled up)
     device: str = "auto"
 
@@ -66,7 +67,8 @@ class Collection:
     def __init__(self, cfg: "ServeConfig") -> None:
         self.cfg = cfg
         self.index_dir = Path(cfg.index)
-        _, self.items, self.meta = load_index(self.index_dir)
+        self.loaded = load_index(self.index_dir)  # pinned: a rebuilt index needs a restart
+        _, self.items, self.meta = self.loaded
         run = cfg.run or self.meta.get("model_run")
         if not run:
             raise ValueError(f"{self.index_dir} records no model run; pass --run")
@@ -83,7 +85,9 @@ class Collection:
         self.vectors, _, self.emb_meta = load_embeddings(self.meta["embeddings"],
                                                          check_finite=False)
         self.lock = threading.Lock()  # one search at a time: the model and FAISS use every core
+        self._images_lock = threading.Lock()
         self._dataset: Any = None
+        self._where: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------- search
     def info(self) -> dict[str, Any]:
@@ -95,7 +99,7 @@ class Collection:
     def _k(self, k: Any) -> int:
         try:
             k = int(self.cfg.k if k is None else k)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ClientError(400, f"k must be an integer, got {k!r}") from None
         if not 1 <= k <= self.cfg.max_k:
             raise ClientError(400, f"k must be between 1 and {self.cfg.max_k}, got {k}")
@@ -104,7 +108,7 @@ class Collection:
     def _row(self, row: Any) -> int:
         try:
             row = int(row)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ClientError(400, f"row must be an integer, got {row!r}") from None
         if not 0 <= row < len(self.items):
             raise ClientError(404, f"no row {row}: the collection has rows 0..{len(self.items) - 1}")
@@ -122,7 +126,7 @@ class Collection:
         if not np.isfinite(v).all():
             raise ClientError(400, "vector holds NaN or inf")
         with self.lock:
-            found = search_index(self.index_dir, v[None], k)
+            found = search_loaded(self.loaded, v[None], k, name=str(self.index_dir))
         hits = format_results(found, [query])[0]
         scores = np.array([h["score"] for h in hits["results"]])
         rows = np.array([h["row"] for h in hits["results"]], dtype=np.int64)
@@ -138,6 +142,16 @@ class Collection:
     def search_image(self, data: bytes, k: Any = None) -> dict[str, Any]:
         if not data:
             raise ClientError(400, "the upload is empty; send an image file")
+        try:  # the header only: refuse huge images before decoding them
+            with Image.open(io.BytesIO(data)) as img:
+                pixels = img.size[0] * img.size[1]
+        except Image.DecompressionBombError as e:
+            raise ClientError(413, f"the image is too large to decode ({e})") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ClientError(415, f"not an image this server can read ({e})") from None
+        if pixels > self.cfg.max_pixels:
+            raise ClientError(413, f"the image has {pixels:,} pixels; the limit is "
+                                   f"{self.cfg.max_pixels:,}")
         try:
             with self.lock:
                 vec = embed_images(self.model, self.card, [io.BytesIO(data)],
@@ -155,16 +169,21 @@ class Collection:
     # ------------------------------------------------------------------------- thumbnails
     def _images(self) -> Any:
         """The dataset the rows were embedded from (read lazily, once)."""
-        if self._dataset is None:
-            em = self.emb_meta
-            named = em.get("data") in NAMED_DATASETS
-            root = em.get("data_root")
-            source = em["data"] if named else root
-            self._dataset = open_dataset(
-                source, em.get("split", "train"), self.card.input.in_chans, self.card.input.img_size,
-                data_root=root if named and root and Path(root).is_dir() else None, cache=False)
-            self._where = {it.path: i for i, it in enumerate(self._dataset.items)}
+        with self._images_lock:
+            if self._dataset is None:
+                self._open_images()
         return self._dataset
+
+    def _open_images(self) -> None:
+        em = self.emb_meta
+        named = em.get("data") in NAMED_DATASETS
+        root = em.get("data_root")
+        source = em["data"] if named else root
+        dataset = open_dataset(
+            source, em.get("split", "train"), self.card.input.in_chans, self.card.input.img_size,
+            data_root=root if named and root and Path(root).is_dir() else None, cache=False)
+        self._where = {it.path: i for i, it in enumerate(dataset.items)}
+        self._dataset = dataset
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Collection per server process
     def thumbnail(self, row: int) -> bytes:
@@ -256,7 +275,7 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
         if kind.startswith("application/json"):
             try:
                 body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 raise ClientError(400, "the body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise ClientError(400, 'send {"vector": [...]} or {"row": N}')

@@ -4,7 +4,7 @@
 
 A job: {"data": DIR, "out": DIR, "kwargs": {...}} for hebbret.pretrain, or "embed": {...} for
 hebbret.embed.extract_embeddings; "kill_at": n makes every rank die as Hebbian step n starts
-(a killed job, to resume); "data_by_rank": [DIR0, DIR1] gives each rank its own folder.
+(a killed job, to resume; "kill_rank": only that rank dies); "data_by_rank": [DIR0, DIR1] gives each rank its own folder.
 """
 
 import json
@@ -27,7 +27,7 @@ def main() -> None:
             extract_embeddings(**job["embed"], quiet=True)
             continue
         data = job["data_by_rank"][rank] if "data_by_rank" in job else job["data"]
-        if "kill_at" in job:
+        if "kill_at" in job and job.get("kill_rank", rank) == rank:
             real, calls = pretraining.hebbian_step, {"n": 0}
 
             def dying(*args, _real=real, _calls=calls, _at=job["kill_at"], **kw):

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,15 @@ def test_a_killed_torchrun_job_resumes_to_the_same_weights(folder, tmp_path):
     b = load_file(tmp_path / "killed" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_rank_that_dies_fails_the_job_instead_of_hanging(folder, tmp_path):
+    kw = dict(kwargs_of("hebb_softhebb_c3", "softhebb", "consecutive"), steps=4)
+    t0 = time.perf_counter()
+    done = torchrun({"jobs": [{"data": str(folder), "out": str(tmp_path / "run"), "kwargs": kw,
+                               "kill_at": 2, "kill_rank": 1}]}, tmp_path)
+    assert done.returncode != 0 and time.perf_counter() - t0 < 55  # < the collective timeout
+    assert not (tmp_path / "run" / "model.json").exists()
 
 
 def test_ranks_that_see_different_data_stop_with_an_error_naming_it(folder, tmp_path):

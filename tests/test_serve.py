@@ -91,7 +91,30 @@ def test_vector_and_row_search_info_random_thumbs_and_health(client, collection)
     assert "search the collection" in client.get("/").text
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width × height pixels (and holds none): decoding it would be a bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                               0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
 @pytest.mark.parametrize("request_kwargs,status,message", [
+    (dict(files={"image": ("x.png", png_header(7000, 7000), "image/png")}), 413, "pixels"),
+    (dict(files={"image": ("x.png", png_header(100_000, 100_000), "image/png")}), 413,
+     "too large"),
+    (dict(content=b'{"row": 1, "k": 1e999}', headers={"content-type": "application/json"}), 400,
+     "k must be"),
+    (dict(content=b'{"row": Infinity}', headers={"content-type": "application/json"}), 400,
+     "row must be"),
+    (dict(content=b"[" * 40_000, headers={"content-type": "application/json"}), 400,
+     "not valid JSON"),
     (dict(files={"image": ("x.png", b"not an image at all", "image/png")}), 415, "not an image"),
     (dict(files={"image": ("x.png", b"", "image/png")}), 400, "empty"),
     (dict(files={"image": ("big.png", b"\0" * 60_000, "image/png")}), 413, "limit"),
