@@ -4,7 +4,8 @@
 
 A job: {"data": DIR, "out": DIR, "kwargs": {...}} for hebbret.pretrain, or "embed": {...} for
 hebbret.embed.extract_embeddings; "kill_at": n makes every rank die as Hebbian step n starts
-(a killed job, to resume; "kill_rank": only that rank dies); "data_by_rank": [DIR0, DIR1] gives each rank its own folder.
+(a killed job, to resume; "kill_rank": only that rank dies); "data_by_rank": [DIR0, DIR1]
+gives each rank its own folder.
 """
 
 import json
