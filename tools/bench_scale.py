@@ -1,8 +1,8 @@
 """Scaling out on this machine: data-parallel pretraining under torchrun, and a FAISS index of a
 million vectors built and searched on disk. Results JSON + README table.
 
-    python tools/bench_scale.py --pretrain-data data/cifar10/train \\
-        --vectors runs/scale/cifar_pca256.npy --readme README.md
+    python tools/bench_scale.py --pretrain-data data/cifar10-5k/train \\
+        --vectors runs/cifar10-repro/c3-hebbian/index_pca256 --readme README.md
 
 - ``pretrain``: Hebbian steps/s of ``hebb_softhebb_c3`` at one global batch, as 1 process
   (all threads), 1 process (1 thread) and 2 gloo processes (1 thread each), each a real
@@ -90,12 +90,24 @@ def bench_pretrain(args: argparse.Namespace, res: ResultsFile) -> None:
 
 
 # ----------------------------------------------------------------------------------- index
+def base_vectors(source: str) -> np.ndarray:
+    """float32 (N, d): a .npy file, or an index dir's embeddings as that index sees them
+    (e.g. the PCA of a ``PCA256,L2norm,Flat`` index over Hebbian features)."""
+    if source.endswith(".npy"):
+        return np.load(source).astype(np.float32)
+    from hebbret.embed import load_embeddings
+    from hebbret.index import load_index, transform_like_index
+
+    meta = load_index(source)[2]
+    return transform_like_index(source, load_embeddings(meta["embeddings"])[0])
+
+
 def make_vectors(path: Path, n: int, dim: int, source: str | None, sigma: float, seed: int,
                  chunk: int = 65536) -> str:
     """An embeddings dir of ``n`` unit vectors; returns what they are."""
     rng = np.random.default_rng(seed)
     if source:
-        base = np.load(source, mmap_mode="r").astype(np.float32)
+        base = base_vectors(source)
         dim = base.shape[1]
         what = f"noisy copies (σ = {sigma} per dim, L2-normalised) of the {len(base)} rows of {source}"
     else:
@@ -241,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="global batch")
     parser.add_argument("--widths", type=int, nargs=3, help="c3 widths (smoke runs)")
-    parser.add_argument("--vectors", help=".npy (N, D) rows the index vectors are copies of")
+    parser.add_argument("--vectors", help="rows the index vectors are noisy copies of: a .npy "
+                        "(N, D) file, or an index dir (its embeddings as the index sees them)")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256, help="synthetic vectors only")
     parser.add_argument("--sigma", type=float, default=0.03)
