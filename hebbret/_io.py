@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,57 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}: line {n} is not valid JSON ({e})") from None
     return rows
+
+
+class JsonLines(Sequence):
+    """The rows of a JSONL file as a read-only sequence, each parsed when it is read from a
+    memory map: resident memory is one offset per row plus the pages of the rows read (a
+    million-item index would take ~400 MB as parsed dicts)."""
+
+    def __init__(self, path: str | os.PathLike, chunk: int = 1 << 24) -> None:
+        import mmap
+
+        import numpy as np
+
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        ends = []
+        with open(self.path, "rb") as f:  # newlines found chunk by chunk, nothing kept
+            for at in range(0, size, chunk):
+                ends.append(np.flatnonzero(np.frombuffer(f.read(chunk), np.uint8) == 10) + at)
+        ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        self._data: Any = b""
+        if size:
+            with open(self.path, "rb") as f:
+                self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if self._data[size - 1] != 10:
+                ends = np.append(ends, size)
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        keep = (ends - starts) > 2  # a row holds at least "{}" and an end; shorter ones may be
+        for j in np.flatnonzero(~keep):  # blank (whitespace) lines, which are not rows
+            keep[j] = bool(self._data[starts[j]: ends[j]].strip())
+        self._starts, self._ends = starts[keep], ends[keep]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        try:
+            return json.loads(self._data[self._starts[i]: self._ends[i]])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path}: row {i + 1} is not valid JSON ({e})") from None
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def sha256_file(path: str | os.PathLike) -> str:

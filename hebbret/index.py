@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import torch
 
-from ._io import atomic_path, read_json, read_jsonl, write_json
+from ._io import JsonLines, atomic_path, read_json, write_json
 from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
 from .embed import embed_images, load_embeddings
 from .runs import load_run
@@ -282,10 +282,10 @@ def _read(path: Path, flags: int | None = None) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _read_cached(path: str, inode: int, size: int, mtime_ns: int, flags: int | None) -> Any:
-    return read_jsonl(path) if flags is None else faiss.read_index(path, flags)
+    return JsonLines(path) if flags is None else faiss.read_index(path, flags)
 
 
-def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, list[dict], dict[str, Any]]:
+def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, JsonLines, dict[str, Any]]:
     """(index, items, meta) of an index dir; names any missing file. An on-disk index is
     opened with its inverted lists memory-mapped from ``index.ivfdata`` beside it."""
     index_dir = Path(index_dir)
