@@ -226,7 +226,10 @@ def render(doc: dict[str, Any]) -> str:
                 f"MiB)", "",
                 markdown_table(["measurement", "value"], [
                     ["build wall (s)", b["build_s"]],
-                    ["build peak RSS (MiB)", b["memory_mib"]["VmHWM"]],
+                    ["build peak RSS (MiB; includes the embeddings' pages read through the "
+                     "memory map)", b["memory_mib"]["VmHWM"]],
+                    ["build RSS at the end: anonymous / file-backed (MiB)",
+                     f"{b['memory_mib'].get('RssAnon')} / {b['memory_mib'].get('RssFile')}"],
                     ["size on disk (MiB)", b["size_on_disk_mib"]],
                     ["search process: RSS before opening the index (MiB; Python, torch, FAISS)",
                      s["memory_before_index_mib"]["VmRSS"]],
@@ -247,8 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(fn(**json.loads(argv[2]))))
         return {}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", nargs="+", choices=["pretrain", "index"],
-                        default=["pretrain", "index"])
+    parser.add_argument("--part", nargs="*", choices=["pretrain", "index"],
+                        default=["pretrain", "index"], help="none: only rewrite the README")
     parser.add_argument("--pretrain-data", help="image folder for the pretraining rows")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="global batch")
