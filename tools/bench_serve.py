@@ -113,7 +113,9 @@ def bench(index: str, clients: int, seconds: float, k: int, queries: int) -> dic
             "latency_ms": {"p50": round(statistics.median(ms), 1),
                            "p95": round(ms[int(0.95 * (len(ms) - 1))], 1), "max": round(ms[-1], 1)},
             "server_rss_mib": {"start": round(rss[0], 1), "end": round(rss[-1], 1),
-                               "peak": round(max(rss), 1)},
+                               "peak": round(max(rss), 1),
+                               "quarters": [round(rss[int(f * (len(rss) - 1))], 1)
+                                            for f in (0.25, 0.5, 0.75)]},
             "server_alive_after": alive, "k": k, "query_images": queries, "index": index,
             "load_avg_end": load_average()}
 
@@ -124,11 +126,13 @@ def render(doc: dict[str, Any]) -> str:
         return "Not measured yet.\n"
     table = [[r["clients"], r["requests"], r["throughput_rps"], r["latency_ms"]["p50"],
               r["latency_ms"]["p95"], r["errors"],
-              f"{r['server_rss_mib']['start']:.0f} → {r['server_rss_mib']['end']:.0f} "
-              f"(peak {r['server_rss_mib']['peak']:.0f})"] for r in rows.values()]
+              " → ".join(f"{v:.0f}" for v in [r['server_rss_mib']['start'],
+                                               *r['server_rss_mib'].get('quarters', []),
+                                               r['server_rss_mib']['end']])]
+             for r in rows.values()]
     first = next(iter(rows.values()))
     return (markdown_table(["clients", "requests", "searches/s", "p50 ms", "p95 ms", "errors",
-                            "server RSS MiB start → end"], table, digits=1)
+                            "server RSS MiB: start → ¼ → ½ → ¾ → end"], table, digits=1)
             + f"\nEach request uploads a PNG (a thumbnail of a random row), which the server "
               f"decodes, embeds and searches (k = {first['k']}), {first['seconds']:.0f} s per row "
               f"(`{first['command']}`, {first['git_commit']}, {first['machine']}).\n")
