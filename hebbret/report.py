@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from ._io import write_bytes
+
 BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
+
+
+def fill_section(path: str | os.PathLike, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the
+    file ``path`` (a README) with ``text``, atomically; the markers must be there."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = Path(path).read_text()
+    if begin not in old or end not in old:
+        raise ValueError(f"{path} has no {begin} ... {end} section to fill")
+    head, rest = old.split(begin, 1)
+    write_bytes(path, (head + begin + "\n" + text + end + rest.split(end, 1)[1]).encode())
 
 
 def fmt(value: Any, digits: int = 2) -> str:

@@ -38,7 +38,8 @@ class BackboneStages:
         self.root = Path(root)
         self.run = self.root / run_name
         self.device, self.quiet, self.digits = device, quiet, digits
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # per stage: pretrain, embed (all), index, eval
+        self.embed_seconds: dict[str, float] = {}  # per embeddings dir
 
     def emb(self, name: str) -> Path:
         return self.root / f"emb_{name}"
@@ -74,7 +75,7 @@ class BackboneStages:
                                    **options)
             self.seconds["embed"] = round(self.seconds.get("embed", 0.0) + spent["embed"],
                                           self.digits)
-            self.seconds[f"embed_{name}"] = spent["embed"]
+            self.embed_seconds[name] = spent["embed"]
             record_path = self.root / "pretrain.json"
             if record_path.exists():  # keep the embedding time with the run's record
                 write_json(record_path, {**read_json(record_path),

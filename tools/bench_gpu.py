@@ -28,10 +28,10 @@ from hebbret._io import read_json, write_json
 from hebbret.data import link_subset
 from hebbret.embed import extract_embeddings
 from hebbret.pretraining import pretrain
+from hebbret.report import fill_section
 
 log = logging.getLogger("bench_gpu")
 REPO = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- gpu-results:begin -->", "<!-- gpu-results:end -->"
 # (name, batch size, precision, cache): one Hebbian epoch each, in this order
 EPOCHS = (("batch 10, fp32, cold cache", 10, "fp32", "cold"),
           ("batch 10, fp32, warm cache", 10, "fp32", "warm"),
@@ -128,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         doc = bench(data, Path(work), "cuda", None)
     write_json(args.results, doc)
-    text = args.readme.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        args.readme.write_text(head + BEGIN + "\n" + render(doc) + END + rest.split(END, 1)[1])
+    if "<!-- gpu-results:begin -->" in args.readme.read_text():
+        fill_section(args.readme, "gpu-results", render(doc))
     print(render(doc))
     return 0
 

@@ -32,13 +32,13 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from hebbret._io import write_json, write_jsonl
-from hebbret.report import markdown_table
+from hebbret.report import fill_section, markdown_table
 from hebbret.runs import read_card
 from hebbret.runtime import ResultsFile, load_average
 
 log = logging.getLogger("bench_scale")
 REPO = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- scale-results:begin -->", "<!-- scale-results:end -->"
+SECTION = "scale-results"  # README markers <!-- scale-results:begin/end -->
 
 
 def memory() -> dict[str, float]:
@@ -279,12 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "index" in args.part:
         bench_index(args, res)
     if args.readme:
-        text = Path(args.readme).read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} section")
-        head, rest = text.split(BEGIN, 1)
-        Path(args.readme).write_text(head + BEGIN + "\n" + render(res.doc) + END
-                                     + rest.split(END, 1)[1])
+        fill_section(args.readme, SECTION, render(res.doc))
     sys.stdout.write(render(res.doc))
     return res.doc
 

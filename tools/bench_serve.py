@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from hebbret.report import markdown_table
+from hebbret.report import fill_section, markdown_table
 from hebbret.runtime import ResultsFile, load_average
 
 log = logging.getLogger("bench_serve")
 REPO = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- serve-results:begin -->", "<!-- serve-results:end -->"
+SECTION = "serve-results"  # README markers <!-- serve-results:begin/end -->
 
 
 def rss_mib(pid: int) -> float:
@@ -157,12 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res.put("serve", f"{clients}-clients", row)
         log.info("%d clients: %s", clients, row)
     if args.readme:
-        text = Path(args.readme).read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} section")
-        head, rest = text.split(BEGIN, 1)
-        Path(args.readme).write_text(head + BEGIN + "\n" + render(res.doc) + END
-                                     + rest.split(END, 1)[1])
+        fill_section(args.readme, SECTION, render(res.doc))
     sys.stdout.write(render(res.doc))
     return res.doc
 

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hebbret._io import atomic_path
+from hebbret.report import fill_section
 from hebbret.report import fmt as _f
 
 STAGES = ("softhebb", "retrieval", "few-labels", "protocols", "variants", "layers", "speed")
@@ -19,18 +19,9 @@ ANCHOR = {"hebbian_epoch_s": 933.0, "embed_60k_s": 469.0, "readout_top1": 76.97,
 FEW_LABEL_ROWS = ("6l-hpca", "6l-swta", "c3-softhebb", "6l-scratch", "c3-scratch")
 
 
-BEGIN, END = "<!-- cifar10-results:begin -->", "<!-- cifar10-results:end -->"
-
-
 def write_readme(readme: Path, doc: dict[str, Any]) -> None:
-    """Replace the text between the markers in ``readme`` with tables made from ``doc``."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no {BEGIN} ... {END} section to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with atomic_path(readme) as tmp:
-        Path(tmp).write_text(head + BEGIN + "\n" + render(doc) + END + tail)
+    """Replace README's cifar10-results section with tables made from ``doc``."""
+    fill_section(readme, "cifar10-results", render(doc))
 
 
 def _verdict(ok: bool | None) -> str:

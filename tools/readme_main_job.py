@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
+from hebbret.report import fill_section
+from hebbret.runtime import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
 
 
 def render(run_dir: Path, command: str, machine: str) -> str:
     report = run_dir / "report"
     results = json.loads((report / "results.json").read_text())
     seconds = sum(sum(r["seconds"].values()) for r in results["rows"].values())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()
+    commit = git_commit(ROOT)
     table = (report / "results.md").read_text().strip()
     return (f"What `{command}` printed ({machine}, commit {commit}; the stages took {seconds:.0f} s "
             f"in all; `{report / 'results.md'}`):\n\n{table}\n")
@@ -36,13 +36,7 @@ def main() -> None:
     parser.add_argument("--machine", default="this project's 2-core CPU")
     args = parser.parse_args()
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    block = render(args.run_dir, args.command, args.machine)
-    readme.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+    fill_section(readme, "main-job", render(args.run_dir, args.command, args.machine))
     print(f"updated {readme}")
 
 

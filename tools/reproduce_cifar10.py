@@ -101,7 +101,7 @@ def embed_once(run: Path, data: Path, out: Path, settings: Settings, **kwargs: A
     stages = BackboneStages(run.parent, run_name=run.name, quiet=True, digits=2)
     name = out.name.removeprefix("emb_")
     stages.embed(name, str(data), batch_size=settings.embed_batch, **kwargs)
-    return stages.seconds.get(f"embed_{name}")
+    return stages.embed_seconds.get(name)
 
 
 labels_of = load_labeled_pair
