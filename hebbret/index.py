@@ -192,9 +192,11 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         for i in range(0, n, chunk):
             index.add(_as_float32(emb[i: i + chunk], normalize))
     search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
-    recall = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed, train_rows) \
-        if "Flat" != factory.strip() else 1.0
-    if on_disk:
+    recall, held_out = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed,
+                                        train_rows) if "Flat" != factory.strip() else (1.0, False)
+    if on_disk:  # record the lists' final place (read back relative to index.faiss anyway)
+        ivf = faiss.extract_index_ivf(index)
+        faiss.downcast_InvertedLists(ivf.invlists).filename = str((out / IVFDATA).resolve())
         faiss.write_index(index, str(build / INDEX))
         os.replace(build / IVFDATA, out / IVFDATA)
         os.replace(build / INDEX, out / INDEX)
@@ -208,9 +210,12 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
     write_json(out / META, {
         "factory": factory, "metric": metric, "dim": d, "count": int(index.ntotal),
         "normalization": "l2" if normalize else "none", "search_params": search_params,
-        "recall_at_10_vs_flat": recall, "recall_queries": "held out of the training sample",
+        "recall_at_10_vs_flat": recall,
+        "recall_queries": ("database rows held out of the quantiser's training sample" if held_out
+                           else "database rows (the training sample covers every row)"),
         "on_disk": on_disk,
         "ivfdata_bytes": (out / IVFDATA).stat().st_size if on_disk else None,
+        "ivfdata_path": str((out / IVFDATA).resolve()) if on_disk else None,
         "embeddings": str(Path(emb_dir).resolve()),
         "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
         "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
@@ -254,22 +259,25 @@ def _fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk:
 
 def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize: bool,
                      queries: int, seed: int, held_out_of: np.ndarray | None = None,
-                     k: int = 10, chunk: int = 65536) -> float:
+                     k: int = 10, chunk: int = 65536) -> tuple[float, bool]:
     """Mean |approx top-k ∩ exact top-k| / k for ``queries`` database rows not in
-    ``held_out_of`` (the quantiser's training sample); exact search streams the database."""
+    ``held_out_of`` (the quantiser's training sample; any rows when it covers them all), and
+    whether the rows were held out; exact search streams the database."""
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     n = len(emb)
     k = min(k, n)
     candidates = np.setdiff1d(np.arange(n), held_out_of if held_out_of is not None else [])
-    if len(candidates) == 0:
+    held_out = len(candidates) > 0
+    if not held_out:
         candidates = np.arange(n)
     rows = np.sort(np.random.default_rng(seed).permutation(candidates)[: min(queries, n)])
     q = _as_float32(emb[rows], normalize)
     blocks = (_as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
     _, truth = knn_ground_truth(q, blocks, k, METRICS[metric], ngpu=0)
     _, found = index.search(q, k)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)])), \
+        held_out
 
 
 def _read(path: Path, flags: int | None = None) -> Any:
@@ -306,7 +314,9 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, JsonLines, di
             raise ValueError(f"{data} holds {data.stat().st_size} bytes but the index was built "
                              f"with {meta.get('ivfdata_bytes')}: truncated or replaced; rebuild "
                              f"it with `hebbret index build --on-disk`")
-        flags = faiss.IO_FLAG_ONDISK_SAME_DIR  # the lists live beside index.faiss, mmapped
+        # the lists live beside index.faiss; FAISS opens the path it recorded unless the dir moved
+        moved = meta.get("ivfdata_path") != str(data.resolve())
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR if moved else 0
     try:
         index = _read(index_dir / INDEX, flags)
     except RuntimeError as e:
