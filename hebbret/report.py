@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,13 @@ from typing import Any
 from ._io import write_bytes
 
 BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
+
+
+def publish(text: str, readme: str | os.PathLike | None, section: str) -> None:
+    """Print a benchmark's tables; with ``readme``, also put them in its ``section``."""
+    if readme:
+        fill_section(readme, section, text)
+    sys.stdout.write(text)
 
 
 def fill_section(path: str | os.PathLike, name: str, text: str) -> None:

@@ -262,11 +262,13 @@ def provenance(command: Sequence[str], repo: str | os.PathLike,
 class ResultsFile:
     """A benchmark's results JSON: {"stages": {stage: {key: row}}}, every row stamped with
     :func:`provenance` and its finish time, the file rewritten atomically at each :meth:`put`
-    (a killed benchmark keeps every finished row). :meth:`force` makes a stage's rows count
+    (a killed benchmark keeps every finished row); ``ignore``: the tools' own outputs, which do
+    not make the commit "+dirty". :meth:`force` makes a stage's rows count
     as missing while keeping each in the file until its replacement is written."""
 
     def __init__(self, path: str | os.PathLike, command: Sequence[str], repo: str | os.PathLike,
-                 ignore: Sequence[str] = (), header: dict[str, Any] | None = None) -> None:
+                 ignore: Sequence[str] = ("tools/results", "README.md"),
+                 header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.doc = read_json(self.path) if self.path.exists() else {**(header or {}),
                                                                     "stages": {}}

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from hebbret._io import write_json, write_jsonl
-from hebbret.report import fill_section, markdown_table
+from hebbret.report import markdown_table, publish
 from hebbret.runs import read_card
 from hebbret.runtime import ResultsFile, load_average
 
@@ -233,6 +233,9 @@ def render(doc: dict[str, Any]) -> str:
                     ["size on disk (MiB)", b["size_on_disk_mib"]],
                     ["search process: RSS before opening the index (MiB; Python, torch, FAISS)",
                      s["memory_before_index_mib"]["VmRSS"]],
+                    ["… of which anonymous / file-backed (MiB)",
+                     f"{s['memory_before_index_mib'].get('RssAnon')} / "
+                     f"{s['memory_before_index_mib'].get('RssFile')}"],
                     ["search process: peak RSS (MiB)", s["memory_mib"]["VmHWM"]],
                     ["search: (peak − before) / raw vectors", ix["search_index_rss_over_raw"]],
                     ["search: peak / raw vectors", ix["search_peak_rss_over_raw"]],
@@ -270,17 +273,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--readme", default="", help="rewrite this README's scale section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    res = ResultsFile(args.results, ["python", "tools/bench_scale.py", *argv], REPO,
-                      ignore=("tools/results", "README.md"))
+    res = ResultsFile(args.results, ["python", "tools/bench_scale.py", *argv], REPO,)
     if "pretrain" in args.part:
         if not args.pretrain_data:
             parser.error("--pretrain-data is required for the pretrain part")
         bench_pretrain(args, res)
     if "index" in args.part:
         bench_index(args, res)
-    if args.readme:
-        fill_section(args.readme, SECTION, render(res.doc))
-    sys.stdout.write(render(res.doc))
+    publish(render(res.doc), args.readme, SECTION)
     return res.doc
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hebbret.report import fill_section, markdown_table
+from hebbret.report import markdown_table, publish
 from hebbret.runtime import ResultsFile, load_average
 
 log = logging.getLogger("bench_serve")
@@ -150,15 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--readme", default="", help="rewrite this README's serve section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    res = ResultsFile(args.results, ["python", "tools/bench_serve.py", *argv], REPO,
-                      ignore=("tools/results", "README.md"))
+    res = ResultsFile(args.results, ["python", "tools/bench_serve.py", *argv], REPO,)
     for clients in args.clients:
         row = bench(args.index, clients, args.seconds, args.k, args.queries)
         res.put("serve", f"{clients}-clients", row)
         log.info("%d clients: %s", clients, row)
-    if args.readme:
-        fill_section(args.readme, SECTION, render(res.doc))
-    sys.stdout.write(render(res.doc))
+    publish(render(res.doc), args.readme, SECTION)
     return res.doc
 
 

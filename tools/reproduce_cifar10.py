@@ -87,7 +87,6 @@ class Settings:
     archs: tuple[str, ...] = ()  # few-label rows to run now (default: all of FEW_LABEL_ARCHS)
 
 
-timed = timed_call
 
 
 def pretrain_once(run: Path, data: Path, **kwargs: Any) -> dict[str, Any]:
@@ -103,8 +102,6 @@ def embed_once(run: Path, data: Path, out: Path, settings: Settings, **kwargs: A
     stages.embed(name, str(data), batch_size=settings.embed_batch, **kwargs)
     return stages.embed_seconds.get(name)
 
-
-labels_of = load_labeled_pair
 
 
 # ---------------------------------------------------------------- stage 1: SoftHebb protocol
@@ -156,10 +153,10 @@ def stage_softhebb(work: Path, data: Path, res: ResultsFile, settings: Settings)
             log.info("softhebb/%s: already in results", variant)
             continue
         root, info = c3_features(work, data, variant, settings)
-        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
         readouts, walls = {}, []
         for seed in settings.readout_seeds:
-            readouts[seed], wall = timed(softhebb_readout, x_train, y_train, x_test, y_test,
+            readouts[seed], wall = timed_call(softhebb_readout, x_train, y_train, x_test, y_test,
                                          epochs=settings.readout_epochs, seed=seed)
             walls.append(wall)
             log.info("softhebb/%s: readout seed %d top-1 %.2f", variant, seed,
@@ -184,9 +181,9 @@ def stage_softhebb(work: Path, data: Path, res: ResultsFile, settings: Settings)
 # ---------------------------------------------------------------- stage 2: retrieval and kNN
 def retrieval_row(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                   y_test: np.ndarray, settings: Settings) -> dict[str, Any]:
-    knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
+    knn, knn_s = timed_call(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
                        temperature=0.07)
-    ret, ret_s = timed(retrieval_metrics, x_train, y_train, x_test, y_test, ks=[1, 100])
+    ret, ret_s = timed_call(retrieval_metrics, x_train, y_train, x_test, y_test, ks=[1, 100])
     return {"dim": int(x_train.shape[1]), "knn_top1": knn["k"][settings.knn_k]["top1"],
             "knn_top5": knn["k"][settings.knn_k]["top5"], "knn_k": settings.knn_k,
             "knn_temperature": 0.07, "mAP": ret["mAP"], "mAP@100": ret["mAP@k"][100],
@@ -200,7 +197,7 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
         root = work / f"c3-{variant}"
         if not (root / "emb_test" / "meta.json").exists():
             raise FileNotFoundError(f"{root} has no cached features; run --stage softhebb first")
-        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
         if not res.get("retrieval", variant):
             res.put("retrieval", variant, retrieval_row(x_train, y_train, x_test, y_test, settings))
             log.info("retrieval/%s: %s", variant, res.get("retrieval", variant))
@@ -208,7 +205,7 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
         if res.get("retrieval", key):
             continue
         index_dir = root / f"index_pca{settings.pca_dim}"
-        _, build_s = timed(build_index, root / "emb_train", index_dir, factory=factory)
+        _, build_s = timed_call(build_index, root / "emb_train", index_dir, factory=factory)
         z_train, z_test = transform_like_index(index_dir, x_train), transform_like_index(index_dir, x_test)
         row = retrieval_row(z_train, y_train, z_test, y_test, settings)
         # the index answers queries as the metrics rank them: compare its top 10 on 500 queries
@@ -266,11 +263,11 @@ def stage_few_labels(work: Path, data: Path, res: ResultsFile, settings: Setting
                 continue
             parent = hebbian_run(work, data, arch, settings)
             out = work / "few-labels" / arch / f"{budget:g}" / f"seed{seed}"
-            _, train_s = timed(hebbret.finetune, run=str(parent), data=str(data / "train"),
+            _, train_s = timed_call(hebbret.finetune, run=str(parent), data=str(data / "train"),
                                label_fraction=budget, mode="full", from_scratch=rule is None,
                                epochs=settings.finetune_epochs, seed=seed, out=str(out),
                                quiet=True)
-            scores, eval_s = timed(evaluate_classifier, out, str(data / "test"))
+            scores, eval_s = timed_call(evaluate_classifier, out, str(data / "test"))
             card = read_card(out).training
             res.put("few-labels", key, {
                 "arch": arch, "model": model, "rule": rule or "scratch", "budget": budget,
@@ -289,8 +286,8 @@ def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings)
         if res.get("variants", name):
             continue
         root, info = c3_features(work, data, name, settings)
-        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
-        knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
+        x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
+        knn, knn_s = timed_call(knn_classify, x_train, y_train, x_test, y_test, ks=[settings.knn_k],
                            temperature=0.07)
         card = read_card(root / "run").training
         kwargs = kwargs(settings.c3_kwargs) if callable(kwargs) else kwargs
@@ -314,12 +311,12 @@ def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings
         if not todo:
             continue
         root, _ = c3_features(work, data, variant, settings)
-        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
+        x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
         for budget in todo:
             cfg = FewShotConfig(protocols=list(FROZEN_PROTOCOLS), label_fraction=budget,
                                 seeds=list(settings.seeds), knn_k=settings.knn_k,
                                 graph_index=f"PCA{settings.pca_dim},Flat")
-            result, wall = timed(evaluate_frozen, x_train, y_train, x_test, y_test, cfg)
+            result, wall = timed_call(evaluate_frozen, x_train, y_train, x_test, y_test, cfg)
             row = {"variant": variant, "budget": budget, "wall_s": wall,
                    "graph_index": cfg.graph_index, "graph_k": cfg.graph_k,
                    "standardize": cfg.standardize, "knn_k": cfg.knn_k}
@@ -348,10 +345,10 @@ def stage_layers(work: Path, data: Path, res: ResultsFile, settings: Settings) -
                 embs[split] = work / f"6l-{rule}" / f"emb_block{block}_{split}"
                 embed_once(run, data / split, embs[split], settings, layer=f"block{block}",
                            pool="flatten", dtype="float16")
-            x_train, y_train, x_test, y_test = labels_of(embs["train"], embs["test"])
-            knn, knn_s = timed(knn_classify, x_train, y_train, x_test, y_test,
+            x_train, y_train, x_test, y_test = load_labeled_pair(embs["train"], embs["test"])
+            knn, knn_s = timed_call(knn_classify, x_train, y_train, x_test, y_test,
                                ks=[settings.knn_k])
-            lin, lin_s = timed(linear_probe, x_train, y_train, x_test, y_test,
+            lin, lin_s = timed_call(linear_probe, x_train, y_train, x_test, y_test,
                                epochs=settings.linear_epochs)
             res.put("layers", key, {"rule": rule, "layer": f"block{block}",
                                     "dim": int(x_train.shape[1]),
@@ -434,8 +431,8 @@ def stage_speed(work: Path, data: Path, res: ResultsFile, settings: Settings) ->
         res.put("speed", "step_rates", step_rates(data, settings, settings.speed_steps))
     if not res.get("speed", "bf16_epoch"):
         root, info = c3_features(work, data, "hebbian", settings, precision="bf16")
-        x_train, y_train, x_test, y_test = labels_of(root / "emb_train", root / "emb_test")
-        readout, wall = timed(softhebb_readout, x_train, y_train, x_test, y_test,
+        x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
+        readout, wall = timed_call(softhebb_readout, x_train, y_train, x_test, y_test,
                               epochs=settings.readout_epochs, seed=0)
         row = {**info, "readout_top1": readout["top1"], "readout_s": wall}
         if not info.get("reused"):
@@ -490,7 +487,6 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     if args.archs:
         settings.archs = tuple(args.archs)
     res = ResultsFile(args.results, ["python", "tools/reproduce_cifar10.py", *argv], REPO,
-                      ignore=("tools/results", "README.md"),  # this script's own outputs
                       header={"dataset": "CIFAR-10 (JPEG q75 copy)"})
     write_readme = _readme_writer() if args.readme else None
     if not args.readme_only:
