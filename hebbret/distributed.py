@@ -147,6 +147,7 @@ def sharded_forward(model: nn.Module, shards: list[Tensor], reduce: ShardSum,
     pieces of it), setting every plastic Hebbian layer's ``delta`` to the whole batch's ΔW.
     Returns the output of each shard."""
     plastic: list[tuple[HebbConv2d | HebbLinear, list[tuple[Tensor, Tensor | None]]]] = []
+    shards = [model.stem(x) for x in shards]
     for i, block in enumerate(model.blocks):
         for module in (block if isinstance(block, nn.Sequential) else [block]):
             if isinstance(module, _BatchNorm) and module.training:

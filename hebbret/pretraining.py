@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .distributed import (
     union_rows,
 )
 from .hebb.rules import neuron_norms
-from .models import HebbNet, create_model
+from .models import HebbNet, PatchWhitening, create_model
 from .progress import progress
 from .runs import save_run
 from .runtime import keep_freed_memory, memory_format, pick_device
@@ -49,6 +50,7 @@ _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "
 
 
 CALIBRATION_BATCH = 256  # default batch of a rule-none pass (BatchNorm calibration only)
+WHITENING_IMAGES = 5000  # images a whitening stem is fitted on
 
 
 class NonFiniteUpdate(FloatingPointError):
@@ -265,10 +267,12 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
             _trim_log(out / TRAIN_LOG, pos["global_step"])
         log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
                  pos["step"])
-    elif w.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / RUN_CONFIG, resolved)
-        write_jsonl(out / TRAIN_LOG, [])
+    else:
+        _fit_stem(model, dataset, resolved, device)
+        if w.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / RUN_CONFIG, resolved)
+            write_jsonl(out / TRAIN_LOG, [])
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
     _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out, w)
@@ -294,6 +298,29 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                         "unmeasured" if la["distance"] is None else f"{la['distance']:.3g}",
                         la["converged_below"], la["measure"])
     return out
+
+
+def _fit_stem(model: HebbNet, dataset: ImageDataset, cfg: dict[str, Any],
+              device: torch.device) -> None:
+    """Fit a whitening stem on up to WHITENING_IMAGES seeded-random training images (the same
+    ones in every process of a distributed job, so every rank fits the same filters)."""
+    if not isinstance(model.stem, PatchWhitening):
+        return
+    shape = model.default_cfg["input_size"]
+
+    def images() -> Iterator[torch.Tensor]:
+        seen = 0
+        for batch in make_loader(dataset, CALIBRATION_BATCH, cfg["seed"], device=device,
+                                 num_workers=cfg["num_workers"]):
+            if len(batch.images):
+                yield batch.images.to(device).reshape(-1, *shape)
+            seen += len(batch.images)
+            if seen >= WHITENING_IMAGES:
+                return
+
+    patches = model.stem.fit(images())
+    log.info("fitted the %d×%d whitening stem on %d patches", model.stem.patch, model.stem.patch,
+             patches)
 
 
 def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,

@@ -42,6 +42,29 @@ def test_fasthebb_6l_has_four_conv_and_one_fc_hebbian_layer():
     assert len(model.blocks) == len(layers)
 
 
+def test_patch_whitening_decorrelates_channels_and_neighbouring_pixels():
+    from torch.nn import functional as F
+
+    from hebbret.models import PatchWhitening
+
+    torch.manual_seed(0)
+    x = F.avg_pool2d(F.pad(torch.randn(64, 3, 24, 24), (1, 1, 1, 1), mode="reflect"), 3, 1)
+    x = torch.einsum("ij,bjhw->bihw", torch.tensor([[1.0, 0.8, 0.5], [0, 1, 0.7], [0, 0, 1]]), x)
+    stem = PatchWhitening(3, patch=5, eps=1e-6)
+    torch.testing.assert_close(stem(x), x)  # the identity until fitted
+    assert stem.fit([x[:32], x[32:]]) == 64 * 20 * 20
+    y = stem(x)[:, :, 2:-2, 2:-2]  # away from the reflect-padded border
+    torch.testing.assert_close(torch.cov(y.permute(1, 0, 2, 3).reshape(3, -1)), torch.eye(3),
+                               atol=0.05, rtol=0)
+
+    def neighbour_corr(t):
+        return torch.corrcoef(torch.stack([t[..., :-1].flatten(), t[..., 1:].flatten()]))[0, 1]
+
+    assert neighbour_corr(x) > 0.5 and abs(neighbour_corr(y)) < 0.1
+    with pytest.raises(ValueError, match="odd"):
+        PatchWhitening(3, patch=4)
+
+
 def test_bad_model_arguments_are_explained():
     with pytest.raises(ValueError, match="unknown model 'resnet50'"):
         create_model("resnet50")

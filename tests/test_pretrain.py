@@ -55,9 +55,12 @@ def kill_at_step(n: int, monkeypatch, data: str, **kwargs) -> None:
     monkeypatch.setattr(pretrain_mod, "hebbian_step", real_step)
 
 
-@pytest.mark.parametrize("mode", ["consecutive", "greedy"])
-def test_resume_after_a_kill_ends_with_the_same_weights(image_folder, tmp_path, monkeypatch, mode):
-    common = dict(epochs=2, checkpoint_every=2, seed=7, mode=mode, **TINY)
+@pytest.mark.parametrize("mode,stem", [("consecutive", {}), ("greedy", {}),
+                                       ("consecutive", {"whiten_patch": 3})])
+def test_resume_after_a_kill_ends_with_the_same_weights(image_folder, tmp_path, monkeypatch, mode,
+                                                        stem):
+    common = dict(epochs=2, checkpoint_every=2, seed=7, mode=mode,
+                  **{**TINY, "model_kwargs": {**TINY_C3, **stem}})
     reference = pretrain(str(image_folder), out=str(tmp_path / "whole"), **common)
 
     kill_at_step(5, monkeypatch, str(image_folder), out=str(tmp_path / "killed"), **common)
@@ -275,3 +278,22 @@ def test_model_card_is_typed_round_trips_and_reads_older_cards(image_folder, tmp
                                                 "new_field": 1}))
     with pytest.raises(ValueError, match="upgrade hebbret"):
         read_card(out)
+
+
+def test_a_whitening_stem_is_fitted_on_the_training_images_before_hebbian_learning(image_folder,
+                                                                                  tmp_path):
+    out = pretrain(str(image_folder), out=str(tmp_path / "run"), steps=2,
+                   **{**TINY, "model_kwargs": {**TINY_C3, "whiten_patch": 3}})
+    model, card = load_run(out)
+    assert card.model_args["whiten_patch"] == 3
+    identity = create_model("hebb_softhebb_c3", img_size=16, whiten_patch=3, **TINY_C3).stem
+    assert not torch.allclose(model.stem.weight, identity.weight)
+    # the fitted stem (ε = 0.1: partly) decorrelates the channels of the images it was fitted on
+    from hebbret.data import open_dataset
+    ds = open_dataset(str(image_folder), in_chans=3, img_size=16)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    before = torch.corrcoef(x.permute(1, 0, 2, 3).reshape(3, -1))
+    with torch.no_grad():
+        after = torch.corrcoef(model.stem(x).permute(1, 0, 2, 3).reshape(3, -1))
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert before[off].abs().max() > 0.8 and after[off].abs().max() < 0.5 * before[off].abs().max()

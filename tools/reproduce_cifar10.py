@@ -123,6 +123,8 @@ LIFT_VARIANTS = {
                    {"epochs": 2}),
     "wide-last-layer": ("twice the neurons in the last layer (3,072: 49,152-d features)",
                         _wider_last, {}),
+    "input-whitening": ("5×5 ZCA patch whitening of the input (ε = 0.1 · mean eigenvalue, fitted "
+                        "on 5,000 training images) in front of layer 1", {"whiten_patch": 5}, {}),
 }
 
 

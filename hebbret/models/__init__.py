@@ -6,7 +6,7 @@ from typing import Any
 
 import timm
 
-from ._base import HebbNet, Triangle
+from ._base import HebbNet, PatchWhitening, Triangle
 from .fasthebb import FastHebb6L, hebb_fasthebb_6l
 from .softhebb import SoftHebbC3, hebb_softhebb_c3
 
@@ -20,5 +20,5 @@ def create_model(name: str, **kwargs: Any) -> HebbNet:
     return timm.create_model(name, **kwargs)
 
 
-__all__ = ["MODEL_NAMES", "FastHebb6L", "HebbNet", "SoftHebbC3", "Triangle", "create_model",
+__all__ = ["MODEL_NAMES", "FastHebb6L", "HebbNet", "PatchWhitening", "SoftHebbC3", "Triangle", "create_model",
            "hebb_fasthebb_6l", "hebb_softhebb_c3"]

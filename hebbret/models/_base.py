@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hebb.layers import HebbConv2d, HebbLinear
@@ -24,14 +26,75 @@ class Triangle(nn.Module):
         return f"power={self.power}"
 
 
+class PatchWhitening(nn.Module):
+    """ZCA whitening of k×k image patches as a fixed convolution: (B, C, H, W) -> (B, C, H, W).
+
+    Each output pixel is the patch around it (reflect-padded) times the row of the patch ZCA
+    matrix U (Λ + ε·mean Λ)^-½ Uᵀ that belongs to the patch's centre pixel, one row per channel
+    (Coates & Ng 2011 whiten patches before single-layer feature learning; ε relative to the
+    mean eigenvalue, 0.1 as theirs on normalised patches). Nothing here learns by gradient or
+    Hebbian rule: :meth:`fit` sets it from images, and until then it is the identity.
+    """
+
+    def __init__(self, chans: int, patch: int = 5, eps: float = 0.1) -> None:
+        super().__init__()
+        if patch < 1 or patch % 2 == 0:
+            raise ValueError(f"whitening patch size must be odd and positive, got {patch}")
+        if not eps > 0:
+            raise ValueError(f"whitening eps must be > 0, got {eps}")
+        self.chans, self.patch, self.eps = chans, patch, eps
+        weight = torch.zeros(chans, chans, patch, patch)
+        weight[range(chans), range(chans), patch // 2, patch // 2] = 1.0
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", torch.zeros(chans))
+
+    @torch.no_grad()
+    def fit(self, images: Iterable[Tensor]) -> int:
+        """Set the filters from batches of images (B, C, H, W); returns the patches used."""
+        d = self.chans * self.patch ** 2
+        total = torch.zeros(d, dtype=torch.float64, device=self.weight.device)
+        outer = torch.zeros(d, d, dtype=torch.float64, device=self.weight.device)
+        count = 0
+        for x in images:
+            rows = F.unfold(x.to(self.weight.device, torch.float32), self.patch)  # (B, d, L)
+            rows = rows.transpose(1, 2).reshape(-1, d).double()
+            total += rows.sum(0)
+            outer += rows.T @ rows
+            count += rows.shape[0]
+        if count < 2:
+            raise ValueError("whitening needs at least two image patches to fit")
+        mean = total / count
+        cov = outer / count - torch.outer(mean, mean)
+        lam, vec = torch.linalg.eigh(cov)
+        lam = lam.clamp_min(0)
+        zca = vec @ torch.diag((lam + self.eps * lam.mean()).rsqrt()) @ vec.T  # (d, d)
+        centre = (self.patch // 2) * self.patch + self.patch // 2
+        rows = zca[[c * self.patch ** 2 + centre for c in range(self.chans)]]  # (C, d)
+        self.weight.copy_(rows.view(self.chans, self.chans, self.patch, self.patch).float())
+        self.bias.copy_((-rows @ mean).float())
+        return count
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = self.patch // 2
+        if pad:
+            x = F.pad(x, (pad,) * 4, mode="reflect")
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"chans={self.chans}, patch={self.patch}, eps={self.eps}"
+
+
 class HebbNet(nn.Module):
     """Base of hebbret backbones.
 
     Subclasses fill ``self.blocks`` (each block holds exactly one Hebbian layer, so greedy
-    training can stop after block i), ``self.head`` and the attributes below, and implement
-    ``forward_head``. ``model_args`` holds the keyword arguments that rebuild the model.
+    training can stop after block i), ``self.stem`` (fixed preprocessing in front of block 0:
+    nn.Identity or a :class:`PatchWhitening` that pretraining fits), ``self.head`` and the
+    attributes below, and implement ``forward_head``. ``model_args`` holds the keyword
+    arguments that rebuild the model.
     """
 
+    stem: nn.Module
     blocks: nn.ModuleList
     num_features: int
     num_classes: int
@@ -70,7 +133,8 @@ class HebbNet(nn.Module):
         return lr * len(self.hebb_layers()) if len(lr) == 1 else lr
 
     def forward_blocks(self, x: Tensor, upto: int | None = None) -> Tensor:
-        """Run blocks 0..upto (all when None)."""
+        """Run the stem, then blocks 0..upto (all when None)."""
+        x = self.stem(x)
         for i, block in enumerate(self.blocks):
             x = block(x)
             if upto is not None and i >= upto:

@@ -50,6 +50,7 @@ class FastHebb6L(HebbNet):
         c, h, w = feature_shape(nn.Sequential(*convs), in_chans, img_size)
         fc = nn.Sequential(nn.Flatten(1), HebbLinear(c * h * w, f5, rule=rule), nn.ReLU(),
                            nn.BatchNorm1d(f5))
+        self.stem = nn.Identity()
         self.blocks = nn.ModuleList([*convs, fc])
         self.num_features = f5
         self.drop_rate = drop_rate

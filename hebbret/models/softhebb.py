@@ -8,7 +8,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from ..hebb.layers import HebbConv2d
-from ._base import HebbNet, Triangle, feature_shape, model_kwargs, to_size
+from ._base import HebbNet, PatchWhitening, Triangle, feature_shape, model_kwargs, to_size
 
 __all__ = ["SoftHebbC3"]
 
@@ -19,6 +19,8 @@ class SoftHebbC3(HebbNet):
 
     ``init_radius``: the neurons' initial norm (None: the rule's, 25 for softhebb as SoftHebb);
     5 learns better features within a few hundred steps on collections of a few thousand images.
+    ``whiten_patch``: > 0 puts a :class:`PatchWhitening` of that patch size (``whiten_eps``) in
+    front of block 0, fitted on the training images when pretraining starts; 0: none.
 
     ``forward_features``: (B, C, H, W) -> (B, 1536, H/8, W/8); ``forward_head(pre_logits=True)``
     flattens it: (B, num_features), num_features = 1536·⌊H/8⌋·⌊W/8⌋ (24,576 at 32×32).
@@ -34,6 +36,8 @@ class SoftHebbC3(HebbNet):
         widths: tuple[int, int, int] = (96, 384, 1536),
         drop_rate: float = 0.5,
         init_radius: float | None = None,
+        whiten_patch: int = 0,
+        whiten_eps: float = 0.1,
     ) -> None:
         super().__init__()
         img_size = to_size(img_size)
@@ -41,12 +45,15 @@ class SoftHebbC3(HebbNet):
             raise ValueError(f"hebb_softhebb_c3 needs inputs of at least 8×8 pixels, got {img_size}")
         self.model_args = dict(in_chans=in_chans, img_size=list(img_size), num_classes=num_classes,
                                rule=rule, t_inv=list(t_inv), widths=list(widths), drop_rate=drop_rate,
-                               init_radius=init_radius)
+                               init_radius=init_radius, whiten_patch=whiten_patch,
+                               whiten_eps=whiten_eps)
 
         def params(i: int) -> dict[str, float]:
             return {"init_radius": init_radius, **({"t_inv": t_inv[i]} if rule == "softhebb" else {})}
 
         c1, c2, c3 = widths
+        self.stem = (PatchWhitening(in_chans, whiten_patch, whiten_eps) if whiten_patch
+                     else nn.Identity())
         self.blocks = nn.ModuleList([
             nn.Sequential(
                 nn.BatchNorm2d(in_chans, affine=False),
@@ -67,7 +74,7 @@ class SoftHebbC3(HebbNet):
                 nn.AvgPool2d(2),
             ),
         ])
-        c, h, w = feature_shape(nn.Sequential(*self.blocks), in_chans, img_size)
+        c, h, w = feature_shape(nn.Sequential(self.stem, *self.blocks), in_chans, img_size)
         self.num_features = c * h * w
         self.drop_rate = drop_rate
         self.head_drop = nn.Dropout(drop_rate)
