@@ -152,8 +152,8 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         np.asarray(train_weights), dtype=torch.float32)
     kmax = ks_used[-1]
     hits = {k: [0, 0] for k in ks_used}
-    for rows, sims, idx in _neighbours(test_feats, train_feats, own_rows, kmax, memory_mb,
-                                       index):
+    for rows, sims, idx in nearest_rows(test_feats, train_feats, kmax, own_rows, memory_mb,
+                                        index):
         neighbour_labels = train_labels[idx]
         weights = ((sims - sims[:, :1]) / temperature).exp()  # shifted by the row max: same vote
         if item_weights is not None:
@@ -174,11 +174,13 @@ def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     }
 
 
-def _neighbours(test_feats: np.ndarray, train_feats: np.ndarray, own_rows: np.ndarray,
-                k: int, memory_mb: int, index: Any = None
-                ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+def nearest_rows(test_feats: np.ndarray, train_feats: np.ndarray, k: int,
+                 own_rows: torch.Tensor | None = None, memory_mb: int = 1024, index: Any = None
+                 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """(test rows, cosine (B, k), train rows (B, k)) of the k most similar train items, most
-    similar first, never a test item's own row: exact, or searched in a FAISS ``index``."""
+    similar first, never a test item's own row (``own_rows``, -1: none): exact, or searched in
+    a FAISS inner-product ``index`` over the L2-normalised train rows."""
+    own_rows = _query_rows(None, len(test_feats)) if own_rows is None else own_rows
     if index is None:
         for rows, scores in cosine_blocks(test_feats, train_feats, memory_mb):
             yield rows, *_mask_own(scores, own_rows[rows]).topk(k, dim=1)

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from .evaluate import (
     aligned_labels,
     evaluate_classifier,
     knn_classify,
+    nearest_rows,
     top1_top5_hits,
 )
 from .finetuning import finetune
@@ -156,11 +157,33 @@ LINEAR_PREPROCESSING = ("l2", "l2+standardize")
 LINEAR_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
-                   test_y: np.ndarray, seed: int = 0,
-                   preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
-                   penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
-                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+@dataclass
+class LinearHead:
+    """Multinomial logistic regression on frozen features, fitted in an orthonormal basis of its
+    labeled rows (after preprocessing): features (N, D) -> logits (N, C)."""
+
+    preprocessing: str  # "l2" or "l2+standardize"
+    penalty: float
+    basis: torch.Tensor  # float32 (D, L)
+    head: torch.nn.Linear  # L -> C
+    stats: tuple[torch.Tensor, torch.Tensor]  # the collection's feature mean/std (D,)
+    cv_top1: dict[str, float]
+    cv_folds: int
+
+    def project(self, x: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """(N, L): the preprocessed rows of ``x`` in the head's basis."""
+        return torch.cat([_prepare(np.asarray(x[i: i + chunk]), self.preprocessing, self.stats)
+                          @ self.basis for i in range(0, len(x), chunk)])
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        return self.head(self.project(x))
+
+
+def fit_linear_head(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int = 0,
+                    preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
+                    penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
+                    stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearHead:
     """A linear head on the frozen features of the labeled ``rows``; (preprocessing, penalty)
     chosen by stratified ``folds``-fold cross-validation on those rows only.
 
@@ -181,12 +204,12 @@ def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.nd
     for how in preprocessing:
         z = _prepare(held, how, stats)
         q = torch.linalg.qr(z.T.double()).Q.float()  # (D, L): orthonormal basis of the rows
-        bases[how] = q
-        zq = z @ q
+        bases[how] = (q, z @ q)
         for penalty in penalties:
             if not splits:
                 cv[f"{how} {penalty:g}"] = 0.0
                 continue
+            zq = bases[how][1]
             correct = 0
             for part in splits:
                 fit = np.setdiff1d(np.arange(len(ys)), part)
@@ -196,17 +219,27 @@ def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.nd
             cv[f"{how} {penalty:g}"] = 100.0 * correct / len(ys)
     best = max(cv, key=lambda key: (cv[key], key.startswith("l2+"), float(key.split()[1])))
     how, penalty = best.split()[0], float(best.split()[1])
-    q = bases[how]
-    head = _fit_logreg_lbfgs(_prepare(held, how, stats) @ q, ys, num_classes, penalty)
+    q, zq = bases[how]
+    return LinearHead(how, penalty, q, _fit_logreg_lbfgs(zq, ys, num_classes, penalty), stats, cv,
+                      len(splits))
+
+
+def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, seed: int = 0,
+                   preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
+                   penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
+                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The ``linear`` protocol: :func:`fit_linear_head` on the labeled ``rows``, tested."""
+    lin = fit_linear_head(x, y, rows, seed, preprocessing, penalties, folds, stats)
     top1 = top5 = 0
-    with torch.no_grad():
-        for i in range(0, len(test_x), 4096):
-            logits = head(_prepare(np.asarray(test_x[i: i + 4096]), how, stats) @ q)
-            h1, h5 = top1_top5_hits(logits, torch.from_numpy(np.asarray(test_y[i: i + 4096])))
-            top1, top5 = top1 + h1, top5 + h5
+    for i in range(0, len(test_x), 4096):
+        h1, h5 = top1_top5_hits(lin.logits(test_x[i: i + 4096]),
+                                torch.from_numpy(np.asarray(test_y[i: i + 4096])))
+        top1, top5 = top1 + h1, top5 + h5
     return {"top1": 100.0 * top1 / len(test_x), "top5": 100.0 * top5 / len(test_x),
-            "preprocessing": how, "penalty": penalty, "cv_folds": len(splits),
-            "cv_top1": cv, "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²"}
+            "preprocessing": lin.preprocessing, "penalty": lin.penalty,
+            "cv_folds": lin.cv_folds, "cv_top1": lin.cv_top1,
+            "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²"}
 
 
 # ---------------------------------------------------------------------------------- propagate
@@ -274,19 +307,11 @@ class Propagation:
     scores: np.ndarray  # float32 (N, C): the diffusion Z
 
 
-def propagate_labels(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: np.ndarray,
-                     alpha: float = 0.99, gamma: float = 3.0, iters: int = 20) -> Propagation:
-    """Zhou et al.'s diffusion of the labels ``y`` of ``rows`` over a kNN ``graph`` of the
-    collection (:func:`knn_graph`: similarities and neighbours, each (N, k)).
-
-    Affinities a_ij = max(cos, 0)^γ to the k nearest neighbours, W = A + Aᵀ,
-    S = D^-1/2 W D^-1/2, Z = (I − αS)⁻¹ Y with Y one-hot on the labeled rows (each class's
-    column scaled by 1/its count), solved by ``iters`` conjugate-gradient steps.
-    """
+def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0) -> torch.Tensor:
+    """S = D^-1/2 W D^-1/2 (sparse N × N) of a kNN ``graph`` (:func:`knn_graph`: similarities
+    and neighbours, each (N, k)): affinities a_ij = max(cos, 0)^γ, W = A + Aᵀ."""
     sims, nbrs = graph
     n = len(sims)
-    rows = np.sort(rows)
-    num_classes = int(y[y >= 0].max()) + 1
     valid = nbrs >= 0
     src = np.repeat(np.arange(n), sims.shape[1])[valid.ravel()]
     dst = nbrs.ravel()[valid.ravel()]
@@ -297,12 +322,35 @@ def propagate_labels(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: 
     deg = torch.sparse.sum(a, dim=1).to_dense()
     inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
     i, v = a.indices(), a.values()
-    s = torch.sparse_coo_tensor(i, v * inv_sqrt[i[0]] * inv_sqrt[i[1]], (n, n),
-                                check_invariants=False).coalesce()
-    counts = np.bincount(y[rows], minlength=num_classes).clip(min=1)
-    b = torch.zeros(n, num_classes)
-    b[torch.from_numpy(rows), torch.from_numpy(y[rows])] = torch.from_numpy(
-        1.0 / counts[y[rows]]).float()
+    return torch.sparse_coo_tensor(i, v * inv_sqrt[i[0]] * inv_sqrt[i[1]], (n, n),
+                                   check_invariants=False).coalesce()
+
+
+def propagate_labels(graph: tuple[np.ndarray, np.ndarray] | torch.Tensor, y: np.ndarray,
+                     rows: np.ndarray, alpha: float = 0.9, gamma: float = 3.0, iters: int = 20,
+                     prior: torch.Tensor | None = None) -> Propagation:
+    """Zhou et al.'s diffusion Z = (I − αS)⁻¹ B over a kNN ``graph`` of the collection
+    (:func:`knn_graph`, or its :func:`graph_operator` S), solved by ``iters`` conjugate-gradient
+    steps, with B one-hot on the labeled ``rows`` and
+
+    - ``prior`` None: zero elsewhere (each class's column scaled by 1/its count): plain label
+      propagation;
+    - ``prior`` (N, C), e.g. a linear head's class probabilities times a weight: those on the
+      unlabeled rows, so the diffusion also smooths a classifier's predictions over the graph
+      (Huang et al. 2021's "smooth" step) while the labeled rows keep their labels.
+    """
+    s = graph if isinstance(graph, torch.Tensor) else graph_operator(graph, gamma)
+    n = s.shape[0]
+    rows = np.sort(rows)
+    num_classes = int(y[y >= 0].max()) + 1
+    truth = torch.from_numpy(y[rows])
+    if prior is None:
+        counts = np.bincount(y[rows], minlength=num_classes).clip(min=1)
+        b = torch.zeros(n, num_classes)
+        b[torch.from_numpy(rows), truth] = torch.from_numpy(1.0 / counts[y[rows]]).float()
+    else:
+        b = prior.float().clone()
+        b[torch.from_numpy(rows)] = F.one_hot(truth, b.shape[1]).float()
     z = _conjugate_gradient(lambda p: p - alpha * torch.sparse.mm(s, p), b, iters).clamp_min(0)
     p = z / z.sum(1, keepdim=True).clamp_min(1e-12)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
@@ -315,57 +363,104 @@ def propagate_labels(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: 
     return Propagation(pseudo, cert, z.numpy().astype(np.float32))
 
 
-PROPAGATION_ALPHAS = (0.5, 0.9, 0.99)  # diffusion strengths cross-validated by `propagate`
+PROPAGATION_ALPHAS = (0.5, 0.8, 0.9, 0.99)  # diffusion strengths cross-validated by `propagate`
+PRIOR_WEIGHTS = (0.0, 1.0)  # weights of the linear head's predictions, cross-validated too
 
 
-def choose_alpha(graph: tuple[np.ndarray, np.ndarray], y: np.ndarray, rows: np.ndarray,
-                 alphas: Sequence[float] = PROPAGATION_ALPHAS, gamma: float = 3.0,
-                 folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The diffusion strength whose propagation from 4/5 of the labeled ``rows`` labels the
-    held-out fifth best (stratified folds over the labeled rows only; ties: the stronger).
-    Returns (alpha, {alpha: held-out accuracy %})."""
+def choose_diffusion(graph: tuple[np.ndarray, np.ndarray] | torch.Tensor, y: np.ndarray,
+                     rows: np.ndarray, alphas: Sequence[float] = PROPAGATION_ALPHAS,
+                     gamma: float = 3.0, folds: int = 5, seed: int = 0,
+                     prior: Callable[[np.ndarray], torch.Tensor] | None = None,
+                     prior_weights: Sequence[float] = PRIOR_WEIGHTS
+                     ) -> tuple[float, float, dict[str, float]]:
+    """The diffusion strength α (and, with ``prior``, the prior's weight) whose propagation
+    from 4/5 of the labeled ``rows`` labels the held-out fifth best (stratified folds over the
+    labeled rows only; ties: the stronger α, then the smaller weight). ``prior``: a function of
+    the fold's labeled rows giving the (N, C) prior (see :func:`propagate_labels`), refitted
+    per fold; weight 0 is plain label propagation.
+    Returns (alpha, weight, {"α/weight": held-out accuracy %})."""
     rows = np.sort(rows)
+    weights = prior_weights if prior is not None else (0.0,)
     folds = min(folds, int(np.bincount(y[rows]).max()))
     if folds < 2:
-        return max(alphas), {}
-    splits = _stratified_folds(y[rows], folds, seed)
-    scores = {}
-    for alpha in alphas:
-        correct = 0
-        for part in splits:
-            fit = np.setdiff1d(np.arange(len(rows)), part)
-            prop = propagate_labels(graph, y, rows[fit], alpha, gamma)
-            correct += int((prop.pseudo_labels[rows[part]] == y[rows[part]]).sum())
-        scores[alpha] = 100.0 * correct / len(rows)
-    return max(scores, key=lambda a: (scores[a], a)), scores
+        return max(alphas), min(weights), {}
+    s = graph if isinstance(graph, torch.Tensor) else graph_operator(graph, gamma)
+    correct = {(a, w): 0 for a in alphas for w in weights}
+    for part in _stratified_folds(y[rows], folds, seed):
+        fit = rows[np.setdiff1d(np.arange(len(rows)), part)]
+        fold_prior = prior(fit) if prior is not None else None
+        for alpha, weight in correct:
+            prop = propagate_labels(s, y, fit, alpha, gamma,
+                                    prior=fold_prior * weight if weight else None)
+            correct[alpha, weight] += int((prop.pseudo_labels[rows[part]] == y[rows[part]]).sum())
+    scores = {key: 100.0 * c / len(rows) for key, c in correct.items()}
+    alpha, weight = max(scores, key=lambda k: (scores[k], k[0], -k[1]))
+    return alpha, weight, {f"{a:g}/{w:g}": v for (a, w), v in scores.items()}
 
 
 def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
-                      test_y: np.ndarray, k: int = 20, temperature: float = 0.07,
-                      graph_k: int = 10, alpha: float | None = None, gamma: float = 3.0,
+                      test_y: np.ndarray, graph_k: int = 10, alpha: float | None = None,
+                      prior_weight: float | None = None, gamma: float = 3.0,
                       graph: tuple[np.ndarray, np.ndarray] | None = None,
-                      index: faiss.Index | None = None, seed: int = 0) -> dict[str, Any]:
-    """Propagate the labels of ``rows`` over the collection's kNN graph (``graph``, else built
-    with ``graph_k`` neighbours from ``index`` or exactly), then classify the test images by a
-    kNN vote over the whole pseudo-labeled collection (votes exp(cos/T) · certainty), their
-    neighbours searched in ``index`` (None: exactly). ``alpha`` None: chosen by
-    :func:`choose_alpha` on the labeled rows."""
+                      index: faiss.Index | None = None, seed: int = 0,
+                      head_x: np.ndarray | None = None, head_test_x: np.ndarray | None = None,
+                      stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The ``propagate`` protocol.
+
+    1. A linear head (:func:`fit_linear_head`) on the labeled ``rows`` of ``head_x`` (default
+       ``x``) predicts class probabilities P for the whole collection.
+    2. Labels and λ·P are diffused over the collection's kNN graph of ``x`` (``graph``, else
+       built with ``graph_k`` neighbours from ``index`` or exactly), the labeled rows clamped:
+       Z = (I − αS)⁻¹ B (:func:`propagate_labels`; λ = 0: plain label propagation). ``alpha``,
+       ``prior_weight`` λ None: cross-validated on the labeled rows (:func:`choose_diffusion`,
+       the head refitted per fold).
+    3. A test image joins the graph as a leaf, scored by the same fixed point:
+       λ P_t + α Σ_j a_tj Z_j / Σ_j a_tj over its ``graph_k`` nearest collection rows j
+       (searched in ``index``, else exactly), a_tj = max(cos, 0)^γ.
+    """
+    head_x = x if head_x is None else head_x
+    head_test_x = test_x if head_test_x is None else head_test_x
     graph = graph if graph is not None else knn_graph(x, graph_k, index)
     graph_k = graph[0].shape[1]
-    cv: dict[float, float] = {}
-    if alpha is None:
-        alpha, cv = choose_alpha(graph, y, rows, gamma=gamma, seed=seed)
-    prop = propagate_labels(graph, y, rows, alpha, gamma)
-    res = knn_classify(x, prop.pseudo_labels, test_x, test_y, ks=[k], temperature=temperature,
-                       train_weights=prop.certainty, index=index)
-    used = max(res["k"])
+    s = graph_operator(graph, gamma)
+    lin = fit_linear_head(head_x, y, rows, seed, stats=stats)
+    zq = lin.project(head_x)  # (N, L); every fold's head lives in this basis too
+    num_classes = lin.head.out_features
+    with torch.no_grad():
+        prior = torch.softmax(lin.head(zq), 1)
+
+    def fold_prior(fit: np.ndarray) -> torch.Tensor:
+        head = _fit_logreg_lbfgs(zq[fit], torch.from_numpy(y[fit]), num_classes, lin.penalty)
+        with torch.no_grad():
+            return torch.softmax(head(zq), 1)
+
+    cv: dict[str, float] = {}
+    if alpha is None or prior_weight is None:
+        chosen_alpha, chosen_weight, cv = choose_diffusion(
+            s, y, rows, alphas=[alpha] if alpha is not None else PROPAGATION_ALPHAS, gamma=gamma,
+            seed=seed, prior=fold_prior,
+            prior_weights=[prior_weight] if prior_weight is not None else PRIOR_WEIGHTS)
+        alpha = chosen_alpha if alpha is None else alpha
+        prior_weight = chosen_weight if prior_weight is None else prior_weight
+    prop = propagate_labels(s, y, rows, alpha, gamma,
+                            prior=prior * prior_weight if prior_weight else None)
+    z = torch.from_numpy(prop.scores)
+    top1 = top5 = 0
+    for part, sims, nbrs in nearest_rows(test_x, x, graph_k, index=index):
+        a = sims.clamp_min(0) ** gamma
+        score = alpha * (a.unsqueeze(2) * z[nbrs]).sum(1) / a.sum(1, keepdim=True).clamp_min(1e-12)
+        if prior_weight:
+            score += prior_weight * torch.softmax(lin.logits(head_test_x[part]), 1)
+        h1, h5 = top1_top5_hits(score, torch.from_numpy(np.asarray(test_y[part])))
+        top1, top5 = top1 + h1, top5 + h5
     unlabeled = np.setdiff1d(np.arange(len(x)), rows)
     known = y[unlabeled] >= 0
     pseudo_acc = (100.0 * float((prop.pseudo_labels[unlabeled][known]
                                  == y[unlabeled][known]).mean()) if known.any() else None)
-    return {"top1": res["k"][used]["top1"], "top5": res["k"][used]["top5"], "k": used,
-            "temperature": temperature, "graph_k": graph_k, "alpha": alpha,
-            "alpha_cv_top1": {str(a): v for a, v in cv.items()}, "gamma": gamma,
+    return {"top1": 100.0 * top1 / len(test_x), "top5": 100.0 * top5 / len(test_x),
+            "graph_k": graph_k, "alpha": alpha, "prior_weight": prior_weight,
+            "cv_top1": cv, "gamma": gamma,
+            "prior": f"linear ({lin.preprocessing}, penalty {lin.penalty:g})",
             "pseudo_label_accuracy": pseudo_acc,
             "mean_certainty": float(prop.certainty[unlabeled].mean()) if len(unlabeled) else None}
 
@@ -389,6 +484,8 @@ class FewShotConfig:
     graph_index: str = "Flat"  # FAISS factory the graph is searched with (inner product on the
     #                            compared features); e.g. "PCA256,Flat" for very wide features
     alpha: float | None = None  # diffusion strength; None: cross-validated on the labeled rows
+    prior_weight: float | None = None  # weight of the linear head's predictions in the
+    #                                    diffusion (0: plain label propagation); None: CV
     gamma: float = 3.0  # affinity power
 
     def __post_init__(self) -> None:
@@ -440,9 +537,9 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
             elif protocol == "linear":
                 r = fewshot_linear(x, y, rows, test_x, test_y, seed, stats=stats)
             else:
-                r = fewshot_propagate(xs, y, rows, test_xs, test_y, cfg.knn_k, cfg.temperature,
-                                      alpha=cfg.alpha, gamma=cfg.gamma, graph=graph, index=index,
-                                      seed=seed)
+                r = fewshot_propagate(xs, y, rows, test_xs, test_y, alpha=cfg.alpha,
+                                      prior_weight=cfg.prior_weight, gamma=cfg.gamma, graph=graph, index=index, seed=seed,
+                                      head_x=x, head_test_x=test_x, stats=stats)
             per_seed[seed] = {"labeled": len(rows), **r}
             log.info("few-label %s seed %d: top-1 %.2f%%", protocol, seed, r["top1"])
         out[protocol] = {"seeds": per_seed,

@@ -177,18 +177,64 @@ def test_knn_through_a_flat_faiss_index_equals_the_exact_vote():
     assert a["k"] == b["k"]
 
 
-def test_propagation_strength_is_chosen_on_the_labeled_rows_only():
-    from hebbret.fewshot import PROPAGATION_ALPHAS, choose_alpha
+def test_diffusion_is_chosen_on_the_labeled_rows_only():
+    from hebbret.fewshot import PRIOR_WEIGHTS, PROPAGATION_ALPHAS, choose_diffusion
 
     x, y = blobs(25, dim=16, spread=2.0, seed=7)
     rows = labeled_subset(y, 0, labels_per_class=5)
     graph = knn_graph(x, 6)
-    alpha, scores = choose_alpha(graph, y, rows)
-    assert alpha in PROPAGATION_ALPHAS and set(scores) == set(PROPAGATION_ALPHAS)
+
+    def prior(fit):  # a stand-in classifier: each class's mean of the fold's labeled rows
+        centres = np.stack([x[fit][y[fit] == c].mean(0) for c in range(3)])
+        return torch.softmax(torch.from_numpy(x @ centres.T), 1)
+
+    alpha, weight, scores = choose_diffusion(graph, y, rows, prior=prior)
+    assert alpha in PROPAGATION_ALPHAS and weight in PRIOR_WEIGHTS
+    assert len(scores) == len(PROPAGATION_ALPHAS) * len(PRIOR_WEIGHTS)
     hidden = np.full_like(y, -1)
     hidden[rows] = y[rows]  # the unlabeled rows' labels are never looked at
-    assert choose_alpha(graph, hidden, rows) == (alpha, scores)
+    assert choose_diffusion(graph, hidden, rows, prior=prior) == (alpha, weight, scores)
     test_x, test_y = blobs(10, dim=16, spread=2.0, seed=8)
     cfg = FewShotConfig(protocols=["propagate"], labels_per_class=5, seeds=[0], graph_k=6)
     r = evaluate_frozen(x, y, test_x, test_y, cfg)["propagate"]["seeds"][0]
-    assert r["alpha"] in PROPAGATION_ALPHAS and len(r["alpha_cv_top1"]) == 3
+    b = evaluate_frozen(x, y, test_x, (test_y + 1) % 3, cfg)["propagate"]["seeds"][0]
+    assert (r["alpha"], r["prior_weight"], r["cv_top1"]) == (b["alpha"], b["prior_weight"],
+                                                             b["cv_top1"])
+
+
+def test_propagation_with_a_prior_solves_the_diffusion_exactly():
+    x, y = blobs(15, seed=2)
+    rows = labeled_subset(y, 0, labels_per_class=2)
+    graph = knn_graph(x, 6)
+    prior = torch.softmax(torch.from_numpy(np.random.default_rng(0).normal(size=(len(x), 3))), 1)
+    prop = propagate_labels(graph, y, rows, alpha=0.8, gamma=3.0, iters=200, prior=0.5 * prior)
+    a = np.zeros((len(x), len(x)))
+    for i in range(len(x)):
+        a[i, graph[1][i]] = np.clip(graph[0][i], 0, None) ** 3
+    w = a + a.T
+    s = w / np.sqrt(np.outer(w.sum(1), w.sum(1)))
+    b = 0.5 * prior.numpy()
+    b[rows] = np.eye(3)[y[rows]]
+    z = np.clip(np.linalg.solve(np.eye(len(x)) - 0.8 * s, b), 0, None)
+    np.testing.assert_allclose(prop.scores, z, rtol=1e-3, atol=1e-5)
+
+
+def two_moons(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved half circles (+ a constant third coordinate, so cosine neighbours are
+    the plane's neighbours): not linearly separable, but each moon is one connected curve."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, n)
+    y = np.repeat([0, 1], n // 2)
+    xy = np.where(y[:, None] == 0, np.c_[np.cos(t), np.sin(t)],
+                  np.c_[1 - np.cos(t), 0.5 - np.sin(t)]) + 0.08 * rng.normal(size=(n, 2))
+    return np.c_[xy, np.full(n, 4.0)].astype(np.float32), y
+
+
+def test_propagation_follows_the_collection_where_a_linear_head_cannot():
+    x, y = two_moons(400, 0)
+    test_x, test_y = two_moons(200, 1)
+    cfg = FewShotConfig(labels_per_class=5, seeds=[0, 1, 2], graph_k=8)
+    res = evaluate_frozen(x, y, test_x, test_y, cfg)
+    assert res["linear"]["top1"]["mean"] < 90
+    assert res["propagate"]["top1"]["mean"] > res["linear"]["top1"]["mean"] + 10
+    assert res["propagate"]["top1"]["mean"] > res["knn"]["top1"]["mean"]

@@ -62,7 +62,8 @@ def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[flo
            "the labeled items as database, k = 20; linear: L-BFGS logistic regression, "
            "preprocessing and penalty by 5-fold CV on the labeled items; propagate: Zhou "
            "diffusion over the 10-NN graph of all 50,000 training images searched with a FAISS "
-           "`PCA256,Flat` index, then a certainty-weighted kNN vote (α below); full: section 3; "
+           "`PCA256,Flat` index, of the labels and λ × the linear head's predictions, a test "
+           "image scored as a leaf of the graph (α, λ by CV, below); full: section 3; "
            "the same "
            "labeled subsets everywhere; test top-1, mean ± std over 3 seeds)", "",
            "| backbone | protocol | 1% | 5% | 10% |", "|---|---|---:|---:|---:|"]
@@ -87,10 +88,12 @@ def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[flo
             name = {"hebbian": "Hebbian", "random": "random init"}[variant]
             label = "full (from scratch)" if (variant, protocol) == ("random", "full") else protocol
             out.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    alphas = sorted({str(a) for row in prot.values() if "propagate" in row
-                     for a in row["propagate"].get("alpha", {"-": "0.99 (fixed)"}).values()})
-    if alphas:
-        out += ["", f"propagate's α over the rows above: {', '.join(alphas)}."]
+    chosen = sorted({(str(a), str(row["propagate"].get("prior_weight", {}).get(s, 0)))
+                     for row in prot.values() if "propagate" in row
+                     for s, a in row["propagate"].get("alpha", {"-": "0.99 (fixed)"}).items()})
+    if chosen:
+        out += ["", "propagate's (α, λ) over the rows above: "
+                + ", ".join(f"({a}, {w})" for a, w in chosen) + "."]
     hebb_1 = {p: means[("hebbian", p, 0.01)] for p in ("knn", "linear", "propagate", "full")
               if ("hebbian", p, 0.01) in means}
     lines = [""]

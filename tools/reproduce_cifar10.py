@@ -85,6 +85,8 @@ class Settings:
     speed_steps: int = 200  # batches per round of the interleaved step-rate measurement
     skip: tuple[str, ...] = ()  # few-label cells not to run ("c3-scratch/0.1"): "too slow"
     archs: tuple[str, ...] = ()  # few-label rows to run now (default: all of FEW_LABEL_ARCHS)
+    protocols: tuple[str, ...] = ("knn", "linear", "propagate")  # 3b protocols to run now; the
+    #                                                  others' cells are kept from the last row
 
 
 
@@ -315,19 +317,25 @@ def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings
         root, _ = c3_features(work, data, variant, settings)
         x_train, y_train, x_test, y_test = load_labeled_pair(root / "emb_train", root / "emb_test")
         for budget in todo:
-            cfg = FewShotConfig(protocols=list(FROZEN_PROTOCOLS), label_fraction=budget,
-                                seeds=list(settings.seeds), knn_k=settings.knn_k,
-                                graph_index=f"PCA{settings.pca_dim},Flat")
+            key = f"{variant}/{budget:g}"
+            old = res.doc["stages"].get("protocols", {}).get(key) or {}
+            kept = {p: {**old[p], "commit": old.get("commit")} for p in FROZEN_PROTOCOLS
+                    if p not in settings.protocols and p in old}
+            cfg = FewShotConfig(protocols=[p for p in FROZEN_PROTOCOLS if p not in kept],
+                                label_fraction=budget, seeds=list(settings.seeds),
+                                knn_k=settings.knn_k, graph_index=f"PCA{settings.pca_dim},Flat")
             result, wall = timed_call(evaluate_frozen, x_train, y_train, x_test, y_test, cfg)
             row = {"variant": variant, "budget": budget, "wall_s": wall,
                    "graph_index": cfg.graph_index, "graph_k": cfg.graph_k,
-                   "standardize": cfg.standardize, "knn_k": cfg.knn_k}
+                   "standardize": cfg.standardize, "knn_k": cfg.knn_k, **kept}
             for protocol, r in result.items():
                 row[protocol] = {"top1": r["top1"],
                                  "seeds": {s: v["top1"] for s, v in r["seeds"].items()}}
                 if protocol == "propagate":
                     row[protocol]["alpha"] = {s: v["alpha"] for s, v in r["seeds"].items()}
-            res.put("protocols", f"{variant}/{budget:g}", row)
+                    row[protocol]["prior_weight"] = {s: v["prior_weight"]
+                                                     for s, v in r["seeds"].items()}
+            res.put("protocols", key, row)
             log.info("protocols/%s/%g: %s", variant, budget,
                      {p: row[p]["top1"]["mean"] for p in result})
         del x_train, x_test
@@ -477,6 +485,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     parser.add_argument("--seeds", type=int, nargs="+", help="few-label seeds (default 0 1 2)")
     parser.add_argument("--archs", nargs="+", choices=list(FEW_LABEL_ARCHS),
                         help="few-label backbones to run now (default all)")
+    parser.add_argument("--protocols", nargs="+", choices=["knn", "linear", "propagate"],
+                        help="3b protocols to (re)run; the others' cells are kept from the "
+                             "existing rows (default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()
@@ -488,6 +499,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
         settings.seeds = tuple(args.seeds)
     if args.archs:
         settings.archs = tuple(args.archs)
+    if args.protocols:
+        settings.protocols = tuple(args.protocols)
     res = ResultsFile(args.results, ["python", "tools/reproduce_cifar10.py", *argv], REPO,
                       header={"dataset": "CIFAR-10 (JPEG q75 copy)"})
     write_readme = _readme_writer() if args.readme else None
