@@ -8,11 +8,12 @@ split. The protocols:
   feature preprocessing (L2, or L2 + standardisation with the whole collection's statistics,
   which need no labels) and the L2 penalty are chosen by stratified cross-validation on the
   labeled items alone, never on test.
-- ``propagate``: label propagation over the FAISS kNN graph of the whole collection, labeled and
+- ``propagate``: diffusion over the FAISS kNN graph of the whole collection, labeled and
   unlabeled (Zhou et al. 2004's normalised-graph diffusion, as Iscen et al. 2019 use it for
-  semi-supervised learning): Z = (I − αS)⁻¹ Y by conjugate gradient, pseudo-labels argmax Z with
-  certainty 1 − H(Z_i)/log C; a test image is then classified by a weighted kNN vote over the
-  pseudo-labeled collection, each neighbour's vote scaled by its certainty.
+  semi-supervised learning): Z = (I − αS)⁻¹ B by conjugate gradient, B one-hot on the labeled
+  rows and λ × the ``linear`` head's class probabilities on the others (λ = 0: plain label
+  propagation); α and λ cross-validated on the labeled rows; a test image is scored as a leaf
+  of the graph.
 - ``full``: end-to-end fine-tuning of the backbone (:mod:`hebbret.finetuning`, FastHebb's
   protocol), tested with its own classifier; on a random-init backbone this is training from
   scratch.

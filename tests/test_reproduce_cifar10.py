@@ -74,6 +74,13 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     before = results.read_text()
     repro.main([*argv, "--stage", "softhebb", "few-labels"], settings)
     assert results.read_text() == before
+    # --protocols redoes some 3b cells and keeps the others, marked with their commit
+    old = st["protocols"]["hebbian/0.5"]
+    repro.main([*argv, "--stage", "protocols", "--force", "--protocols", "propagate"], settings)
+    redone = json.loads(results.read_text())["stages"]["protocols"]["hebbian/0.5"]
+    for protocol in ("knn", "linear"):
+        assert redone[protocol] == {**old[protocol], "git_commit": old["git_commit"]}
+    assert set(redone["propagate"]["prior_weight"]) == {"0"} and redone["finished"] >= old["finished"]
     # --archs and --budgets narrow a session's few-label work to some cells
     repro.main([*argv, "--stage", "few-labels", "--archs", "6l-scratch", "--budgets", "0.25"],
                settings)

@@ -319,7 +319,7 @@ def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings
         for budget in todo:
             key = f"{variant}/{budget:g}"
             old = res.doc["stages"].get("protocols", {}).get(key) or {}
-            kept = {p: {**old[p], "commit": old.get("commit")} for p in FROZEN_PROTOCOLS
+            kept = {p: {**old[p], "git_commit": old.get("git_commit")} for p in FROZEN_PROTOCOLS
                     if p not in settings.protocols and p in old}
             cfg = FewShotConfig(protocols=[p for p in FROZEN_PROTOCOLS if p not in kept],
                                 label_fraction=budget, seeds=list(settings.seeds),
