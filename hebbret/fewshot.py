@@ -308,9 +308,10 @@ class Propagation:
     scores: np.ndarray  # float32 (N, C): the diffusion Z
 
 
-def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0) -> torch.Tensor:
-    """S = D^-1/2 W D^-1/2 (sparse N × N) of a kNN ``graph`` (:func:`knn_graph`: similarities
-    and neighbours, each (N, k)): affinities a_ij = max(cos, 0)^γ, W = A + Aᵀ."""
+def _affinities(graph: tuple[np.ndarray, np.ndarray], gamma: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W = A + Aᵀ (sparse N × N), a_ij = max(cos, 0)^γ to the k nearest neighbours, and its
+    degrees (N,)."""
     sims, nbrs = graph
     n = len(sims)
     valid = nbrs >= 0
@@ -320,9 +321,16 @@ def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0) -> 
     ij = torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])]))
     a = torch.sparse_coo_tensor(ij, torch.from_numpy(np.concatenate([w, w])).float(),
                                 (n, n), check_invariants=False).coalesce()
-    deg = torch.sparse.sum(a, dim=1).to_dense()
+    return a, torch.sparse.sum(a, dim=1).to_dense()
+
+
+def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0) -> torch.Tensor:
+    """S = D^-1/2 W D^-1/2 (sparse N × N) of a kNN ``graph`` (:func:`knn_graph`: similarities
+    and neighbours, each (N, k)): affinities a_ij = max(cos, 0)^γ, W = A + Aᵀ."""
+    a, deg = _affinities(graph, gamma)
     inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
     i, v = a.indices(), a.values()
+    n = len(deg)
     return torch.sparse_coo_tensor(i, v * inv_sqrt[i[0]] * inv_sqrt[i[1]], (n, n),
                                    check_invariants=False).coalesce()
 
@@ -415,15 +423,19 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
        Z = (I − αS)⁻¹ B (:func:`propagate_labels`; λ = 0: plain label propagation). ``alpha``,
        ``prior_weight`` λ None: cross-validated on the labeled rows (:func:`choose_diffusion`,
        the head refitted per fold).
-    3. A test image joins the graph as a leaf, scored by the same fixed point:
-       λ P_t + α Σ_j a_tj Z_j / Σ_j a_tj over its ``graph_k`` nearest collection rows j
-       (searched in ``index``, else exactly), a_tj = max(cos, 0)^γ.
+    3. A test image t joins the graph as a leaf and gets the same fixed point. In the
+       random-walk form of the diffusion, U = D^-1/2 Z satisfies u_i = α Σ_j (w_ij/d_i) u_j +
+       b_i/√d_i, so t scores α Σ_j a_tj u_j / Σ_j a_tj + λ P_t / √d_t over its ``graph_k``
+       nearest collection rows j (searched in ``index``, else exactly), a_tj = max(cos, 0)^γ,
+       with d_t = 2 Σ_j a_tj: its degree if its neighbours also listed it, as a row of the
+       symmetrised graph on average is.
     """
     head_x = x if head_x is None else head_x
     head_test_x = test_x if head_test_x is None else head_test_x
     graph = graph if graph is not None else knn_graph(x, graph_k, index)
     graph_k = graph[0].shape[1]
     s = graph_operator(graph, gamma)
+    degrees = _affinities(graph, gamma)[1]
     lin = fit_linear_head(head_x, y, rows, seed, stats=stats)
     zq = lin.project(head_x)  # (N, L); every fold's head lives in this basis too
     num_classes = lin.head.out_features
@@ -445,13 +457,16 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
         prior_weight = chosen_weight if prior_weight is None else prior_weight
     prop = propagate_labels(s, y, rows, alpha, gamma,
                             prior=prior * prior_weight if prior_weight else None)
-    z = torch.from_numpy(prop.scores)
+    u = torch.from_numpy(prop.scores) * torch.where(
+        degrees > 0, degrees.clamp_min(1e-12).rsqrt(), torch.zeros_like(degrees)).unsqueeze(1)
     top1 = top5 = 0
     for part, sims, nbrs in nearest_rows(test_x, x, graph_k, index=index):
         a = sims.clamp_min(0) ** gamma
-        score = alpha * (a.unsqueeze(2) * z[nbrs]).sum(1) / a.sum(1, keepdim=True).clamp_min(1e-12)
+        a_sum = a.sum(1, keepdim=True).clamp_min(1e-12)
+        score = alpha * (a.unsqueeze(2) * u[nbrs]).sum(1) / a_sum
         if prior_weight:
-            score += prior_weight * torch.softmax(lin.logits(head_test_x[part]), 1)
+            own = torch.softmax(lin.logits(head_test_x[part]), 1)
+            score += prior_weight * own / (2 * a_sum).sqrt()
         h1, h5 = top1_top5_hits(score, torch.from_numpy(np.asarray(test_y[part])))
         top1, top5 = top1 + h1, top5 + h5
     unlabeled = np.setdiff1d(np.arange(len(x)), rows)
@@ -539,8 +554,9 @@ def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np
                 r = fewshot_linear(x, y, rows, test_x, test_y, seed, stats=stats)
             else:
                 r = fewshot_propagate(xs, y, rows, test_xs, test_y, alpha=cfg.alpha,
-                                      prior_weight=cfg.prior_weight, gamma=cfg.gamma, graph=graph, index=index, seed=seed,
-                                      head_x=x, head_test_x=test_x, stats=stats)
+                                      prior_weight=cfg.prior_weight, gamma=cfg.gamma,
+                                      graph=graph, index=index, seed=seed, head_x=x,
+                                      head_test_x=test_x, stats=stats)
             per_seed[seed] = {"labeled": len(rows), **r}
             log.info("few-label %s seed %d: top-1 %.2f%%", protocol, seed, r["top1"])
         out[protocol] = {"seeds": per_seed,
