@@ -91,11 +91,12 @@ def fit_pca(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def _set_pca(index: faiss.Index, x: np.ndarray, seed: int) -> bool:
-    """Train a leading plain PCAMatrix of ``index`` from :func:`fit_pca`; False if there is none."""
+    """Train a leading PCAMatrix of ``index`` (``PCA<d>``, or ``PCAW<d>``: whitened, each
+    component scaled by eigenvalue^-½) from :func:`fit_pca`; False if there is none."""
     if not isinstance(index, faiss.IndexPreTransform):
         return False
     pca = faiss.downcast_VectorTransform(index.chain.at(0))
-    if type(pca) is not faiss.PCAMatrix or pca.eigen_power != 0 or pca.random_rotation:
+    if type(pca) is not faiss.PCAMatrix or pca.random_rotation:
         return False
     mean, comps, var = fit_pca(x, pca.d_out, seed)
     faiss.copy_array_to_vector(mean, pca.mean)
@@ -117,7 +118,8 @@ def trained_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_
                   source: str = "the collection") -> tuple[faiss.Index, np.ndarray]:
     """An empty FAISS ``index_factory`` index trained on a seeded sample of the rows of ``x``
     (n, d) (L2-normalised first when ``normalize``); returns it and the sampled rows. A leading
-    ``PCA<d>`` is fitted with :func:`fit_pca` on at most ``pca_sample_bytes`` of float32 rows."""
+    ``PCA<d>`` or ``PCAW<d>`` is fitted with :func:`fit_pca` on at most ``pca_sample_bytes`` of
+    float32 rows."""
     n, d = x.shape
     train_rows = np.zeros(0, np.int64)
     try:

@@ -150,6 +150,12 @@ def test_pca_fitted_in_torch_matches_faiss_and_numpy(tmp_path):
     ours = faiss.downcast_VectorTransform(index.chain.at(0)).apply(x[:50])
     np.testing.assert_allclose(np.abs(ours), np.abs(ref.apply(x[:50])), atol=1e-3)  # up to sign
     assert meta["recall_at_10_vs_flat"] < 1.0  # 6 of 48 dims: approximate, and measured
+    # PCAW: the same components, each scaled to unit variance over the collection
+    index, _, _ = load_index(build_index(emb, tmp_path / "pcaw", factory="PCAW6,Flat", metric="l2"))
+    white = faiss.downcast_VectorTransform(index.chain.at(0)).apply(x)
+    plain = ref.apply(x)
+    np.testing.assert_allclose(white.var(0), np.ones(6), rtol=2e-2)
+    np.testing.assert_allclose(np.abs(white), np.abs(plain) / plain.std(0), atol=2e-2)
     # the randomised path (d > 4096) finds the same leading directions as an exact SVD
     wide = (rng.normal(size=(300, 5000)) * (0.7 ** np.arange(5000) + 0.001)).astype(np.float32)
     _, comps, var = fit_pca(wide, 4)

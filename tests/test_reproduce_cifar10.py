@@ -30,7 +30,7 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     settings = repro.Settings(c3_kwargs=TINY_C3, sixl_kwargs={"widths": [8, 8, 8, 8, 16]},
                               readout_epochs=2, readout_seeds=(0, 1), budgets=(0.5,), seeds=(0,),
                               finetune_epochs=1,
-                              linear_epochs=1, pca_dim=4, skip=("c3-scratch/0.5",),
+                              linear_epochs=1, pca_dim=4, whiten_dim=3, skip=("c3-scratch/0.5",),
                               speed_steps=3)
     results = tmp_path / "cifar10.json"
     argv = [str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--results", str(results),
@@ -51,6 +51,8 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
         assert row["git_commit"] and row["machine"] and "--stage softhebb" in row["command"]
         assert st["retrieval"][f"{variant}-pca4"]["dim"] == 4
         assert st["retrieval"][f"{variant}-pca4"]["index_vs_metric_top10_agreement"] == 1.0
+        assert st["retrieval"][f"{variant}-pcaw3"]["factory"] == "PCAW3,L2norm,Flat"
+        assert st["retrieval"][f"{variant}-pcaw3"]["index_vs_metric_top10_agreement"] == 1.0
     assert st["softhebb"]["hebbian"]["images"] == 36 and st["softhebb"]["hebbian"]["images_per_s"] > 0
     few = st["few-labels"]
     assert few["6l-hpca/0.5/seed0"]["labeled_items"] == 18
@@ -65,6 +67,7 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     assert "| Hebbian | propagate | not run yet | not run yet | not run yet |" in text  # no 0.5 column
     assert st["softhebb"]["hebbian"]["convergence"]["layers"][0]["layer"] == 0
     assert "Convergence after the epoch" in text
+    assert "| Hebbian + PCA-whitening | 3 |" in text and "Target kNN top-1 ≥ 70.0: " in text
     variant = st["variants"]["init-radius-5"]
     assert variant["model_kwargs"] == {"init_radius": 5.0} and 0 <= variant["knn_top1"] <= 100
     assert "| init-radius-5 |" in text

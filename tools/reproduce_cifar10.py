@@ -80,6 +80,7 @@ class Settings:
     sixl_epochs: int = 1  # Hebbian epochs of hebb_fasthebb_6l
     knn_k: int = 20
     pca_dim: int = 256
+    whiten_dim: int = 512  # section 2's PCA-whitening rows (FAISS PCAW<d>)
     linear_epochs: int = 20  # logistic-regression probe of the per-layer table
     embed_batch: int = 256
     speed_steps: int = 200  # batches per round of the interleaved step-rate measurement
@@ -196,7 +197,10 @@ def retrieval_row(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 
 
 def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings) -> None:
-    factory = f"PCA{settings.pca_dim},L2norm,Flat"
+    """kNN and retrieval on the full features, and through two FAISS indexes: a PCA and a
+    PCA-whitening (each component scaled to unit variance over the collection)."""
+    reduced = {f"pca{settings.pca_dim}": f"PCA{settings.pca_dim},L2norm,Flat",
+               f"pcaw{settings.whiten_dim}": f"PCAW{settings.whiten_dim},L2norm,Flat"}
     for variant in C3_VARIANTS:
         root = work / f"c3-{variant}"
         if not (root / "emb_test" / "meta.json").exists():
@@ -205,24 +209,30 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
         if not res.get("retrieval", variant):
             res.put("retrieval", variant, retrieval_row(x_train, y_train, x_test, y_test, settings))
             log.info("retrieval/%s: %s", variant, res.get("retrieval", variant))
-        key = f"{variant}-pca{settings.pca_dim}"
-        if res.get("retrieval", key):
-            continue
-        index_dir = root / f"index_pca{settings.pca_dim}"
-        _, build_s = timed_call(build_index, root / "emb_train", index_dir, factory=factory)
-        z_train, z_test = transform_like_index(index_dir, x_train), transform_like_index(index_dir, x_test)
-        row = retrieval_row(z_train, y_train, z_test, y_test, settings)
-        # the index answers queries as the metrics rank them: compare its top 10 on 500 queries
-        probe = np.arange(min(500, len(x_test)))
-        _, ids, _, _ = search_index(index_dir, np.asarray(x_test[probe], dtype=np.float32), k=10)
-        exact = next(cosine_blocks(z_test[probe], z_train))[1].topk(10, dim=1).indices.numpy()
-        agree = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=True)]))
-        meta = load_index(index_dir)[2]
-        row.update({"factory": factory, "index_build_s": build_s,
-                    "recall_at_10_vs_full_dim": meta["recall_at_10_vs_flat"],
-                    "index_vs_metric_top10_agreement": agree})
-        res.put("retrieval", key, row)
-        log.info("retrieval/%s: %s", key, row)
+        for name, factory in reduced.items():
+            key = f"{variant}-{name}"
+            if res.get("retrieval", key):
+                continue
+            index_dir = root / f"index_{name}"
+            if index_dir.exists():  # rebuilt: its factory or the features may have changed
+                shutil.rmtree(index_dir)
+            _, build_s = timed_call(build_index, root / "emb_train", index_dir, factory=factory)
+            z_train = transform_like_index(index_dir, x_train)
+            z_test = transform_like_index(index_dir, x_test)
+            row = retrieval_row(z_train, y_train, z_test, y_test, settings)
+            # the index answers queries as the metrics rank them: its top 10 on 500 queries
+            probe = np.arange(min(500, len(x_test)))
+            _, ids, _, _ = search_index(index_dir, np.asarray(x_test[probe], dtype=np.float32),
+                                        k=10)
+            exact = next(cosine_blocks(z_test[probe], z_train))[1].topk(10, dim=1).indices.numpy()
+            agree = float(np.mean([len(set(a) & set(b)) / 10
+                                   for a, b in zip(ids, exact, strict=True)]))
+            meta = load_index(index_dir)[2]
+            row.update({"factory": factory, "index_build_s": build_s,
+                        "recall_at_10_vs_full_dim": meta["recall_at_10_vs_flat"],
+                        "index_vs_metric_top10_agreement": agree})
+            res.put("retrieval", key, row)
+            log.info("retrieval/%s: %s", key, row)
 
 
 # ---------------------------------------------------------------- stage 3: few labels
