@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fewshot", parents=[budget(required=True), device("auto"), quiet],
                        help="few-label classification with every protocol: knn, linear, "
-                       "propagate (label propagation over the kNN graph), full")
+                       "propagate (the labels and the linear head's predictions diffused "
+                       "over the kNN graph), full")
     p.add_argument("run", help="run dir of the backbone")
     p.add_argument("data", help="the collection: a labeled image folder (or fashion-mnist); "
                    "only the chosen few labels are used")

@@ -408,7 +408,7 @@ def choose_diffusion(graph: tuple[np.ndarray, np.ndarray] | torch.Tensor, y: np.
 
 
 def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
-                      test_y: np.ndarray, graph_k: int = 10, alpha: float | None = None,
+                      test_y: np.ndarray, *, graph_k: int = 10, alpha: float | None = None,
                       prior_weight: float | None = None, gamma: float = 3.0,
                       graph: tuple[np.ndarray, np.ndarray] | None = None,
                       index: faiss.Index | None = None, seed: int = 0,
@@ -419,10 +419,12 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
     1. A linear head (:func:`fit_linear_head`) on the labeled ``rows`` of ``head_x`` (default
        ``x``) predicts class probabilities P for the whole collection.
     2. Labels and λ·P are diffused over the collection's kNN graph of ``x`` (``graph``, else
-       built with ``graph_k`` neighbours from ``index`` or exactly), the labeled rows clamped:
-       Z = (I − αS)⁻¹ B (:func:`propagate_labels`; λ = 0: plain label propagation). ``alpha``,
-       ``prior_weight`` λ None: cross-validated on the labeled rows (:func:`choose_diffusion`,
-       the head refitted per fold).
+       built with ``graph_k`` neighbours from ``index`` or exactly), B one-hot on the labeled
+       rows: Z = (I − αS)⁻¹ B (:func:`propagate_labels`; λ = 0: plain label propagation).
+       ``alpha``, ``prior_weight`` λ None: cross-validated on the labeled rows
+       (:func:`choose_diffusion`; the head refitted per fold with the preprocessing and penalty
+       that step 1's CV chose on all labeled rows, which slightly favours λ = 1; with fewer than
+       two labels per class: the strongest α and λ = 0).
     3. A test image t joins the graph as a leaf and gets the same fixed point. In the
        random-walk form of the diffusion, U = D^-1/2 Z satisfies u_i = α Σ_j (w_ij/d_i) u_j +
        b_i/√d_i, so t scores α Σ_j a_tj u_j / Σ_j a_tj + λ P_t / √d_t over its ``graph_k``

@@ -102,6 +102,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.from_scratch:
         model = create_model(card.architecture, **card.model_args)
+        model.stem.load_state_dict(parent.stem.state_dict())  # fixed preprocessing, not learned
     else:
         model = parent
     spec = card.input

@@ -99,6 +99,9 @@ def _set_pca(index: faiss.Index, x: np.ndarray, seed: int) -> bool:
     if type(pca) is not faiss.PCAMatrix or pca.random_rotation:
         return False
     mean, comps, var = fit_pca(x, pca.d_out, seed)
+    # a floor: PCAW divides by √var, and directions the data does not fill have var ≈ 0 (or < 0
+    # by rounding)
+    var = np.maximum(var, 1e-6 * max(float(var.max()), 1e-30)).astype(np.float32)
     faiss.copy_array_to_vector(mean, pca.mean)
     faiss.copy_array_to_vector(comps.ravel(), pca.PCAMat)
     faiss.copy_array_to_vector(var, pca.eigenvalues)

@@ -50,7 +50,8 @@ _RUN_IDENTITY = ("data", "data_root", "model", "rule", "epochs", "batch_size", "
 
 
 CALIBRATION_BATCH = 256  # default batch of a rule-none pass (BatchNorm calibration only)
-WHITENING_IMAGES = 5000  # images a whitening stem is fitted on
+WHITENING_IMAGES = 5000  # a whitening stem is fitted on the first whole batches of 256 that reach
+#                           this many images (5,120 when the collection has them)
 
 
 class NonFiniteUpdate(FloatingPointError):
@@ -302,8 +303,9 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
 
 def _fit_stem(model: HebbNet, dataset: ImageDataset, cfg: dict[str, Any],
               device: torch.device) -> None:
-    """Fit a whitening stem on up to WHITENING_IMAGES seeded-random training images (the same
-    ones in every process of a distributed job, so every rank fits the same filters)."""
+    """Fit a whitening stem on seeded-random training images, whole batches until at least
+    WHITENING_IMAGES (the same ones in every process of a distributed job, so every rank fits
+    the same filters)."""
     if not isinstance(model.stem, PatchWhitening):
         return
     shape = model.default_cfg["input_size"]

@@ -156,6 +156,12 @@ def test_pca_fitted_in_torch_matches_faiss_and_numpy(tmp_path):
     plain = ref.apply(x)
     np.testing.assert_allclose(white.var(0), np.ones(6), rtol=2e-2)
     np.testing.assert_allclose(np.abs(white), np.abs(plain) / plain.std(0), atol=2e-2)
+    # directions the data does not fill are floored, not divided by ~0
+    flat = x.copy()
+    flat[:, 4:] = 0  # rank 4 of 48
+    emb = write_embeddings(tmp_path / "rank4_emb", flat)
+    index, _, _ = load_index(build_index(emb, tmp_path / "rank4", factory="PCAW6,Flat", metric="l2"))
+    assert np.isfinite(faiss.downcast_VectorTransform(index.chain.at(0)).apply(flat)).all()
     # the randomised path (d > 4096) finds the same leading directions as an exact SVD
     wide = (rng.normal(size=(300, 5000)) * (0.7 ** np.arange(5000) + 0.001)).astype(np.float32)
     _, comps, var = fit_pca(wide, 4)

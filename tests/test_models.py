@@ -63,6 +63,12 @@ def test_patch_whitening_decorrelates_channels_and_neighbouring_pixels():
     assert neighbour_corr(x) > 0.5 and abs(neighbour_corr(y)) < 0.1
     with pytest.raises(ValueError, match="odd"):
         PatchWhitening(3, patch=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a fixed fp32 filter, even under autocast
+        torch.testing.assert_close(stem(x), stem(x.float()))
+    with pytest.raises(ValueError, match="constant images"):
+        PatchWhitening(3, patch=3).fit([torch.ones(4, 3, 8, 8)])
+    with pytest.raises(ValueError, match="too large"):
+        create_model("hebb_softhebb_c3", img_size=8, whiten_patch=17)
 
 
 def test_bad_model_arguments_are_explained():

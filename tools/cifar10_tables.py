@@ -277,7 +277,7 @@ def render(doc: dict[str, Any]) -> str:
             f"≤ 370 s with the readout within 0.5 points: {_verdict(bf16_ok)}{bf16_txt}."]
     commits = sorted({r.get("git_commit", "?") for s in st.values() for r in s.values()}
                      | {c["git_commit"] for r in st.get("protocols", {}).values()
-                        for c in r.values() if isinstance(c, dict) and "git_commit" in c})
+                        for c in r.values() if isinstance(c, dict) and c.get("git_commit")})
     machines = sorted({r.get("machine", "?") for s in st.values() for r in s.values()})
     out += ["", f"Produced by `tools/reproduce_cifar10.py` (commits {', '.join(commits) or '–'}; "
             f"{'; '.join(machines) or '–'}); raw numbers in `tools/results/cifar10.json`.", ""]

@@ -127,7 +127,7 @@ LIFT_VARIANTS = {
     "wide-last-layer": ("twice the neurons in the last layer (3,072: 49,152-d features)",
                         _wider_last, {}),
     "input-whitening": ("5×5 ZCA patch whitening of the input (ε = 0.1 · mean eigenvalue, fitted "
-                        "on 5,000 training images) in front of layer 1", {"whiten_patch": 5}, {}),
+                        "on 5,120 training images) in front of layer 1", {"whiten_patch": 5}, {}),
 }
 
 
@@ -329,7 +329,8 @@ def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings
         for budget in todo:
             key = f"{variant}/{budget:g}"
             old = res.doc["stages"].get("protocols", {}).get(key) or {}
-            kept = {p: {**old[p], "git_commit": old.get("git_commit")} for p in FROZEN_PROTOCOLS
+            kept = {p: {**old[p], "git_commit": old[p].get("git_commit") or old.get("git_commit")}
+                    for p in FROZEN_PROTOCOLS
                     if p not in settings.protocols and p in old}
             cfg = FewShotConfig(protocols=[p for p in FROZEN_PROTOCOLS if p not in kept],
                                 label_fraction=budget, seeds=list(settings.seeds),
@@ -496,8 +497,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     parser.add_argument("--archs", nargs="+", choices=list(FEW_LABEL_ARCHS),
                         help="few-label backbones to run now (default all)")
     parser.add_argument("--protocols", nargs="+", choices=["knn", "linear", "propagate"],
-                        help="3b protocols to (re)run; the others' cells are kept from the "
-                             "existing rows (default all)")
+                        help="with --force --stage protocols: the 3b protocols to re-run; the "
+                             "others' cells are kept from the existing rows (default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()

@@ -67,6 +67,9 @@ class PatchWhitening(nn.Module):
         cov = outer / count - torch.outer(mean, mean)
         lam, vec = torch.linalg.eigh(cov)
         lam = lam.clamp_min(0)
+        if not lam.max() > 0:
+            raise ValueError("cannot fit the whitening stem: every image patch it saw is the same "
+                             "(constant images?)")
         zca = vec @ torch.diag((lam + self.eps * lam.mean()).rsqrt()) @ vec.T  # (d, d)
         centre = (self.patch // 2) * self.patch + self.patch // 2
         rows = zca[[c * self.patch ** 2 + centre for c in range(self.chans)]]  # (C, d)
@@ -76,9 +79,12 @@ class PatchWhitening(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pad = self.patch // 2
-        if pad:
-            x = F.pad(x, (pad,) * 4, mode="reflect")
-        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):  # fp32 even under bf16 autocast
+            x = x.float()
+            if pad:
+                x = F.pad(x, (pad,) * 4, mode="reflect")
+            return F.conv2d(x, self.weight, self.bias).to(dtype)
 
     def extra_repr(self) -> str:
         return f"chans={self.chans}, patch={self.patch}, eps={self.eps}"

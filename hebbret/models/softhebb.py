@@ -43,6 +43,8 @@ class SoftHebbC3(HebbNet):
         img_size = to_size(img_size)
         if min(img_size) < 8:
             raise ValueError(f"hebb_softhebb_c3 needs inputs of at least 8×8 pixels, got {img_size}")
+        if whiten_patch and whiten_patch // 2 >= min(img_size):
+            raise ValueError(f"whiten_patch {whiten_patch} is too large for {img_size} images")
         self.model_args = dict(in_chans=in_chans, img_size=list(img_size), num_classes=num_classes,
                                rule=rule, t_inv=list(t_inv), widths=list(widths), drop_rate=drop_rate,
                                init_radius=init_radius, whiten_patch=whiten_patch,
