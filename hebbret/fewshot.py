@@ -324,11 +324,18 @@ def _affinities(graph: tuple[np.ndarray, np.ndarray], gamma: float
     return a, torch.sparse.sum(a, dim=1).to_dense()
 
 
-def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0) -> torch.Tensor:
+def _inv_sqrt(deg: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 of degrees (N,), 0 for isolated rows."""
+    return torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+
+
+def graph_operator(graph: tuple[np.ndarray, np.ndarray], gamma: float = 3.0,
+                   affinities: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """S = D^-1/2 W D^-1/2 (sparse N × N) of a kNN ``graph`` (:func:`knn_graph`: similarities
-    and neighbours, each (N, k)): affinities a_ij = max(cos, 0)^γ, W = A + Aᵀ."""
-    a, deg = _affinities(graph, gamma)
-    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+    and neighbours, each (N, k)): affinities a_ij = max(cos, 0)^γ, W = A + Aᵀ (``affinities``:
+    W and its degrees if already computed)."""
+    a, deg = affinities if affinities is not None else _affinities(graph, gamma)
+    inv_sqrt = _inv_sqrt(deg)
     i, v = a.indices(), a.values()
     n = len(deg)
     return torch.sparse_coo_tensor(i, v * inv_sqrt[i[0]] * inv_sqrt[i[1]], (n, n),
@@ -397,7 +404,7 @@ def choose_diffusion(graph: tuple[np.ndarray, np.ndarray] | torch.Tensor, y: np.
     correct = {(a, w): 0 for a in alphas for w in weights}
     for part in _stratified_folds(y[rows], folds, seed):
         fit = rows[np.setdiff1d(np.arange(len(rows)), part)]
-        fold_prior = prior(fit) if prior is not None else None
+        fold_prior = prior(fit) if prior is not None and any(weights) else None
         for alpha, weight in correct:
             prop = propagate_labels(s, y, fit, alpha, gamma,
                                     prior=fold_prior * weight if weight else None)
@@ -436,8 +443,8 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
     head_test_x = test_x if head_test_x is None else head_test_x
     graph = graph if graph is not None else knn_graph(x, graph_k, index)
     graph_k = graph[0].shape[1]
-    s = graph_operator(graph, gamma)
-    degrees = _affinities(graph, gamma)[1]
+    affinities = _affinities(graph, gamma)
+    s = graph_operator(graph, gamma, affinities)
     lin = fit_linear_head(head_x, y, rows, seed, stats=stats)
     zq = lin.project(head_x)  # (N, L); every fold's head lives in this basis too
     num_classes = lin.head.out_features
@@ -459,8 +466,7 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
         prior_weight = chosen_weight if prior_weight is None else prior_weight
     prop = propagate_labels(s, y, rows, alpha, gamma,
                             prior=prior * prior_weight if prior_weight else None)
-    u = torch.from_numpy(prop.scores) * torch.where(
-        degrees > 0, degrees.clamp_min(1e-12).rsqrt(), torch.zeros_like(degrees)).unsqueeze(1)
+    u = torch.from_numpy(prop.scores) * _inv_sqrt(affinities[1]).unsqueeze(1)
     top1 = top5 = 0
     for part, sims, nbrs in nearest_rows(test_x, x, graph_k, index=index):
         a = sims.clamp_min(0) ** gamma
