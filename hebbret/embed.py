@@ -223,9 +223,11 @@ def _truncate_npy(path: Path, rows: int, chunk: int = 4096) -> None:
     shutil.move(part, path)
 
 
-def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True
+def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True,
+                    read_items: bool = True
                     ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
-    """Open an embeddings dir: (embeddings memmap (N, D), items, meta), validated.
+    """Open an embeddings dir: (embeddings memmap (N, D), items, meta), validated
+    (``read_items`` False: items [] and not parsed, for callers that hold them already).
 
     Raises FileNotFoundError naming a missing file, ValueError when the array and
     ``items.jsonl`` disagree in length or the array holds NaN/inf (naming the first rows).
@@ -239,10 +241,10 @@ def load_embeddings(emb_dir: str | os.PathLike, check_finite: bool = True
     except (ValueError, OSError) as e:
         raise ValueError(f"{emb_dir / 'embeddings.npy'} is not a readable .npy array (truncated "
                          f"or corrupt: {e}); embed again") from None
-    items = read_jsonl(emb_dir / ITEMS)
+    items = read_jsonl(emb_dir / ITEMS) if read_items else []
     if emb.ndim != 2:
         raise ValueError(f"{emb_dir / 'embeddings.npy'} must be 2-D (N, D), got shape {emb.shape}")
-    if len(items) != emb.shape[0]:
+    if read_items and len(items) != emb.shape[0]:
         raise ValueError(f"{emb_dir}: embeddings.npy has {emb.shape[0]} rows but items.jsonl has "
                          f"{len(items)} lines; they must match row for row")
     if check_finite:

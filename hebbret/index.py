@@ -281,8 +281,13 @@ def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize
     blocks = (_as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
     _, truth = knn_ground_truth(q, blocks, k, METRICS[metric], ngpu=0)
     _, found = index.search(q, k)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)])), \
-        held_out
+    return recall_at_k(truth, found), held_out
+
+
+def recall_at_k(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean share of each query's true k nearest rows (Q, k) among the k it found (Q, k)."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
 
 
 def _read(path: Path, flags: int | None = None) -> Any:
@@ -407,7 +412,18 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
     the index records. Returns one {"query", "results": [{rank, score, path, label,
     class_name}]} per image.
     """
-    _, _, meta = load_index(index_dir)
+    loaded = load_index(index_dir)
+    meta = loaded[2]
+    model, card = model_of_index(index_dir, meta, run)
+    queries = embed_images(model, card, list(image_paths), meta["layer"], meta["pool"], device)
+    return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
+                                        name=str(index_dir)), [str(p) for p in image_paths])
+
+
+def model_of_index(index_dir: str | os.PathLike, meta: dict[str, Any],
+                   run: str | os.PathLike | None = None) -> tuple[Any, Any]:
+    """(model, card) of ``run``, default the run the index records; its weights must have the
+    sha256 the index records (the queries must be embedded by the model that embedded it)."""
     run = run or meta.get("model_run")
     if not run:
         raise ValueError(f"{index_dir} records no model run; pass the run dir that made it")
@@ -416,9 +432,7 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
         raise ValueError(f"{index_dir} was built from model sha256 {meta['model_sha256'][:12]}, "
                          f"but {run} holds sha256 {card.weights_sha256[:12]}; embed the "
                          f"queries with the same model as the index")
-    queries = embed_images(model, card, list(image_paths), meta["layer"], meta["pool"], device)
-    return format_results(search_index(index_dir, queries, k, nprobe, ef_search),
-                          [str(p) for p in image_paths])
+    return model, card
 
 
 def format_results(found: tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]],

@@ -27,8 +27,7 @@ from PIL import Image
 from .data import NAMED_DATASETS, open_dataset
 from .embed import embed_images, load_embeddings
 from .evaluate import KNN_TEMPERATURE, weighted_vote
-from .index import format_results, index_info, load_index, search_loaded
-from .runs import load_run
+from .index import format_results, index_info, load_index, model_of_index, search_loaded
 from .runtime import pick_device
 
 log = logging.getLogger(__name__)
@@ -69,21 +68,25 @@ class Collection:
         self.index_dir = Path(cfg.index)
         self.loaded = load_index(self.index_dir)  # pinned: a rebuilt index needs a restart
         _, self.items, self.meta = self.loaded
-        run = cfg.run or self.meta.get("model_run")
-        if not run:
-            raise ValueError(f"{self.index_dir} records no model run; pass --run")
-        self.model, self.card = load_run(run)
-        if self.meta.get("model_sha256") and self.card.weights_sha256 != self.meta["model_sha256"]:
-            raise ValueError(f"{self.index_dir} was built from model sha256 "
-                             f"{self.meta['model_sha256'][:12]}, but {run} holds "
-                             f"{self.card.weights_sha256[:12]}; serve it with the model that "
-                             f"embedded the collection")
+        self.model, self.card = model_of_index(self.index_dir, self.meta, cfg.run)
         self.device = str(pick_device(cfg.device))
-        self.labels = np.array([it.get("label", -1) for it in self.items], dtype=np.int64)
-        self.class_names = {int(it["label"]): it.get("class_name") or str(it["label"])
-                            for it in self.items if it.get("label", -1) >= 0}
+        self.labels = np.full(len(self.items), -1, dtype=np.int64)
+        self.class_names: dict[int, str] = {}
+        for row, it in enumerate(self.items):  # one pass over the lazily parsed items
+            label = it.get("label", -1)
+            self.labels[row] = label
+            if label >= 0:
+                self.class_names.setdefault(int(label), it.get("class_name") or str(label))
+        # the vectors only (search by row): the index already holds the items
         self.vectors, _, self.emb_meta = load_embeddings(self.meta["embeddings"],
-                                                         check_finite=False)
+                                                         check_finite=False, read_items=False)
+        if len(self.vectors) != len(self.items):
+            raise ValueError(f"{self.meta['embeddings']} has {len(self.vectors)} rows but the "
+                             f"index {self.index_dir} has {len(self.items)}; rebuild the index")
+        self._info = {**index_info(self.index_dir), "labeled": bool(self.class_names),
+                      "classes": [self.class_names[c] for c in sorted(self.class_names)],
+                      "input": {"in_chans": self.card.input.in_chans,
+                                "img_size": list(self.card.input.img_size)}}
         self.lock = threading.Lock()  # one search at a time: the model and FAISS use every core
         self._images_lock = threading.Lock()
         self._dataset: Any = None
@@ -91,10 +94,7 @@ class Collection:
 
     # ----------------------------------------------------------------------------- search
     def info(self) -> dict[str, Any]:
-        return {**index_info(self.index_dir), "labeled": bool(self.class_names),
-                "classes": [self.class_names[c] for c in sorted(self.class_names)],
-                "input": {"in_chans": self.card.input.in_chans,
-                          "img_size": list(self.card.input.img_size)}}
+        return self._info
 
     def _k(self, k: Any) -> int:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-TINY_C3 = {"widths": [8, 16, 32]}  # a narrow hebb_softhebb_c3 that trains in milliseconds
+TINY_C3 = {"widths": [8, 16, 32]}
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (registered in sys.modules: dataclasses look
+    their module up there)."""
+    script = TOOLS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module  # a narrow hebb_softhebb_c3 that trains in milliseconds
 
 
 def pattern_image(cls: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:

@@ -1,23 +1,15 @@
 """tools/bench_gpu.py without a GPU: a CPU smoke pass that says so, writes nothing, exits 0."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import write_image_folder
-
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "bench_gpu.py"
+from .conftest import load_tool, write_image_folder
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke pass is the no-GPU path")
 def test_without_a_gpu_it_smoke_tests_on_the_cpu_and_writes_nothing(tmp_path, capsys, caplog):
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_gpu")
     data = tmp_path / "data"
     write_image_folder(data / "train", classes=2, per_class=12, size=32, seed=0)
     write_image_folder(data / "test", classes=2, per_class=4, size=32, seed=1)

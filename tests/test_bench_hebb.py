@@ -1,21 +1,14 @@
 """Smoke test of tools/bench_hebb.py: a --quick run writes a complete, finite JSON report."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 from hebbret._io import read_json
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench_hebb.py"
+from .conftest import load_tool
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_hebb", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_hebb")
 
 
 def positive(v) -> bool:

@@ -1,20 +1,11 @@
 """Smoke test of tools/bench_scale.py: both parts at toy sizes write a complete report."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
-from .conftest import write_image_folder
-
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "bench_scale.py"
+from .conftest import load_tool, write_image_folder
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_scale")
 
 
 def test_toy_scale_benchmark_reports_rates_memory_and_recall(tmp_path):

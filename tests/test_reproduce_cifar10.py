@@ -1,23 +1,17 @@
 """Smoke test of tools/reproduce_cifar10.py: every stage on a tiny synthetic CIFAR-like folder."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import TINY_C3, write_image_folder
+from .conftest import TINY_C3, load_tool, write_image_folder
 
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "reproduce_cifar10.py"
 
 
 def load_script(script=SCRIPT):
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(script.stem)
 
 
 def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from hebbret._io import write_json, write_jsonl
+from hebbret.artifacts import EMBEDDINGS, ITEMS, META
 from hebbret.report import markdown_table, publish
 from hebbret.runs import read_card
 from hebbret.runtime import ResultsFile, load_average
@@ -114,7 +115,7 @@ def make_vectors(path: Path, n: int, dim: int, source: str | None, sigma: float,
         base = rng.normal(size=(max(1, n // 200), dim)).astype(np.float32)
         what = f"clustered synthetic: {len(base)} Gaussian centres, σ = {sigma} per dim, L2-normalised"
     path.mkdir(parents=True, exist_ok=True)
-    arr = open_memmap(path / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    arr = open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, dim))
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
         x = base[rng.integers(0, len(base), m)] + sigma * rng.standard_normal((m, dim),
@@ -122,8 +123,8 @@ def make_vectors(path: Path, n: int, dim: int, source: str | None, sigma: float,
         arr[i: i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     arr.flush()
     del arr
-    write_jsonl(path / "items.jsonl", ({"path": f"v{i}", "label": -1} for i in range(n)))
-    write_json(path / "meta.json", {"count": n, "dim": dim, "vectors": what})
+    write_jsonl(path / ITEMS, ({"path": f"v{i}", "label": -1} for i in range(n)))
+    write_json(path / META, {"count": n, "dim": dim, "vectors": what})
     return what
 
 
@@ -141,7 +142,7 @@ def child_build(emb: str, out: str, factory: str, nprobe: int) -> dict[str, Any]
 
 def child_search(index_dir: str, queries: str, truth: str, nprobes: list[int], batch: int
                  ) -> dict[str, Any]:
-    from hebbret.index import search_index
+    from hebbret.index import recall_at_k, search_index
 
     before = memory()  # the interpreter with numpy, torch and FAISS imported, no index yet
     q = np.load(queries)
@@ -154,7 +155,7 @@ def child_search(index_dir: str, queries: str, truth: str, nprobes: list[int], b
             found.append(search_index(index_dir, q[i: i + batch], k=10, nprobe=nprobe)[1])
         secs = time.perf_counter() - t0
         ids = np.concatenate(found)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt, strict=True)]))
+        recall = recall_at_k(gt, ids)
         rows[str(nprobe)] = {"qps": round(len(q) / secs, 1), "recall_at_10": round(recall, 4),
                              "queries": len(q), "batch": batch}
     return {"by_nprobe": rows, "memory_mib": memory(), "memory_before_index_mib": before}
@@ -175,12 +176,12 @@ def bench_index(args: argparse.Namespace, res: ResultsFile) -> None:
     work = Path(args.work)
     emb = work / f"vectors-{args.n}"
     what = make_vectors(emb, args.n, args.dim, args.vectors, args.sigma, seed=0)
-    x = np.load(emb / "embeddings.npy", mmap_mode="r")
+    x = np.load(emb / EMBEDDINGS, mmap_mode="r")
     raw_mib = x.nbytes / 2**20
     # queries: fresh noisy copies made the same way (not rows of the index)
     qdir = work / "queries"
     make_vectors(qdir, args.queries, args.dim, args.vectors, args.sigma, seed=1)
-    q = np.ascontiguousarray(np.load(qdir / "embeddings.npy"))
+    q = np.ascontiguousarray(np.load(qdir / EMBEDDINGS))
     np.save(work / "q.npy", q)
     blocks = (np.ascontiguousarray(x[i: i + 65536]) for i in range(0, len(x), 65536))
     _, truth = knn_ground_truth(q, blocks, 10, faiss.METRIC_INNER_PRODUCT, ngpu=0)

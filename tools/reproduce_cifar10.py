@@ -56,7 +56,7 @@ from hebbret.evaluate import (
     retrieval_metrics,
     softhebb_readout,
 )
-from hebbret.index import build_index, load_index, search_index, transform_like_index
+from hebbret.index import build_index, load_index, recall_at_k, search_index, transform_like_index
 from hebbret.runs import read_card
 from hebbret.runtime import ResultsFile, timed_call
 from hebbret.stages import BackboneStages
@@ -225,8 +225,7 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
             _, ids, _, _ = search_index(index_dir, np.asarray(x_test[probe], dtype=np.float32),
                                         k=10)
             exact = next(cosine_blocks(z_test[probe], z_train))[1].topk(10, dim=1).indices.numpy()
-            agree = float(np.mean([len(set(a) & set(b)) / 10
-                                   for a, b in zip(ids, exact, strict=True)]))
+            agree = recall_at_k(exact, ids)
             meta = load_index(index_dir)[2]
             row.update({"factory": factory, "index_build_s": build_s,
                         "recall_at_10_vs_full_dim": meta["recall_at_10_vs_flat"],
