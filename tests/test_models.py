@@ -6,12 +6,17 @@ import hebbret  # noqa: F401  (registers the backbones with timm)
 from hebbret.hebb import HebbConv2d, HebbLinear
 from hebbret.models import MODEL_NAMES, create_model
 
+NARROW = {"hebb_softhebb_c4": [8, 16, 32, 64], "hebb_softhebb_c5": [8, 16, 32, 64, 128]}
+
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("chans,size", [(1, 28), (3, 32), (3, 96)])
 def test_backbone_runs_on_any_input_size_with_timm_api(name, chans, size):
     torch.manual_seed(0)
-    model = timm.create_model(name, in_chans=chans, img_size=size, num_classes=7).eval()
+    if name == "hebb_softhebb_c5" and size < 32:
+        size = 32  # five halvings
+    kwargs = {"widths": NARROW[name]} if name in NARROW else {}
+    model = timm.create_model(name, in_chans=chans, img_size=size, num_classes=7, **kwargs).eval()
     x = torch.randn(2, chans, size, size)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -32,6 +37,28 @@ def test_softhebb_c3_shapes_match_the_paper():
     assert all(isinstance(c, HebbConv2d) and c.padding_mode == "reflect" for c in convs)
     assert [c.rule_params["t_inv"] for c in convs] == [1.0, 0.65, 0.25]
     assert model.num_features == 24576
+
+
+def test_softhebb_stl10_and_imagenet_nets_follow_softhebbs_presets():
+    stl = create_model("hebb_softhebb_c4", in_chans=1)
+    assert stl.default_cfg["input_size"] == (1, 96, 96)
+    assert [c.out_channels for c in stl.hebb_layers()] == [96, 384, 1536, 6144]
+    assert [c.kernel_size[0] for c in stl.hebb_layers()] == [5, 3, 3, 3]
+    assert [c.rule_params["t_inv"] for c in stl.hebb_layers()] == [1.0, 0.65, 0.45, 0.25]
+    assert stl.hebbian_lrs() == [0.08, 0.005, 0.01, 0.01]
+    assert [type(b[3]).__name__ for b in stl.blocks] == ["AvgPool2d", "MaxPool2d", "AvgPool2d",
+                                                          "AvgPool2d"]
+    assert [b[2].power for b in stl.blocks] == [0.7, 0.7, 1.4, 1.0]
+    assert stl.num_features == 6144 * 6 * 6
+    net = create_model("hebb_softhebb_c5", widths=NARROW["hebb_softhebb_c5"])
+    assert net.default_cfg["input_size"] == (3, 160, 160)
+    assert [c.rule_params["t_inv"] for c in net.hebb_layers()] == [1.1, 0.7, 0.5, 0.4, 0.25]
+    assert net.hebbian_lrs() == [0.08, 0.01, 0.01, 0.01, 0.01]
+    assert net.forward_features(torch.randn(1, 3, 160, 160)).shape == (1, 128, 5, 5)
+    with pytest.raises(ValueError, match="4 Hebbian layers: give 4 widths"):
+        create_model("hebb_softhebb_c4", widths=[8, 16, 32])
+    with pytest.raises(ValueError, match="at least 32×32"):
+        create_model("hebb_softhebb_c5", widths=NARROW["hebb_softhebb_c5"], img_size=28)
 
 
 def test_fasthebb_6l_has_four_conv_and_one_fc_hebbian_layer():

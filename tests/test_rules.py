@@ -139,3 +139,27 @@ def test_materialised_per_row_update_equals_the_fused_one(rule):
     for layer, inp in ((conv, x), (fc, xf)):
         fused = layer.hebbian_delta(inp)
         assert rel_err(materialised_delta(layer, inp, chunk_mb=0.01), fused) < 1e-10
+
+
+@pytest.mark.parametrize("name,widths,size", [("hebb_softhebb_c4", [3, 4, 5, 6], 16),
+                                              ("hebb_softhebb_c5", [3, 4, 4, 5, 6], 32)])
+def test_every_layer_of_the_deeper_softhebb_nets_learns_by_the_reference_rule(name, widths, size):
+    """One consecutive Hebbian step: each layer's ΔW is the per-sample reference on the input
+    that layer saw, with its own t_inv (the presets' per-layer settings reach the rule)."""
+    from hebbret.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, img_size=size, widths=widths, init_radius=2.0).double()
+    x = torch.randn(2, 1, size, size, dtype=torch.float64)
+    inputs = model.hebb_inputs(x)  # what each layer sees in a training-mode forward
+    layers = model.hebb_layers()
+    for layer in layers:
+        layer.plastic = True
+    with torch.no_grad():
+        model.forward_blocks(x)
+    for layer, seen in zip(layers, inputs, strict=True):
+        t_inv = layer.rule_params["t_inv"]
+        rows = conv_rows(seen, layer.kernel_size, layer.stride, layer.padding, "reflect")
+        ref = reference_delta("softhebb", rows, layer.weight.detach().flatten(1), t_inv=t_inv)
+        assert rel_err(layer.delta.flatten(1), ref) < 1e-9
+        layer.plastic, layer.delta = False, None

@@ -8,9 +8,9 @@ import timm
 
 from ._base import HebbNet, PatchWhitening, Triangle
 from .fasthebb import FastHebb6L, hebb_fasthebb_6l
-from .softhebb import SoftHebbC3, hebb_softhebb_c3
+from .softhebb import FAMILIES, SoftHebbNet, hebb_softhebb_c3, hebb_softhebb_c4, hebb_softhebb_c5
 
-MODEL_NAMES = ("hebb_softhebb_c3", "hebb_fasthebb_6l")
+MODEL_NAMES = ("hebb_softhebb_c3", "hebb_softhebb_c4", "hebb_softhebb_c5", "hebb_fasthebb_6l")
 
 
 def create_model(name: str, **kwargs: Any) -> HebbNet:
@@ -20,5 +20,5 @@ def create_model(name: str, **kwargs: Any) -> HebbNet:
     return timm.create_model(name, **kwargs)
 
 
-__all__ = ["MODEL_NAMES", "FastHebb6L", "HebbNet", "PatchWhitening", "SoftHebbC3", "Triangle", "create_model",
-           "hebb_fasthebb_6l", "hebb_softhebb_c3"]
+__all__ = ["FAMILIES", "MODEL_NAMES", "FastHebb6L", "HebbNet", "PatchWhitening", "SoftHebbNet", "Triangle",
+           "create_model", "hebb_fasthebb_6l", "hebb_softhebb_c3", "hebb_softhebb_c4", "hebb_softhebb_c5"]
