@@ -58,8 +58,8 @@ def _embed(args: argparse.Namespace) -> None:
     from .embed import extract_embeddings
 
     print(extract_embeddings(args.run, args.data, args.out, layer=args.layer, pool=args.pool,
-                             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                             split=args.split, data_root=args.data_root,
+                             gem_p=args.gem_p, batch_size=args.batch_size, dtype=args.dtype,
+                             device=args.device, split=args.split, data_root=args.data_root,
                              num_workers=args.num_workers, quiet=args.quiet))
 
 
@@ -149,7 +149,8 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .embed import export_extractor
 
-    print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool))
+    print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool,
+                           gem_p=args.gem_p))
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -204,6 +205,7 @@ def _run(args: argparse.Namespace) -> None:
         config = target
     cfg = load_run_config(config, data=data, data_root=args.data_root, out=args.out,
                           device=args.device, img_size=args.img_size, in_chans=args.in_chans,
+                          model=args.model, pool=args.pool, layer=args.layer,
                           quiet=args.quiet or None)
     results = run_pipeline(cfg)
     print(results_table(results))
@@ -234,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     image = _parent((("--in-chans",), dict(type=int, choices=[1, 3], help="default: 1 if the "
                                            "folder is grayscale, else 3")),
                     (("--img-size",), dict(type=int, help="side images are resized to "
-                                           "(default: the folder's own when square and ≤ 64, "
-                                           "else 32)")))
+                                           "(default: the folder's own when square and ≤ 64; "
+                                           "else `run` chooses from the images' median short "
+                                           "side, `pretrain` takes the backbone's)")))
     def budget(required: bool = False) -> argparse.ArgumentParser:
         parent = argparse.ArgumentParser(add_help=False)
         few = parent.add_mutually_exclusive_group(required=required)
@@ -263,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="files of a named dataset (fashion-mnist idx files), or "
                    "a config's data folder (cifar10: DIR with train/ and test/)")
     p.add_argument("--out", help="output folder (report in OUT/report)")
+    p.add_argument("--model", choices=MODEL_NAMES, help="backbone (default: the SoftHebb net "
+                   "that fits the input size)")
+    p.add_argument("--pool", choices=POOLS, help="descriptor pooling (default: the backbone's)")
+    p.add_argument("--layer", help="descriptor layer(s): features or block<i>, several joined "
+                   "by '+' (default: the backbone's)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("pretrain", parents=[dataset(), image, device(), quiet],
@@ -343,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run dir")
     p.add_argument("data", help="image folder, or a named dataset: " + ", ".join(NAMED_DATASETS))
     p.add_argument("--out", required=True, help="embeddings dir to write")
-    p.add_argument("--layer", help="features (default) or block<i>")
+    p.add_argument("--layer", help="features or block<i>, several joined by '+' (default: the "
+                   "model card's)")
     p.add_argument("--pool", choices=POOLS, help="default: the model card's")
+    p.add_argument("--gem-p", type=float, help="GeM's exponent (default: the model card's)")
     p.add_argument("--batch-size", type=int, default=EMBED_BATCH_SIZE)
     p.add_argument("--dtype", choices=DTYPES, default=DTYPES[0])
     p.add_argument("--num-workers", type=int, default=0)
@@ -438,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file to write (default RUN/extractor.FORMAT)")
     p.add_argument("--layer")
     p.add_argument("--pool", choices=POOLS)
+    p.add_argument("--gem-p", type=float)
     p.set_defaults(func=_export)
     return parser
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +19,7 @@ import torch
 from numpy.lib.format import open_memmap
 from PIL import Image
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
@@ -33,74 +35,112 @@ from .distributed import (
 )
 from .models import HebbNet, create_model
 from .progress import progress
-from .runs import ModelCard, load_run
+from .runs import GEM_P, EmbeddingSpec, ModelCard, load_run
 from .runtime import pick_device
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
-POOLS = ("flatten", "avg", "max")
+POOLS = ("flatten", "avg", "max", "gem")
 EMBED_BATCH_SIZE = 256
 DTYPES = ("float32", "float16")
 
 
 def layer_names(model: HebbNet) -> list[str]:
-    """Layers an embedding can be taken from: 'features' (the backbone's output) or 'block<i>'."""
+    """Layers an embedding can be taken from: 'features' (the backbone's output) or 'block<i>';
+    several joined by '+' (e.g. 'block1+features') are pooled one by one and concatenated."""
     return ["features"] + [f"block{i}" for i in range(len(model.blocks))]
 
 
-def _block_index(model: HebbNet, layer: str) -> int | None:
+def _block_index(model: HebbNet, layer: str) -> int:
     if layer == "features":
-        return None
+        return len(model.blocks) - 1
     if layer.startswith("block") and layer[5:].isdigit() and int(layer[5:]) < len(model.blocks):
         return int(layer[5:])
-    raise ValueError(f"unknown layer {layer!r}; choose one of {layer_names(model)}")
+    raise ValueError(f"unknown layer {layer!r}; choose one of {layer_names(model)} (or several "
+                     f"joined by '+')")
+
+
+def global_pool(h: Tensor, pool: str, gem_p: float = GEM_P) -> Tensor:
+    """A map (B, C, H, W) -> (B, C) by avg, max or GeM (generalised mean, (mean x^p)^(1/p) over
+    positions: p = 1 is avg, p → ∞ max; Radenović et al.), or flattened -> (B, C·H·W)."""
+    if h.dim() == 2 or pool == "flatten":
+        return h.flatten(1)
+    if pool == "avg":
+        return h.mean(dim=(2, 3))
+    if pool == "max":
+        return h.amax(dim=(2, 3))
+    return h.float().clamp_min(1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
 
 
 class Extractor(nn.Module):
-    """A backbone cut at ``layer`` plus pooling: normalised images (B, C, H, W) -> (B, D)."""
+    """A backbone cut at ``spec.layer`` plus pooling: normalised images (B, C, H, W) -> (B, D)
+    (``spec`` None: the backbone's own descriptor, ``default_cfg["embedding"]``).
 
-    def __init__(self, model: HebbNet, layer: str = "features", pool: str = "flatten") -> None:
+    Several layers ('block1+features') run the backbone once; each layer's pooled vector is
+    L2-normalised before they are concatenated, so each counts equally whatever its width.
+    """
+
+    def __init__(self, model: HebbNet, spec: EmbeddingSpec | None = None) -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        self.model, self.layer, self.pool = model, layer, pool
-        self.upto = _block_index(model, layer)
+        spec = spec or EmbeddingSpec(**model.default_cfg["embedding"])
+        if spec.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {spec.pool!r}")
+        if not spec.gem_p >= 1:
+            raise ValueError(f"the GeM exponent must be at least 1, got {spec.gem_p}")
+        self.model, self.spec = model, spec
+        self.blocks = [_block_index(model, name) for name in spec.layer.split("+")]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.model.forward_blocks(x, upto=self.upto)
-        if h.dim() == 4 and self.pool == "avg":
-            h = h.mean(dim=(2, 3))
-        elif h.dim() == 4 and self.pool == "max":
-            h = h.amax(dim=(2, 3))
-        return h.flatten(1).float()
+        maps: dict[int, Tensor] = {}
+        x = self.model.stem(x)
+        for i, block in enumerate(self.model.blocks[:max(self.blocks) + 1]):
+            x = block(x)
+            maps[i] = x
+        parts = [global_pool(maps[i], self.spec.pool, self.spec.gem_p).float() for i in self.blocks]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([F.normalize(p, dim=1) for p in parts], dim=1)
 
 
-def embed_batch(model: HebbNet, x: Tensor, layer: str = "features", pool: str = "flatten") -> Tensor:
-    """Embeddings of a batch: x (B, C, H, W) -> float32 (B, D), no autograd."""
+def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) -> Tensor:
+    """Embeddings of a batch: x (B, C, H, W) -> float32 (B, D), no autograd; ``spec`` None:
+    the backbone's own descriptor."""
     with torch.inference_mode():
-        return Extractor(model, layer, pool)(x)
+        return Extractor(model, spec)(x)
+
+
+def spec_of(meta: dict[str, Any]) -> EmbeddingSpec:
+    """The descriptor an embeddings or index dir's ``meta.json`` records."""
+    return EmbeddingSpec(meta["layer"], meta["pool"], meta.get("gem_p", GEM_P))
+
+
+def embedding_spec(card: ModelCard, layer: str | None = None, pool: str | None = None,
+                   gem_p: float | None = None) -> EmbeddingSpec:
+    """The run's documented descriptor (``model.json`` -> ``embedding``) with overrides."""
+    spec = card.embedding
+    return EmbeddingSpec(layer or spec.layer, pool or spec.pool,
+                         spec.gem_p if gem_p is None else float(gem_p))
 
 
 def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
                        layer: str | None = None, pool: str | None = None,
-                       batch_size: int = EMBED_BATCH_SIZE,
+                       gem_p: float | None = None, batch_size: int = EMBED_BATCH_SIZE,
                        dtype: str = "float32", device: str = "auto", split: str = "train",
                        data_root: str | None = None, num_workers: int = 0,
                        quiet: bool = False) -> Path:
     """Embed every image of ``data`` with the frozen backbone of run dir ``run``.
 
     Args:
-        layer, pool: where to read the features and how to pool them; None: the backbone's
-            documented default (``model.json`` -> ``embedding``).
+        layer, pool, gem_p: where to read the features and how to pool them; None: the
+            run's documented descriptor (``model.json`` -> ``embedding``).
         dtype: float32 or float16 storage of ``embeddings.npy``.
     Returns the embeddings dir ``out``.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    layer = layer or card.embedding.layer
-    pool = pool or card.embedding.pool
+    desc = embedding_spec(card, layer, pool, gem_p)
     spec = card.input
     w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
@@ -119,7 +159,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     target = out if w.size == 1 else out / SHARDS / f"rank-{w.rank:05d}-of-{w.size:05d}"
     target.mkdir(parents=True, exist_ok=True)
     rows, skipped = _embed_rows(model, dataset, mine, target / EMBEDDINGS, batch_size, dtype, dev,
-                                layer, pool, num_workers, quiet or not w.is_main)
+                                desc, num_workers, quiet or not w.is_main)
     if w.size > 1:
         write_jsonl(target / ITEMS, [{"row": r} for r in rows])
         skipped.rows = union_rows(skipped.rows)  # every rank decides together:
@@ -138,7 +178,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
          "class_name": dataset.items[r].class_name} for r in rows])
     meta = {
         "count": len(rows), "dim": int(np.load(out / EMBEDDINGS, mmap_mode="r").shape[1]),
-        "dtype": dtype, "layer": layer, "pool": pool, "normalization": "none",
+        "dtype": dtype, **asdict(desc), "normalization": "none",
         "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
         "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
         "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
@@ -155,7 +195,7 @@ SHARDS = ".shards"  # per-rank pieces of an embeddings dir being written under t
 
 
 def _embed_rows(model: HebbNet, dataset: ImageDataset, rows: range, path: Path, batch_size: int,
-                dtype: str, dev: torch.device, layer: str, pool: str, num_workers: int,
+                dtype: str, dev: torch.device, desc: EmbeddingSpec, num_workers: int,
                 quiet: bool) -> tuple[list[int], SkippedFiles]:
     """Embed dataset ``rows`` in order into the .npy ``path`` (atomically); returns the rows
     written (undecodable files left out) and the skipped files."""
@@ -171,14 +211,14 @@ def _embed_rows(model: HebbNet, dataset: ImageDataset, rows: range, path: Path, 
             bar.update(len(batch.images) + len(batch.skipped))
             if not len(batch.images):
                 continue
-            emb = embed_batch(model, batch.images.to(dev), layer, pool).cpu().numpy()
+            emb = embed_batch(model, batch.images.to(dev), desc).cpu().numpy()
             if arr is None:
                 arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(rows), emb.shape[1]))
             arr[len(kept): len(kept) + len(emb)] = emb
             kept += batch.indices.tolist()
         if arr is None:  # nothing decodable here: an empty (0, D) shard
             dim = embed_batch(model, torch.zeros(1, *model.default_cfg["input_size"], device=dev),
-                              layer, pool).shape[1]
+                              desc).shape[1]
             arr = open_memmap(tmp, mode="w+", dtype=dtype, shape=(0, dim))
         arr.flush()
         if len(kept) < arr.shape[0]:  # skipped files: keep the filled rows only
@@ -265,7 +305,7 @@ def check_finite_rows(x: np.ndarray, name: str, chunk: int = 8192) -> None:
 
 
 def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike | IO[bytes]],
-                 layer: str, pool: str, device: str = "cpu") -> np.ndarray:
+                 desc: EmbeddingSpec, device: str = "cpu") -> np.ndarray:
     """Embeddings float32 (len(paths), D) of image files (or open binary files, e.g. uploads),
     preprocessed as the model card says.
 
@@ -284,14 +324,15 @@ def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike 
         images.append(to_tensor(arr, spec.mean, spec.std))
     dev = pick_device(device)
     model.to(dev).eval()
-    return embed_batch(model, torch.stack(images).to(dev), layer, pool).cpu().numpy()
+    return embed_batch(model, torch.stack(images).to(dev), desc).cpu().numpy()
 
 
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
 def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,
-                     layer: str | None = None, pool: str | None = None) -> Path:
+                     layer: str | None = None, pool: str | None = None,
+                     gem_p: float | None = None) -> Path:
     """Export the embedding extractor of a run dir.
 
     ``pt2``: ``torch.export`` program with a dynamic batch dimension, loadable without hebbret
@@ -302,9 +343,8 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, card = load_run(run)
-    layer = layer or card.embedding.layer
-    pool = pool or card.embedding.pool
-    extractor = Extractor(model, layer, pool).eval()
+    desc = embedding_spec(card, layer, pool, gem_p)
+    extractor = Extractor(model, desc).eval()
     out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
     spec = card.input
     example = torch.zeros(2, spec.in_chans, *spec.img_size)
@@ -312,7 +352,7 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
         from safetensors.torch import save_file
 
         tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-        header = {"model_card": json.dumps(card.to_json()), "layer": layer, "pool": pool}
+        header = {"model_card": json.dumps(card.to_json()), "embedding": json.dumps(asdict(desc))}
         with atomic_path(out) as tmp:
             save_file(tensors, str(tmp), metadata=header)
     elif fmt == "pt2":
@@ -329,7 +369,7 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
             torch.onnx.export(extractor, (example,), str(tmp), input_names=["images"],
                               output_names=["embeddings"], dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
-    log.info("exported %s (%s, layer %s, pool %s)", out, fmt, layer, pool)
+    log.info("exported %s (%s, layer %s, pool %s)", out, fmt, desc.layer, desc.pool)
     return out
 
 
@@ -345,4 +385,8 @@ def load_extractor(path: str | os.PathLike) -> Extractor:
     card = ModelCard.from_json(json.loads(header["model_card"]))
     model = create_model(card.architecture, **card.model_args)
     model.load_state_dict(load_file(str(path)))
-    return Extractor(model.eval(), header["layer"], header["pool"]).eval()
+    if "embedding" in header:
+        desc = EmbeddingSpec(**json.loads(header["embedding"]))
+    else:  # exports before GeM: layer and pool only
+        desc = EmbeddingSpec(header["layer"], header["pool"])
+    return Extractor(model.eval(), desc).eval()

@@ -15,7 +15,7 @@ import torch
 
 from ._io import JsonLines, atomic_path, read_json, write_json
 from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
-from .embed import embed_images, load_embeddings
+from .embed import embed_images, load_embeddings, spec_of
 from .runs import load_run
 from .version import __version__
 
@@ -224,6 +224,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "embeddings": str(Path(emb_dir).resolve()),
         "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
         "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
+        "gem_p": emb_meta.get("gem_p"),
         "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
     })
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,
@@ -415,7 +416,7 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
     loaded = load_index(index_dir)
     meta = loaded[2]
     model, card = model_of_index(index_dir, meta, run)
-    queries = embed_images(model, card, list(image_paths), meta["layer"], meta["pool"], device)
+    queries = embed_images(model, card, list(image_paths), spec_of(meta), device)
     return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
                                         name=str(index_dir)), [str(p) for p in image_paths])
 

@@ -20,6 +20,7 @@ from .models import HebbNet, create_model
 from .version import __version__
 
 CARD_VERSION = 1
+GEM_P = 3.0  # GeM's exponent unless a descriptor says otherwise (cirtorch's starting value)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,14 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
-    """Which activations are the embedding by default, and how they are pooled."""
+    """The descriptor: which activations are the embedding, and how they are pooled.
+
+    ``layer``: 'features' or 'block<i>', several joined by '+'; ``pool``: flatten | avg | max |
+    gem (``gem_p``: its exponent)."""
 
     layer: str = "features"
     pool: str = "flatten"
+    gem_p: float = GEM_P
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .data import NAMED_DATASETS, open_dataset
-from .embed import embed_images, load_embeddings
+from .embed import embed_images, load_embeddings, spec_of
 from .evaluate import KNN_TEMPERATURE, weighted_vote
 from .index import format_results, index_info, load_index, model_of_index, search_loaded
 from .runtime import pick_device
@@ -154,8 +154,8 @@ class Collection:
                                    f"{self.cfg.max_pixels:,}")
         try:
             with self.lock:
-                vec = embed_images(self.model, self.card, [io.BytesIO(data)],
-                                   self.meta["layer"], self.meta["pool"], self.device)[0]
+                vec = embed_images(self.model, self.card, [io.BytesIO(data)], spec_of(self.meta),
+                                   self.device)[0]
         except ValueError as e:
             raise ClientError(415, f"not an image this server can read ({e})") from None
         return self.search_vector(vec, k, query="upload")

@@ -9,15 +9,17 @@ import torch
 from hebbret import cli
 from hebbret.data import ImageFolder
 from hebbret.embed import (
+    Extractor,
     embed_batch,
     export_extractor,
     extract_embeddings,
+    global_pool,
     load_embeddings,
     load_extractor,
 )
 from hebbret.index import build_index, search_by_image
 from hebbret.pretraining import pretrain
-from hebbret.runs import load_run
+from hebbret.runs import EmbeddingSpec, load_run
 
 from .conftest import TINY_C3
 from .test_data import write_bad_files
@@ -52,6 +54,54 @@ def test_layers_pools_and_float16(run_dir, image_folder, tmp_path):
     assert emb.dtype == np.float16 and emb.shape == (24, 8) and meta["pool"] == "avg"
     with pytest.raises(ValueError, match="unknown layer 'block9'"):
         extract_embeddings(run_dir, image_folder, tmp_path / "x", layer="block9", quiet=True)
+
+
+def test_global_pools_against_their_definitions():
+    h = torch.rand(2, 5, 3, 4) + 0.01
+    torch.testing.assert_close(global_pool(h, "avg"), h.mean(dim=(2, 3)))
+    torch.testing.assert_close(global_pool(h, "max"), h.amax(dim=(2, 3)))
+    assert global_pool(h, "flatten").shape == (2, 60)
+    for p in (1.0, 3.0):  # GeM: (mean x^p)^(1/p) per channel, by hand for one cell
+        expected = (h[1, 2] ** p).mean() ** (1 / p)
+        torch.testing.assert_close(global_pool(h, "gem", p)[1, 2], expected)
+    torch.testing.assert_close(global_pool(h, "gem", 1.0), global_pool(h, "avg"))
+    assert (global_pool(h, "gem", 3.0) <= global_pool(h, "max") + 1e-6).all()
+    assert (global_pool(h, "gem", 3.0) >= global_pool(h, "avg") - 1e-6).all()
+
+
+def test_a_descriptor_has_one_size_at_every_input_size_and_layers_concatenate(run_dir):
+    model, _ = load_run(run_dir)
+    gem = EmbeddingSpec("features", "gem")
+    for size in (16, 24, 40):
+        assert embed_batch(model, torch.randn(2, 3, size, size), gem).shape == (2, 32)
+    both = EmbeddingSpec("block1+features", "gem", 2.0)
+    x = torch.randn(3, 3, 16, 16)
+    got = embed_batch(model, x, both)
+    parts = [embed_batch(model, x, EmbeddingSpec(layer, "gem", 2.0))
+             for layer in ("block1", "features")]
+    expected = torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], dim=1)
+    torch.testing.assert_close(got, expected)  # each part L2-normalised, then concatenated
+    with pytest.raises(ValueError, match="unknown layer 'block7'"):
+        Extractor(model, EmbeddingSpec("block1+block7", "gem"))
+    with pytest.raises(ValueError, match="GeM exponent must be at least 1"):
+        Extractor(model, EmbeddingSpec("features", "gem", 0.5))
+
+
+def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir, image_folder,
+                                                                         tmp_path):
+    emb = extract_embeddings(run_dir, image_folder, tmp_path / "emb", layer="block1+features",
+                             pool="gem", gem_p=4.0, quiet=True)
+    x, _, meta = load_embeddings(emb)
+    assert (meta["layer"], meta["pool"], meta["gem_p"]) == ("block1+features", "gem", 4.0)
+    assert x.shape == (24, 16 + 32)
+    index = build_index(emb, tmp_path / "idx")
+    query = image_folder / "class_2" / "img_5.png"
+    found = search_by_image(index, [query], k=1)  # the query embedded with the index's descriptor
+    assert found[0]["results"][0]["path"] == "class_2/img_5.png"
+    assert found[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    restored = load_extractor(export_extractor(run_dir, "safetensors", tmp_path / "e.safetensors",
+                                               layer="block1+features", pool="gem", gem_p=4.0))
+    assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0)
 
 
 def test_pt2_and_safetensors_exports_give_the_same_embeddings(run_dir):

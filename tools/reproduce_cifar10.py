@@ -9,7 +9,8 @@ DATA_ROOT holds ``train/<class>/`` and ``test/<class>/`` (or ``cifar10/train`` .
   features cached as float16, SoftHebb's linear readout; the same on the random-init network.
 - ``retrieval``: kNN and retrieval metrics on those features (train = database, test =
   queries), in 24,576-d and after PCA to 256-d (a FAISS ``PCA256,L2norm,Flat`` index whose
-  PCA is fitted in torch; L2norm so that the index ranks exactly as the cosine metrics do).
+  PCA is fitted in torch; L2norm so that the index ranks exactly as the cosine metrics do),
+  and on the backbone's own (pooled) descriptor.
 - ``few-labels``: FastHebb's semi-supervised protocol (``finetune --mode full``) at 1/5/10% of
   the labels, 3 seeds, Hebbian-pretrained vs from scratch.
 - ``protocols``: the frozen-feature few-label protocols of ``hebbret fewshot`` (knn, linear,
@@ -133,8 +134,8 @@ LIFT_VARIANTS = {
 
 def c3_features(work: Path, data: Path, variant: str, settings: Settings,
                 precision: str = "fp32") -> tuple[Path, dict[str, Any]]:
-    """Pretrain (or reuse) a c3 run and its cached float16 train/test features; ``variant``:
-    hebbian, random or a LIFT_VARIANTS name."""
+    """Pretrain (or reuse) a c3 run and its cached float16 train/test features (flattened, as
+    SoftHebb's readout takes them); ``variant``: hebbian, random or a LIFT_VARIANTS name."""
     name = f"c3-{variant}" + ("" if precision == "fp32" else f"-{precision}")
     run = work / name / "run"
     _, lift, options = LIFT_VARIANTS.get(variant, ("", {}, {}))
@@ -146,7 +147,7 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
-                          dtype="float16")
+                          dtype="float16", layer="features", pool="flatten")  # the readout's
         if wall is not None:  # also in pretrain.json, for later reuses of the run
             info[f"embed_{split}_s"] = wall
     return work / name, info
@@ -209,6 +210,16 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
         if not res.get("retrieval", variant):
             res.put("retrieval", variant, retrieval_row(x_train, y_train, x_test, y_test, settings))
             log.info("retrieval/%s: %s", variant, res.get("retrieval", variant))
+        if not res.get("retrieval", f"{variant}-descriptor"):  # the backbone's own descriptor
+            for split in ("train", "test"):
+                embed_once(root / "run", data / split, root / f"emb_{split}_descriptor", settings)
+            pooled = load_labeled_pair(root / "emb_train_descriptor", root / "emb_test_descriptor")
+            spec = read_card(root / "run").embedding
+            res.put("retrieval", f"{variant}-descriptor",
+                    {**retrieval_row(*pooled, settings), "layer": spec.layer, "pool": spec.pool,
+                     "gem_p": spec.gem_p})
+            log.info("retrieval/%s-descriptor: %s", variant,
+                     res.get("retrieval", f"{variant}-descriptor"))
         for name, factory in reduced.items():
             key = f"{variant}-{name}"
             if res.get("retrieval", key):
