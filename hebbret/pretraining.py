@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -147,9 +148,11 @@ def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
     """
     chans, size = native_format(cfg.data)
     in_chans = cfg.in_chans or chans
-    img_size = cfg.img_size or (size[0] if size else 32)
-    probe = create_model(cfg.model, in_chans=in_chans, img_size=img_size, **cfg.model_kwargs)
+    img_size = cfg.img_size or (size[0] if size else None)  # None: the backbone's own
+    probe = create_model(cfg.model, in_chans=in_chans,
+                         **({"img_size": img_size} if img_size else {}), **cfg.model_kwargs)
     dcfg = probe.default_cfg
+    img_size = dcfg["input_size"][1]
     hebb = dcfg["hebb"]
     n_layers = len(probe.hebb_layers())
     rule = cfg.rule or hebb["rule"]
@@ -259,9 +262,13 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                                  for layer, lr in zip(layers, resolved["lr"], strict=True)])
     skipped = SkippedFiles(dataset)
     pos = {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, "images": 0, "seconds": 0.0}
+    # each layer's neuron directions at its last drift measurement (saved with the state)
+    marks = [directions(layer.weight.detach()) for layer in layers]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        marks = [m.to(device) for m in state.get("marks") or
+                 [directions(layer.weight.detach()) for layer in layers]]
         pos = state["position"]
         skipped.rows = set(state["skipped_rows"])
         if w.is_main:
@@ -276,7 +283,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
             write_jsonl(out / TRAIN_LOG, [])
     phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
                                                                              range(len(layers))]
-    _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out, w)
+    _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out, w, marks)
     if pos["images"] == 0:
         raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
                          f"decoded; nothing was trained and no model was written to {out}")
@@ -289,15 +296,15 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
                "convergence": conv}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
-    _save_state(out, model, optimizer, pos, skipped, finished=True)
+    _save_state(out, model, optimizer, pos, skipped, marks, finished=True)
     barrier(long=True)
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:
         if not la["converged"]:
-            log.warning("Hebbian layer %d (%s) has not converged: distance %s > %g (%s); train "
-                        "longer (--steps) or with a higher --lr", la["layer"], la["rule"],
-                        "unmeasured" if la["distance"] is None else f"{la['distance']:.3g}",
-                        la["converged_below"], la["measure"])
+            log.warning("Hebbian layer %d (%s) has not converged: it still moves at %s of its "
+                        "peak speed (> %g); train longer (--steps)", la["layer"], la["rule"],
+                        "unmeasured" if la["speed_ratio"] is None else f"{la['speed_ratio']:.0%}",
+                        la["converged_below"])
     return out
 
 
@@ -326,10 +333,12 @@ def _fit_stem(model: HebbNet, dataset: ImageDataset, cfg: dict[str, Any],
 
 
 def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
-                pos: dict[str, Any], skipped: SkippedFiles, finished: bool = False) -> None:
+                pos: dict[str, Any], skipped: SkippedFiles, marks: list[torch.Tensor],
+                finished: bool = False) -> None:
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "optimizer": optimizer.state_dict(), "position": dict(pos),
-             "skipped_rows": sorted(skipped.rows), "finished": finished}
+             "skipped_rows": sorted(skipped.rows), "finished": finished,
+             "marks": [m.detach().cpu() for m in marks]}
     with atomic_path(out / TRAIN_STATE) as tmp:
         torch.save(state, tmp)
 
@@ -388,7 +397,8 @@ class _StepLog:
 
 def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
            phases: list[list[int]], cfg: dict[str, Any], pos: dict[str, Any],
-           skipped: SkippedFiles, device: torch.device, out: Path, w: World) -> None:
+           skipped: SkippedFiles, device: torch.device, out: Path, w: World,
+           marks: list[torch.Tensor]) -> None:
     """Run every phase for ``cfg["steps"]`` steps (epochs repeat; the last one may stop part-way).
 
     No step waits for the device: statistics and the non-finite guard sync every LOG_EVERY
@@ -411,7 +421,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
         pos["seconds"] += time.perf_counter() - t0  # the device catching up
         pos["images"] = steplog.images
         if w.is_main:
-            _save_state(out, model, optimizer, pos, skipped)
+            _save_state(out, model, optimizer, pos, skipped, marks)
 
     with open(out / TRAIN_LOG if w.is_main else os.devnull, "a") as logf, bar:
         steplog = _StepLog(logf, device, out, pos["images"], skipped)
@@ -433,6 +443,10 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                             -1, *model.default_cfg["input_size"]).contiguous(memory_format=fmt)
                         stats = hebbian_step(model, optimizer, x, active, autocast, measure,
                                              ok=steplog.ok, reduce=reduce)
+                        if measure:
+                            for st in stats:
+                                st["drift"] = weight_drift(model.hebb_layers()[st["layer"]].weight,
+                                                           marks[st["layer"]])
                     pos["seconds"] += time.perf_counter() - t0
                     pos["step"] += 1
                     pos["global_step"] += 1
@@ -458,25 +472,74 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
             pos["epoch"] = 0
 
 
+def directions(w: torch.Tensor) -> torch.Tensor:
+    """Each neuron's weight vector at unit norm: (K, ...) -> (K, ...)."""
+    return w / neuron_norms(w).clamp_min(1e-12).view(-1, *([1] * (w.dim() - 1)))
+
+
+def weight_drift(w: torch.Tensor, mark: torch.Tensor) -> torch.Tensor:
+    """How far a layer's neurons turned since ``mark`` (their unit directions at the last
+    measurement, which then become the current ones): ‖Ŵ − Ŵ_mark‖_F / √K, about the RMS angle
+    in radians; a device 0-d tensor, nothing waits. Directions only: the affine-free BatchNorm
+    after every layer and the cosine of the embeddings make the neurons' norms invisible."""
+    now = directions(w)
+    drift = torch.linalg.vector_norm(now - mark) / w.shape[0] ** 0.5
+    mark.copy_(now)
+    return drift
+
+
+RECENT_FRACTION = 0.2  # "recent" = the last fifth of a layer's measured steps
+CONVERGED_SPEED = 0.1  # converged: the recent speed is at most this fraction of the peak speed
+
+
+def drift_speeds(rows: list[dict[str, Any]]) -> dict[int, tuple[list[int], list[float]]]:
+    """Per layer, (steps, speed): how fast its neurons turn per step between consecutive
+    measurements (``drift`` / steps since the last one), from the training log ``rows``."""
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    last: dict[int, int] = {}
+    for row in rows:
+        for s in row["layers"]:
+            i = s["layer"]
+            if i not in last:
+                last[i] = row["step"] - 1  # the layer's phase starts here
+            if "drift" in s:
+                steps, speeds = series.setdefault(i, ([], []))
+                steps.append(row["step"])
+                speeds.append(s["drift"] / max(1, row["step"] - last[i]))
+                last[i] = row["step"]
+    return series
+
+
 def convergence(rows: list[dict[str, Any]], model: HebbNet) -> dict[str, Any]:
-    """Per Hebbian layer, its last measured distance from the rule's fixed point, from the
-    training log ``rows``, against the rule's threshold (:attr:`Rule.converged_below`)."""
-    last: dict[int, float] = {}
+    """Per Hebbian layer, from the training log ``rows``: ``speed_ratio``, how fast its neurons
+    turned per step over the last fifth of its steps against the fastest they turned (peak of a
+    3-measurement moving average), converged when ≤ CONVERGED_SPEED, whatever the rule or the
+    initial radius; and the rule's own distance from its fixed point (:attr:`Rule.distance`), for
+    reference."""
+    distance: dict[int, float] = {}
     for row in rows:
         for s in row["layers"]:
             if "distance" in s:
-                last[s["layer"]] = s["distance"]
+                distance[s["layer"]] = s["distance"]
+    speeds = drift_speeds(rows)
     layers = []
     for i, layer in enumerate(model.hebb_layers()):
         rule = layer.rule
-        if rule.distance is None:
+        if rule.terms is None:
             continue
-        doc = (rule.distance.__doc__ or "").split(":")[0].strip()
-        d = last.get(i)
-        layers.append({"layer": i, "rule": rule.name, "measure": doc, "distance": d,
-                       "converged_below": rule.converged_below,
-                       "converged": d is not None and d <= rule.converged_below})
+        ratio = None
+        if i in speeds:
+            v = np.asarray(speeds[i][1])
+            recent = v[-max(1, round(RECENT_FRACTION * len(v))):].mean()
+            peak = np.convolve(v, np.ones(3) / 3, mode="valid").max() if len(v) >= 3 else v.max()
+            ratio = float(recent / peak) if peak > 0 else 0.0
+        doc = (rule.distance.__doc__ or "").split(":")[0].strip() if rule.distance else None
+        layers.append({"layer": i, "rule": rule.name, "speed_ratio": ratio,
+                       "converged_below": CONVERGED_SPEED,
+                       "converged": ratio is not None and ratio <= CONVERGED_SPEED,
+                       "distance": distance.get(i), "distance_measure": doc})
     return {"layers": layers, "converged": all(la["converged"] for la in layers),
+            "measure": "recent turning speed of the neurons / its peak",
             "measured_every_steps": MEASURE_EVERY}
 
 

@@ -95,11 +95,15 @@ def results_table(results: dict[str, Any]) -> str:
     data = (f"{split['source']} (split for this run: {split['train']} train / {split['test']} "
             f"test images, {split['test_fraction']:.0%} of every class, seed {split['seed']})"
             if split else cfg["data_root"] or cfg["data"])
-    lines = [f"`hebbret run` on {data} with {cfg['model']}", "",
-             f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled subsets; "
-             f"full on random init = training from scratch)", "",
-             "| backbone | " + " | ".join(protocols) + " |",
-             "|---|" + "---:|" * len(protocols)]
+    inputs = results.get("inputs")
+    model = inputs["model"] if inputs else cfg["model"]
+    lines = [f"`hebbret run` on {data} with {model}", ""]
+    if inputs:
+        lines += ["**Chosen for these images**: " + "; ".join(inputs["reasons"]) + ".", ""]
+    lines += [f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled "
+              f"subsets; full on random init = training from scratch)", "",
+              "| backbone | " + " | ".join(protocols) + " |",
+              "|---|" + "---:|" * len(protocols)]
     for name, r in rows.items():
         cells = [f"{r['fewshot'][p]['mean']:.2f} ± {r['fewshot'][p]['std']:.2f}"
                  for p in protocols]
@@ -116,13 +120,14 @@ def results_table(results: dict[str, Any]) -> str:
                      f"{r['Recall@1']:.2f} | {s.get('pretrain', 0):.0f} | {s.get('embed', 0):.0f} | "
                      f"{s.get('eval', 0):.0f} | {s.get('fewshot', 0):.0f} |")
     conv = rows.get("hebbian", {}).get("convergence")
-    if conv:
-        cells = [f"layer {la['layer']} {la['distance']:.3g} (≤ {la['converged_below']:g}: "
+    if conv and "speed_ratio" in (conv["layers"] or [{}])[0]:
+        cells = [f"layer {la['layer']} {la['speed_ratio']:.0%} (≤ {la['converged_below']:.0%}: "
                  f"{'yes' if la['converged'] else 'NO'})" for la in conv["layers"]
-                 if la["distance"] is not None]
-        measure = "; ".join(sorted({la["measure"] for la in conv["layers"]}))
-        lines += ["", f"**Convergence** of the Hebbian backbone after {rows['hebbian']['pretrain_steps']}"
-                  f" steps ({measure}): " + ", ".join(cells) + "."]
+                 if la["speed_ratio"] is not None]
+        lines += ["", f"**Convergence** of the Hebbian backbone after "
+                  f"{rows['hebbian']['pretrain_steps']} steps (how fast each layer still moves over "
+                  f"its last fifth of steps, as a share of its peak speed): " + ", ".join(cells)
+                  + "."]
     return "\n".join(lines) + "\n"
 
 

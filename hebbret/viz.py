@@ -55,38 +55,34 @@ def save_filters(run: str | os.PathLike, out: str | os.PathLike | None = None,
 
 
 def save_convergence(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Plot each Hebbian layer's distance from its rule's fixed point over the steps of run dir
-    ``run`` (from ``log.jsonl``), with the rule's convergence threshold; returns the PNG path."""
+    """Plot how fast each Hebbian layer of run dir ``run`` moves (relative weight change per
+    step, as a share of its peak; from ``log.jsonl``) over the steps, with the convergence
+    threshold (:data:`hebbret.pretraining.CONVERGED_SPEED`); returns the PNG path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .pretraining import CONVERGED_SPEED, drift_speeds
+
     run = Path(run)
-    rows = read_jsonl(run / TRAIN_LOG)
-    conv = read_card(run).training.get("convergence", {"layers": []})
-    series: dict[int, tuple[list[int], list[float]]] = {}
-    for row in rows:
-        for s in row["layers"]:
-            if "distance" in s:
-                steps, values = series.setdefault(s["layer"], ([], []))
-                steps.append(row["step"])
-                values.append(s["distance"])
+    series = drift_speeds(read_jsonl(run / TRAIN_LOG))
     if not series:
-        raise ValueError(f"{run / 'log.jsonl'} has no convergence measurements (a run made "
-                         f"before hebbret measured them, or a rule without a fixed point)")
+        raise ValueError(f"{run / 'log.jsonl'} has no weight-drift measurements (a run made "
+                         f"before hebbret measured them, or a rule that does not learn)")
+    conv = read_card(run).training.get("convergence", {"layers": []})
+    rules = {la["layer"]: la["rule"] for la in conv["layers"]}
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    for layer in conv["layers"]:
-        i = layer["layer"]
-        if i not in series:
-            continue
-        (line,) = ax.plot(*series[i], label=f"layer {i} ({layer['rule']})")
-        ax.axhline(layer["converged_below"], color=line.get_color(), linestyle=":", linewidth=1)
+    for i, (steps, speeds) in sorted(series.items()):
+        v = np.asarray(speeds)
+        peak = np.convolve(v, np.ones(3) / 3, mode="valid").max() if len(v) >= 3 else v.max()
+        ax.plot(steps, v / max(peak, 1e-30), label=f"layer {i} ({rules.get(i, '?')})")
+    ax.axhline(CONVERGED_SPEED, color="k", linestyle=":", linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("distance from the fixed point")
-    measures = sorted({la["measure"] for la in conv["layers"]})
-    ax.set_title("; ".join(measures) + " (dotted: converged below)", fontsize=8)
+    ax.set_ylabel("weight change per step / peak")
+    ax.set_title("converged when the last fifth of the steps is below the dotted line",
+                 fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out) if out is not None else run / "convergence.png"

@@ -221,6 +221,60 @@ def test_resume_mid_epoch_under_a_step_budget(image_folder, tmp_path, monkeypatc
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert [r["step"] for r in training_log(resumed)] == list(range(1, 10))
+    # the drift is measured against the weights saved at the last measurement: resume-exact
+    def drifts(run):
+        return [(r["step"], s["drift"]) for r in training_log(run) for s in r["layers"]
+                if "drift" in s]
+
+    assert [d for _, d in drifts(reference)] == pytest.approx([d for _, d in drifts(resumed)],
+                                                              rel=1e-5)
+    assert [s for s, _ in drifts(reference)] == [s for s, _ in drifts(resumed)] == [9] * 3
+
+
+def test_the_logged_drift_is_how_far_the_neurons_turned_between_measurements(image_folder,
+                                                                            tmp_path):
+    half = pretrain(str(image_folder), out=str(tmp_path / "20"), steps=20, **TINY)
+    whole = pretrain(str(image_folder), out=str(tmp_path / "40"), steps=40, **TINY)
+    rows = training_log(whole)
+    measured = [r["step"] for r in rows if "drift" in r["layers"][0]]
+    assert measured == [20, 40]  # every MEASURE_EVERY steps and the last step
+    w20 = [la.weight.detach() for la in load_run(half)[0].hebb_layers()]
+    w40 = [la.weight.detach() for la in load_run(whole)[0].hebb_layers()]
+    for i, (a, b) in enumerate(zip(w20, w40, strict=True)):
+        ua = a / a.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        ub = b / b.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        expected = float((ub - ua).norm() / len(ub) ** 0.5)  # RMS change of unit directions
+        assert rows[-1]["layers"][i]["drift"] == pytest.approx(expected, rel=1e-4)
+        # scaling a layer moves no direction: norms are invisible behind BatchNorm and cosine
+        mark = pretrain_mod.directions(b)
+        assert float(pretrain_mod.weight_drift(3 * b, mark)) < 1e-6
+
+
+def test_convergence_compares_the_recent_speed_with_the_peak_speed():
+    class Layer:  # what convergence reads of a layer
+        def __init__(self, name):
+            from hebbret.hebb.rules import get_rule
+            self.rule = get_rule(name)
+
+    class Model:
+        def hebb_layers(self):
+            return [Layer("softhebb"), Layer("hpca")]
+
+    # layer 0 slows to 5% of its peak speed, layer 1 to 50%; measured every 10 steps
+    drifts0 = [1.0, 2.0, 2.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.1, 0.1]
+    drifts1 = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    rows = [{"step": s, "layers": [{"layer": 0}, {"layer": 1}]} for s in range(1, 101)]
+    for j in range(10):
+        rows[10 * j + 9]["layers"] = [{"layer": 0, "drift": drifts0[j]},
+                                      {"layer": 1, "drift": drifts1[j], "distance": 0.3}]
+    speeds = pretrain_mod.drift_speeds(rows)
+    assert speeds[0] == ([10, 20, 30, 40, 50, 60, 70, 80, 90, 100], [d / 10 for d in drifts0])
+    conv = pretrain_mod.convergence(rows, Model())
+    first, second = conv["layers"]
+    assert first["speed_ratio"] == pytest.approx(0.1 / 2.0)  # last fifth 0.1 / peak of 3-avg 2.0
+    assert first["converged"] and not second["converged"]
+    assert second["speed_ratio"] == pytest.approx(0.5) and second["distance"] == 0.3
+    assert not conv["converged"]
 
 
 def test_fixed_point_distances_of_each_rule():

@@ -165,21 +165,20 @@ class Rule:
     init_radius: float = 1.0  # expected ‖w_k‖ at init: weights ~ N(0, radius² / fan_in)
     # distance from the rule's fixed point: (weights, latest raw ΔW) -> scalar; None: not measured
     distance: Callable[[Tensor, Tensor], Tensor] | None = None
-    converged_below: float = 0.0  # a layer whose distance ends above this is reported unconverged
     # per-row decay coefficients (rows of Y, rows of U) -> (N, K); see softhebb_row_decay
     row_decay: Callable[[Tensor, Tensor], Tensor] | None = None
     cumulative_decay: bool = False  # M is lower-triangular: row k decays by Σ_{j≤k} c_nj w_j
 
 
 RULES: dict[str, Rule] = {
-    "hpca": Rule("hpca", hpca_terms, distance=hpca_distance, converged_below=0.1,
+    "hpca": Rule("hpca", hpca_terms, distance=hpca_distance,
                  row_decay=hpca_row_decay, cumulative_decay=True),
     "swta": Rule("swta", swta_terms, {"temperature": 0.02}, needs_x_norm=True,
-                 output=output_normalized, distance=swta_distance, converged_below=0.05,
+                 output=output_normalized, distance=swta_distance,
                  row_decay=swta_row_decay),
     "softhebb": Rule("softhebb", softhebb_terms, {"t_inv": 1.0}, step_scale=softhebb_step_scale,
                      init_radius=25.0,  # SoftHebb starts far from the unit sphere it converges to
-                     distance=softhebb_distance, converged_below=1.0,
+                     distance=softhebb_distance,
                      row_decay=softhebb_row_decay),
     "none": Rule("none", None),
 }
