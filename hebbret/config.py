@@ -35,7 +35,7 @@ class PretrainConfig:
     split: str = "train"  # split of a named dataset
     data_root: str | None = None  # where a named dataset's files are (fashion-mnist idx files)
     in_chans: int | None = None  # None: the data's own (fashion-mnist 1, folders 3)
-    img_size: int | None = None  # None: the data's own (fashion-mnist 28) or the backbone's (32)
+    img_size: int | None = None  # None: the data's own (fashion-mnist 28) or the backbone's
     num_workers: int = 0  # data-loading processes
     channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
     precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)

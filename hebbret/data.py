@@ -262,33 +262,57 @@ GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 NATIVE_SIZE_MAX = 64  # a folder of square images up to this side trains at their own size
 
 
-def native_format(source: str | os.PathLike, sample: int = 32
-                  ) -> tuple[int, tuple[int, int] | None]:
-    """(channels, size) a source has on its own. fashion-mnist: 1×28×28. A folder, judged by
-    up to ``sample`` image headers spread over it: 1 channel when all are grayscale (else 3);
-    their size when all are square with one side ≤ 64 (else None: the backbone's own)."""
+@dataclass(frozen=True)
+class Survey:
+    """What a sample of a source's image headers says about it."""
+
+    in_chans: int  # 1 when every sampled image is grayscale, else 3
+    sizes: tuple[tuple[int, int], ...]  # (H, W) of every decodable sampled header
+    sampled: int  # headers read
+
+    @property
+    def short_side(self) -> int | None:
+        """The median of the sampled images' shorter sides (None: nothing decodable)."""
+        return int(np.median([min(s) for s in self.sizes])) if self.sizes else None
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """The images' own size when all sampled are the same square of side ≤ 64: thumbnails
+        train at their own size."""
+        if len(set(self.sizes)) == 1 and self.sizes[0][0] == self.sizes[0][1] <= NATIVE_SIZE_MAX:
+            return self.sizes[0]
+        return None
+
+
+def survey(source: str | os.PathLike, sample: int = 64) -> Survey:
+    """Channels and sizes of a source: fashion-mnist is 1×28×28; a folder is judged by up to
+    ``sample`` image headers spread over it (nothing is decoded)."""
     if str(source).startswith("fashion-mnist"):
-        return 1, (28, 28)
+        return Survey(1, ((28, 28),), 1)
     try:
         items, _ = scan_image_folder(source)
     except (OSError, ValueError):
-        return 3, None
+        return Survey(3, (), 0)
     root = Path(source)
-    modes, sizes = set(), set()
-    for it in items[:: max(1, len(items) // sample)][:sample]:
+    modes, sizes = set(), []
+    picked = items[:: max(1, len(items) // sample)][:sample]
+    for it in picked:
         try:
             with Image.open(root / it.path) as img:
                 modes.add(img.mode)
-                sizes.add(img.size)
+                sizes.append((img.size[1], img.size[0]))
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
                 SyntaxError):
             continue
     chans = 1 if modes and modes <= GRAYSCALE_MODES else 3
-    if len(sizes) == 1:
-        (w, h), = sizes
-        if w == h <= NATIVE_SIZE_MAX:
-            return chans, (h, w)
-    return chans, None
+    return Survey(chans, tuple(sizes), len(picked))
+
+
+def native_format(source: str | os.PathLike) -> tuple[int, tuple[int, int] | None]:
+    """(channels, size) a source has on its own: :attr:`Survey.native_size` (None: the
+    backbone's own size)."""
+    s = survey(source)
+    return s.in_chans, s.native_size
 
 
 def open_dataset(source: str | os.PathLike, split: str = "train", in_chans: int | None = None,

@@ -25,11 +25,13 @@ import numpy as np
 
 from ._io import read_json, write_bytes, write_json
 from .config import load_config
-from .data import NAMED_DATASETS, scan_image_folder
+from .data import NAMED_DATASETS, Survey, scan_image_folder, survey
+from .embed import POOLS
 from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
+from .models import FAMILIES, create_model
 from .report import results_table, verdict
 from .runs import read_card
-from .runtime import timed
+from .runtime import pick_device, timed
 from .stages import BackboneStages
 from .viz import save_convergence, save_filters, save_retrieval_examples
 
@@ -45,15 +47,17 @@ class RunConfig:
 
     data: str = "fashion-mnist-mini"  # named dataset with train/test splits, or DIR/{train,test}
     data_root: str | None = None  # files of a named dataset
-    model: str = "hebb_softhebb_c3"
+    model: str | None = None  # None: the SoftHebb net that fits the input size (choose_inputs)
     rule: str | None = None  # None: the backbone's default Hebbian rule
     pretrain_epochs: int | None = None  # None: the backbone's default
     pretrain_steps: int | None = None  # Hebbian steps (instead of epochs); None: default budget
     pretrain_batch_size: int | None = None
     pretrain_lr: list[float] | None = None  # one per Hebbian layer or one for all; None: default
     in_chans: int | None = None
-    img_size: int | None = None
+    img_size: int | None = None  # None: chosen from the images (choose_inputs)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None  # descriptor; None: the backbone's (model card -> embedding)
+    pool: str | None = None
     labels_per_class: int | None = 20  # the few labels (or label_fraction)
     label_fraction: float | None = None
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
@@ -169,14 +173,79 @@ def resolve_data(cfg: RunConfig, out: Path) -> tuple[tuple[str, str], tuple[str,
             {k: v for k, v in split.items() if k != "listing"})
 
 
+# The input sizes `hebbret run` trains at, each with the SoftHebb net made for it; a collection
+# gets the largest that its median short side reaches, at most AUTO_SIZE_MAX (docs/design.md §11).
+SIZE_LADDER = ((32, "hebb_softhebb_c3"), (64, "hebb_softhebb_c3"), (96, "hebb_softhebb_c4"),
+               (128, "hebb_softhebb_c4"), (160, "hebb_softhebb_c5"))
+AUTO_SIZE_MAX = {"cpu": 96, "cuda": 160}
+# Narrower nets where a CPU trains them: a quarter of SoftHebb's widths for the deeper nets
+CPU_WIDTHS = {"hebb_softhebb_c4": [24, 96, 384, 1536], "hebb_softhebb_c5": [12, 48, 192, 768, 3072]}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What `hebbret run` trains on for a collection, and why (the report says it)."""
+
+    in_chans: int
+    img_size: int
+    model: str
+    model_kwargs: dict[str, Any]
+    layer: str | None  # None: the backbone's descriptor
+    pool: str | None
+    reasons: tuple[str, ...]
+
+
+def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
+    """Input size, backbone and its width for the images ``seen`` (a survey of the train split)
+    on ``device`` (cpu/cuda); every setting given in ``cfg`` wins over the choice."""
+    reasons = []
+    if cfg.img_size:
+        size = cfg.img_size
+        reasons.append(f"{size} px (--img-size)")
+    elif seen.native_size:
+        size = seen.native_size[0]
+        reasons.append(f"{size} px: the images' own size (all sampled are {size}×{size})")
+    elif seen.short_side:
+        cap = AUTO_SIZE_MAX["cuda" if device == "cuda" else "cpu"]
+        size = max([s for s, _ in SIZE_LADDER if s <= min(seen.short_side, cap)] or [32])
+        reasons.append(f"{size} px: the median short side of {len(seen.sizes)} sampled images is "
+                       f"{seen.short_side} px (largest of {[s for s, _ in SIZE_LADDER]} it "
+                       f"reaches, at most {cap} on {device})")
+    else:
+        size = 32
+        reasons.append("32 px: no image header could be read to choose from")
+    if cfg.model:
+        model = cfg.model
+        reasons.append(f"{model} (--model)")
+    else:
+        model = next((m for s, m in reversed(SIZE_LADDER) if s <= size), SIZE_LADDER[0][1])
+        reasons.append(f"{model}: {FAMILIES[model].doc}, the net for {size} px inputs")
+    kwargs = dict(cfg.model_kwargs)
+    if model in CPU_WIDTHS and device != "cuda" and "widths" not in kwargs:
+        kwargs["widths"] = CPU_WIDTHS[model]
+        reasons.append(f"widths {kwargs['widths']} (a quarter of SoftHebb's, for a CPU)")
+    if cfg.pool and cfg.pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
+    probe = create_model(model, in_chans=cfg.in_chans or seen.in_chans, img_size=size, **kwargs)
+    emb = probe.default_cfg["embedding"]
+    layer, pool = cfg.layer or emb["layer"], cfg.pool or emb["pool"]
+    reasons.append(f"descriptor: {pool} of {layer}" + (" (--pool/--layer)" if cfg.pool or cfg.layer
+                                                         else " (the backbone's default)"))
+    return Inputs(cfg.in_chans or seen.in_chans, size, model, kwargs,
+                  cfg.layer, cfg.pool, tuple(reasons))
+
+
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage for every backbone; write ``OUT/report/``; return the results."""
     out = Path(cfg.out)
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "config.json", asdict(cfg))
     train, test, split = resolve_data(cfg, out)
-    rows = {v: _run_variant(cfg, v, out, train, test) for v in VARIANTS}
-    results = {"config": asdict(cfg), "rows": rows, "definitions": __doc__.split("Backbones")[1],
+    inputs = choose_inputs(cfg, survey(train[0]), pick_device(cfg.device).type)
+    log.info("inputs: %s", "; ".join(inputs.reasons))
+    rows = {v: _run_variant(cfg, inputs, v, out, train, test) for v in VARIANTS}
+    results = {"config": asdict(cfg), "inputs": asdict(inputs), "rows": rows,
+               "definitions": __doc__.split("Backbones")[1],
                "data": {"train": train[0], "test": test[0], "split": split},
                "verdict": verdict(rows)}
     report = out / "report"
@@ -185,27 +254,28 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     save_filters(out / "hebbian" / "pretrain", report / "filters.png")
     save_convergence(out / "hebbian" / "pretrain", report / "convergence.png")
     save_retrieval_examples(out / "hebbian" / "index", out / "hebbian" / "emb_test", train, test,
-                            report / "retrieval.png", cfg.data_root, cfg.img_size or 32,
+                            report / "retrieval.png", cfg.data_root, inputs.img_size,
                             cfg.queries_shown, cfg.seed)
     return results
 
 
-def _run_variant(cfg: RunConfig, variant: str, out: Path, train: tuple[str, str],
-                 test: tuple[str, str]) -> dict[str, Any]:
+def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
+                 train: tuple[str, str], test: tuple[str, str]) -> dict[str, Any]:
     """One backbone of the report; stages with finished outputs are reused (and not timed)."""
     stages = BackboneStages(out / variant, device=cfg.device, quiet=cfg.quiet)
     hebbian = variant == "hebbian"
-    stages.pretrain(train[0], split=train[1], data_root=cfg.data_root, model=cfg.model,
+    stages.pretrain(train[0], split=train[1], data_root=cfg.data_root, model=inputs.model,
                     rule=cfg.rule if hebbian else "none",
                     epochs=cfg.pretrain_epochs if hebbian else 1,
                     steps=cfg.pretrain_steps if hebbian else None,
                     lr=cfg.pretrain_lr if hebbian else None,
                     batch_size=cfg.pretrain_batch_size if hebbian else None,
-                    in_chans=cfg.in_chans, img_size=cfg.img_size, model_kwargs=cfg.model_kwargs,
+                    in_chans=inputs.in_chans, img_size=inputs.img_size,
+                    model_kwargs=inputs.model_kwargs,
                     seed=cfg.seed)
     for name, (source, split) in (("train", train), ("test", test)):
         stages.embed(name, source, split=split, data_root=cfg.data_root,
-                     batch_size=cfg.embed_batch_size)
+                     batch_size=cfg.embed_batch_size, layer=inputs.layer, pool=inputs.pool)
     stages.index()
     row = stages.all_label_scores(cfg.knn_k, cfg.retrieval_k, cfg.linear_epochs, cfg.seed)
     with timed(stages.seconds, "fewshot"):

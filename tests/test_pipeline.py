@@ -4,7 +4,8 @@ import numpy as np
 from PIL import Image
 
 from hebbret import cli
-from hebbret.pipeline import load_run_config, split_folder
+from hebbret.data import Survey, survey
+from hebbret.pipeline import RunConfig, choose_inputs, load_run_config, split_folder
 
 from .conftest import write_image_folder
 
@@ -132,3 +133,36 @@ def test_folder_forms_that_cannot_run_are_named(tmp_path, caplog):
     assert f"to run on your folder: hebbret run {one}" in caplog.text
     assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
     assert "config file not found" in caplog.text
+
+
+def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
+    thumbs = Survey(1, ((28, 28),) * 5, 5)
+    photos = Survey(1, ((300, 300),) * 4 + ((310, 400),), 5)
+    mixed = Survey(3, ((70, 120), (80, 90), (60, 200)), 3)
+    cfg = RunConfig(model_kwargs={"init_radius": 5.0})
+    small = choose_inputs(cfg, thumbs, "cpu")
+    assert (small.img_size, small.model, small.in_chans) == (28, "hebb_softhebb_c3", 1)
+    assert "the images' own size" in small.reasons[0]
+    big = choose_inputs(cfg, photos, "cpu")
+    assert (big.img_size, big.model) == (96, "hebb_softhebb_c4")
+    assert big.model_kwargs == {"init_radius": 5.0, "widths": [24, 96, 384, 1536]}
+    assert "median short side of 5 sampled images is 300 px" in big.reasons[0]
+    gpu = choose_inputs(cfg, photos, "cuda")  # full widths, up to the ImageNet net's 160 px
+    assert (gpu.img_size, gpu.model, gpu.model_kwargs) == (160, "hebb_softhebb_c5",
+                                                          {"init_radius": 5.0})
+    assert choose_inputs(cfg, mixed, "cpu").img_size == 64  # short sides 70, 80, 60
+    mine = choose_inputs(RunConfig(img_size=48, model="hebb_softhebb_c3", pool="max",
+                                   layer="block1+features"), photos, "cpu")
+    assert (mine.img_size, mine.model, mine.pool, mine.layer) == (48, "hebb_softhebb_c3", "max",
+                                                                   "block1+features")
+    assert "(--img-size)" in mine.reasons[0] and "(--model)" in mine.reasons[1]
+
+
+def test_survey_reads_headers_only_and_finds_the_median_short_side(tmp_path):
+    for i, (w, h) in enumerate([(300, 200), (120, 400), (64, 64)]):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        Image.new("L", (w, h)).save(tmp_path / "c" / f"{i}.png")
+    seen = survey(tmp_path)
+    assert seen.in_chans == 1 and seen.short_side == 120 and seen.native_size is None
+    assert sorted(seen.sizes) == [(64, 64), (200, 300), (400, 120)]
+    assert survey("fashion-mnist-mini").native_size == (28, 28)
