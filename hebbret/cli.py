@@ -58,7 +58,8 @@ def _embed(args: argparse.Namespace) -> None:
     from .embed import extract_embeddings
 
     print(extract_embeddings(args.run, args.data, args.out, layer=args.layer, pool=args.pool,
-                             gem_p=args.gem_p, batch_size=args.batch_size, dtype=args.dtype,
+                             gem_p=args.gem_p, grid=args.grid, batch_size=args.batch_size,
+                             dtype=args.dtype,
                              device=args.device, split=args.split, data_root=args.data_root,
                              num_workers=args.num_workers, quiet=args.quiet))
 
@@ -150,7 +151,7 @@ def _export(args: argparse.Namespace) -> None:
     from .embed import export_extractor
 
     print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool,
-                           gem_p=args.gem_p))
+                           gem_p=args.gem_p, grid=args.grid))
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model card's)")
     p.add_argument("--pool", choices=POOLS, help="default: the model card's")
     p.add_argument("--gem-p", type=float, help="GeM's exponent (default: the model card's)")
+    p.add_argument("--grid", type=int, help="pool each cell of a grid×grid partition of the map "
+                   "(default: the model card's)")
     p.add_argument("--batch-size", type=int, default=EMBED_BATCH_SIZE)
     p.add_argument("--dtype", choices=DTYPES, default=DTYPES[0])
     p.add_argument("--num-workers", type=int, default=0)
@@ -449,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer")
     p.add_argument("--pool", choices=POOLS)
     p.add_argument("--gem-p", type=float)
+    p.add_argument("--grid", type=int)
     p.set_defaults(func=_export)
     return parser
 

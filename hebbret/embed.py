@@ -61,16 +61,18 @@ def _block_index(model: HebbNet, layer: str) -> int:
                      f"joined by '+')")
 
 
-def global_pool(h: Tensor, pool: str, gem_p: float = GEM_P) -> Tensor:
-    """A map (B, C, H, W) -> (B, C) by avg, max or GeM (generalised mean, (mean x^p)^(1/p) over
-    positions: p = 1 is avg, p → ∞ max; Radenović et al.), or flattened -> (B, C·H·W)."""
+def global_pool(h: Tensor, pool: str, gem_p: float = GEM_P, grid: int = 1) -> Tensor:
+    """A map (B, C, H, W) -> (B, C·grid²): avg, max or GeM (generalised mean, (mean x^p)^(1/p):
+    p = 1 is avg, p → ∞ max; Radenović et al.) over each cell of a grid×grid partition of the
+    positions (1: the whole map), cell-major; or flattened -> (B, C·H·W)."""
     if h.dim() == 2 or pool == "flatten":
         return h.flatten(1)
-    if pool == "avg":
-        return h.mean(dim=(2, 3))
     if pool == "max":
-        return h.amax(dim=(2, 3))
-    return h.float().clamp_min(1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+        return F.adaptive_max_pool2d(h, grid).flatten(1)
+    if pool == "avg":
+        return F.adaptive_avg_pool2d(h, grid).flatten(1)
+    h = h.float().clamp_min(1e-6).pow(gem_p)
+    return F.adaptive_avg_pool2d(h, grid).pow(1.0 / gem_p).flatten(1)
 
 
 class Extractor(nn.Module):
@@ -88,6 +90,8 @@ class Extractor(nn.Module):
             raise ValueError(f"pool must be one of {POOLS}, got {spec.pool!r}")
         if not spec.gem_p >= 1:
             raise ValueError(f"the GeM exponent must be at least 1, got {spec.gem_p}")
+        if spec.grid < 1:
+            raise ValueError(f"the pooling grid must be at least 1×1, got {spec.grid}")
         self.model, self.spec = model, spec
         self.blocks = [_block_index(model, name) for name in spec.layer.split("+")]
 
@@ -97,7 +101,8 @@ class Extractor(nn.Module):
         for i, block in enumerate(self.model.blocks[:max(self.blocks) + 1]):
             x = block(x)
             maps[i] = x
-        parts = [global_pool(maps[i], self.spec.pool, self.spec.gem_p).float() for i in self.blocks]
+        parts = [global_pool(maps[i], self.spec.pool, self.spec.gem_p, self.spec.grid).float()
+                 for i in self.blocks]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([F.normalize(p, dim=1) for p in parts], dim=1)
@@ -112,27 +117,30 @@ def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) ->
 
 def spec_of(meta: dict[str, Any]) -> EmbeddingSpec:
     """The descriptor an embeddings or index dir's ``meta.json`` records."""
-    return EmbeddingSpec(meta["layer"], meta["pool"], meta.get("gem_p", GEM_P))
+    return EmbeddingSpec(meta["layer"], meta["pool"], meta.get("gem_p") or GEM_P,
+                         meta.get("grid") or 1)
 
 
 def embedding_spec(card: ModelCard, layer: str | None = None, pool: str | None = None,
-                   gem_p: float | None = None) -> EmbeddingSpec:
+                   gem_p: float | None = None, grid: int | None = None) -> EmbeddingSpec:
     """The run's documented descriptor (``model.json`` -> ``embedding``) with overrides."""
     spec = card.embedding
     return EmbeddingSpec(layer or spec.layer, pool or spec.pool,
-                         spec.gem_p if gem_p is None else float(gem_p))
+                         spec.gem_p if gem_p is None else float(gem_p),
+                         spec.grid if grid is None else int(grid))
 
 
 def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
                        layer: str | None = None, pool: str | None = None,
-                       gem_p: float | None = None, batch_size: int = EMBED_BATCH_SIZE,
+                       gem_p: float | None = None, grid: int | None = None,
+                       batch_size: int = EMBED_BATCH_SIZE,
                        dtype: str = "float32", device: str = "auto", split: str = "train",
                        data_root: str | None = None, num_workers: int = 0,
                        quiet: bool = False) -> Path:
     """Embed every image of ``data`` with the frozen backbone of run dir ``run``.
 
     Args:
-        layer, pool, gem_p: where to read the features and how to pool them; None: the
+        layer, pool, gem_p, grid: where to read the features and how to pool them; None: the
             run's documented descriptor (``model.json`` -> ``embedding``).
         dtype: float32 or float16 storage of ``embeddings.npy``.
     Returns the embeddings dir ``out``.
@@ -140,7 +148,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p)
+    desc = embedding_spec(card, layer, pool, gem_p, grid)
     spec = card.input
     w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
@@ -332,7 +340,7 @@ EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,
                      layer: str | None = None, pool: str | None = None,
-                     gem_p: float | None = None) -> Path:
+                     gem_p: float | None = None, grid: int | None = None) -> Path:
     """Export the embedding extractor of a run dir.
 
     ``pt2``: ``torch.export`` program with a dynamic batch dimension, loadable without hebbret
@@ -343,7 +351,7 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p)
+    desc = embedding_spec(card, layer, pool, gem_p, grid)
     extractor = Extractor(model, desc).eval()
     out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
     spec = card.input

@@ -224,7 +224,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "embeddings": str(Path(emb_dir).resolve()),
         "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
         "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
-        "gem_p": emb_meta.get("gem_p"),
+        "gem_p": emb_meta.get("gem_p"), "grid": emb_meta.get("grid"),
         "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
     })
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,

@@ -38,11 +38,12 @@ class EmbeddingSpec:
     """The descriptor: which activations are the embedding, and how they are pooled.
 
     ``layer``: 'features' or 'block<i>', several joined by '+'; ``pool``: flatten | avg | max |
-    gem (``gem_p``: its exponent)."""
+    gem (``gem_p``: its exponent) over each cell of a ``grid``×``grid`` partition of the map."""
 
     layer: str = "features"
     pool: str = "flatten"
     gem_p: float = GEM_P
+    grid: int = 1
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,12 @@ def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_pa
 
 
 def test_layers_pools_and_float16(run_dir, image_folder, tmp_path):
-    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0", layer="block0", pool="avg",
-                             dtype="float16", quiet=True)
+    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0", layer="block0", pool="max",
+                             grid=1, dtype="float16", quiet=True)
     emb, _, meta = load_embeddings(out)
-    assert emb.dtype == np.float16 and emb.shape == (24, 8) and meta["pool"] == "avg"
+    assert emb.dtype == np.float16 and emb.shape == (24, 8) and meta["pool"] == "max"
+    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0g", layer="block0", quiet=True)
+    assert load_embeddings(out)[0].shape == (24, 8 * 4)  # the card's 2×2 grid, on block 0
     with pytest.raises(ValueError, match="unknown layer 'block9'"):
         extract_embeddings(run_dir, image_folder, tmp_path / "x", layer="block9", quiet=True)
 
@@ -67,6 +69,10 @@ def test_global_pools_against_their_definitions():
     torch.testing.assert_close(global_pool(h, "gem", 1.0), global_pool(h, "avg"))
     assert (global_pool(h, "gem", 3.0) <= global_pool(h, "max") + 1e-6).all()
     assert (global_pool(h, "gem", 3.0) >= global_pool(h, "avg") - 1e-6).all()
+    grid = global_pool(h[:, :, :2, :4], "gem", 2.0, grid=2)  # 2×2 cells of 1×2 positions
+    cell = ((h[0, 3, 1, 2:4] ** 2).mean()) ** 0.5  # channel 3, bottom-right cell
+    assert grid.shape == (2, 5 * 4)
+    torch.testing.assert_close(grid.view(2, 5, 2, 2)[0, 3, 1, 1], cell)
 
 
 def test_a_descriptor_has_one_size_at_every_input_size_and_layers_concatenate(run_dir):
@@ -90,9 +96,10 @@ def test_a_descriptor_has_one_size_at_every_input_size_and_layers_concatenate(ru
 def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir, image_folder,
                                                                          tmp_path):
     emb = extract_embeddings(run_dir, image_folder, tmp_path / "emb", layer="block1+features",
-                             pool="gem", gem_p=4.0, quiet=True)
+                             pool="gem", gem_p=4.0, grid=1, quiet=True)
     x, _, meta = load_embeddings(emb)
-    assert (meta["layer"], meta["pool"], meta["gem_p"]) == ("block1+features", "gem", 4.0)
+    assert (meta["layer"], meta["pool"], meta["gem_p"], meta["grid"]) == ("block1+features",
+                                                                          "gem", 4.0, 1)
     assert x.shape == (24, 16 + 32)
     index = build_index(emb, tmp_path / "idx")
     query = image_folder / "class_2" / "img_5.png"
@@ -100,8 +107,9 @@ def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir
     assert found[0]["results"][0]["path"] == "class_2/img_5.png"
     assert found[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     restored = load_extractor(export_extractor(run_dir, "safetensors", tmp_path / "e.safetensors",
-                                               layer="block1+features", pool="gem", gem_p=4.0))
-    assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0)
+                                               layer="block1+features", pool="gem", gem_p=4.0,
+                                               grid=1))
+    assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0, 1)
 
 
 def test_pt2_and_safetensors_exports_give_the_same_embeddings(run_dir):

@@ -34,7 +34,9 @@ from PIL import Image
 
 from hebbret._io import read_json
 from hebbret.data import scan_image_folder
+from hebbret.pretraining import convergence, training_log
 from hebbret.report import markdown_table
+from hebbret.runs import load_run
 from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_resolution")
@@ -56,17 +58,26 @@ def hebbret_run(args: list[str], out: Path) -> dict[str, Any]:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code "
                            f"{os.waitstatus_to_exitcode(status)}")
     results = read_json(out / "report" / "results.json")
-    row: dict[str, Any] = {"run_command": "hebbret run " + " ".join(args), "wall_s": round(wall, 1),
-                           "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+    row: dict[str, Any] = {"run_dir": str(out), "run_command": "hebbret run " + " ".join(args),
+                           "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
                            "inputs": results["inputs"]}
     for name, r in results["rows"].items():
         best = max(r["fewshot"].items(), key=lambda kv: kv[1]["mean"])
         row[name] = {"knn_top1": r["knn_top1"], "mAP": r["mAP"], "linear_top1": r["linear_top1"],
                      "fewshot_best": best[0], "fewshot_mean": best[1]["mean"],
                      "fewshot_std": best[1]["std"], "dim": r["dim"],
-                     "pretrain_s": r["seconds"].get("pretrain"), "embed_s": r["seconds"].get("embed"),
-                     "convergence": r.get("convergence")}
+                     "pretrain_s": r["seconds"].get("pretrain"), "embed_s": r["seconds"].get("embed")}
+    row["converged"] = converged(out / "hebbian" / "pretrain")
     return row
+
+
+def converged(run: Path) -> dict[str, Any] | None:
+    """The convergence verdict of a run dir, recomputed from its log (the current rule)."""
+    if not (run / "log.jsonl").exists():
+        return None
+    conv = convergence(training_log(run), load_run(run)[0])
+    return {"converged": conv["converged"],
+            "speed_ratio": [la["speed_ratio"] for la in conv["layers"]]}
 
 
 def upscale_folder(src: Path, dst: Path, size: int) -> Path:
@@ -85,6 +96,15 @@ def upscale_folder(src: Path, dst: Path, size: int) -> Path:
     return dst
 
 
+def conv_cell(row: dict[str, Any]) -> str:
+    """The Hebbian run's verdict, recomputed from its log when the run dir is still there."""
+    found = converged(Path(row["run_dir"]) / "hebbian" / "pretrain") or row.get("converged")
+    if not found:
+        return "–"
+    ratios = " / ".join(f"{v:.2f}" for v in found["speed_ratio"] if v is not None)
+    return f"{'yes' if found['converged'] else 'no'} ({ratios})"
+
+
 def table(doc: dict[str, Any]) -> str:
     """The markdown tables of every finished row."""
     stages = doc.get("stages", {})
@@ -98,10 +118,12 @@ def table(doc: dict[str, Any]) -> str:
                          h["dim"], h["knn_top1"], rnd["knn_top1"], h["mAP"], rnd["mAP"],
                          f"{h['fewshot_mean']:.2f} ({h['fewshot_best']})",
                          f"{rnd['fewshot_mean']:.2f} ({rnd['fewshot_best']})",
-                         r["peak_rss_gib"], h["pretrain_s"], h["embed_s"], r["wall_s"]])
+                         r["peak_rss_gib"], h["pretrain_s"], h["embed_s"], r["wall_s"],
+                         conv_cell(r)])
         out.append(f"**{stage}** (`{next(iter(rows.values()))['machine']}`)\n\n" + markdown_table(
             ["row", "inputs", "dim", "kNN H", "kNN R", "mAP H", "mAP R", "few-label H",
-             "few-label R", "peak GiB", "pretrain s", "embed s", "wall s"], body))
+             "few-label R", "peak GiB", "pretrain s", "embed s", "wall s",
+             "converged (speed ratio per layer)"], body))
         out.append("Commands: " + "; ".join(f"`{k}`: `{r['run_command']}`" for k, r in rows.items())
                    + "\n")
     return "\n".join(out)

@@ -1,0 +1,137 @@
+"""Does "converged" mean the features stopped improving? The convergence signal of
+``hebbret.pretraining.convergence`` against kNN on held-out *training* rows, along one run.
+
+    python tools/bench_convergence.py fashion-mnist-mini --steps 1600
+    python tools/bench_convergence.py /tmp/elpv-split/train --in-chans 1 --img-size 32
+    python tools/bench_convergence.py /tmp/cifar10-5k/train --init-radius 25
+
+One Hebbian run of ``hebb_softhebb_c3`` (batch 10, the backbone's learning rates) through
+``hebbian_step``, measuring the drift every 20 steps exactly as ``pretrain`` logs it; at steps
+25, 50, 100, ... it embeds the training split with the backbone's descriptor, scores kNN (k=20)
+of a stratified 20% of the training rows against the other 80% (no test image is read), and
+computes the convergence verdict from the log so far. A row is "still improving" when the next
+milestone's kNN is ≥ 1 point higher. Rows go to ``--results`` (JSON) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hebbret.data import make_loader, native_format, open_dataset
+from hebbret.embed import Extractor
+from hebbret.evaluate import knn_classify
+from hebbret.models import create_model
+from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_step, weight_drift
+from hebbret.report import markdown_table
+from hebbret.runtime import ResultsFile
+
+log = logging.getLogger("bench_convergence")
+REPO = Path(__file__).resolve().parent.parent
+MILESTONES = (25, 50, 100, 200, 400, 800, 1600, 3200)
+
+
+def held_out(labels: np.ndarray, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """A stratified, seeded boolean mask of ``fraction`` of every class."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        mask[rng.permutation(rows)[: int(fraction * len(rows))]] = True
+    return mask
+
+
+def run(data: str, steps: int, in_chans: int | None, img_size: int | None, init_radius: float,
+        seed: int = 0) -> list[dict[str, Any]]:
+    torch.manual_seed(seed)
+    chans, native = native_format(data)
+    chans, size = in_chans or chans, img_size or (native[0] if native else 32)
+    model = create_model("hebb_softhebb_c3", in_chans=chans, img_size=size,
+                         init_radius=init_radius)
+    cfg = model.default_cfg
+    ds = open_dataset(data, "train", chans, size, mean=cfg["mean"], std=cfg["std"])
+    layers = model.hebb_layers()
+    opt = torch.optim.SGD([{"params": [la.weight], "lr": lr}
+                           for la, lr in zip(layers, model.hebbian_lrs(), strict=True)])
+    labels = ds.labels
+    val = held_out(labels)
+    marks = [directions(la.weight.detach()) for la in layers]
+    rows: list[dict[str, Any]] = []
+    out = []
+    step, epoch = 0, 0
+    while step < steps:
+        for batch in make_loader(ds, cfg["hebb"]["batch_size"], seed=seed, epoch=epoch):
+            hebbian_step(model, opt, batch.images, list(range(len(layers))))
+            step += 1
+            row: dict[str, Any] = {"step": step, "layers": [{"layer": i} for i in range(len(layers))]}
+            if step % MEASURE_EVERY == 0:
+                for s, la, mark in zip(row["layers"], layers, marks, strict=True):
+                    s["drift"] = float(weight_drift(la.weight.detach(), mark))
+            rows.append(row)
+            if step in MILESTONES:
+                out.append({"step": step, "knn": knn_score(model, ds, labels, val),
+                            "convergence": convergence(rows, model)})
+                log.info("step %d: kNN %.2f, speed ratios %s", step, out[-1]["knn"],
+                         [la["speed_ratio"] for la in out[-1]["convergence"]["layers"]])
+            if step >= steps:
+                break
+        epoch += 1
+    return out
+
+
+def knn_score(model: torch.nn.Module, ds: Any, labels: np.ndarray, val: np.ndarray) -> float:
+    """kNN top-1 (k=20) of the held-out training rows against the others."""
+    model.eval()
+    with torch.inference_mode():
+        feats = torch.cat([Extractor(model)(b.images) for b in make_loader(ds, 256)]).numpy()
+    model.train()
+    return knn_classify(feats[~val], labels[~val], feats[val], labels[val], ks=[20])["k"][20]["top1"]
+
+
+def table(doc: dict[str, Any]) -> str:
+    body = []
+    for key, r in doc["stages"].get("convergence", {}).items():
+        for i, m in enumerate(r["milestones"]):
+            later = [n["knn"] for n in r["milestones"][i + 1:]]
+            improving = bool(later) and max(later) >= m["knn"] + 1.0
+            conv = m["convergence"]
+            body.append([key, m["step"], m["knn"], "–" if not later else
+                         ("yes" if improving else "no"),
+                         " / ".join(f"{la['speed_ratio']:.2f}" for la in conv["layers"]),
+                         "yes" if conv["converged"] else "no"])
+    return markdown_table(["run", "step", "kNN (held-out train rows)",
+                           "a later step gains ≥ 1 point", "speed ratio per layer",
+                           "converged (all ≤ 0.1)"], body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="an image folder (labeled) or fashion-mnist-mini")
+    p.add_argument("--name", help="row name (default: the data's)")
+    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--init-radius", type=float, default=5.0)
+    p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "convergence.json")
+    p.add_argument("--table", type=Path, help="also write the table to this markdown file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    res = ResultsFile(args.results, ["python", *sys.argv], REPO)
+    name = args.name or f"{Path(args.data).name or args.data}, radius {args.init_radius:g}"
+    if not res.get("convergence", name):
+        res.put("convergence", name, {"milestones": run(args.data, args.steps, args.in_chans,
+                                                         args.img_size, args.init_radius)})
+    text = table(res.doc)
+    if args.table:
+        args.table.write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
