@@ -228,9 +228,10 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
         raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
     probe = create_model(model, in_chans=cfg.in_chans or seen.in_chans, img_size=size, **kwargs)
     emb = probe.default_cfg["embedding"]
-    layer, pool = cfg.layer or emb["layer"], cfg.pool or emb["pool"]
-    reasons.append(f"descriptor: {pool} of {layer}" + (" (--pool/--layer)" if cfg.pool or cfg.layer
-                                                         else " (the backbone's default)"))
+    layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
+    cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""
+    reasons.append(f"descriptor: {pool}{cells} of {layer}" + (
+        " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)"))
     return Inputs(cfg.in_chans or seen.in_chans, size, model, kwargs,
                   cfg.layer, cfg.pool, tuple(reasons))
 

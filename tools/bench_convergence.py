@@ -120,11 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-radius", type=float, default=5.0)
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "convergence.json")
     p.add_argument("--table", type=Path, help="also write the table to this markdown file")
+    p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
+                   "table of the rows already in --results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     res = ResultsFile(args.results, ["python", *sys.argv], REPO)
     name = args.name or f"{Path(args.data).name or args.data}, radius {args.init_radius:g}"
-    if not res.get("convergence", name):
+    if not args.table_only and not res.get("convergence", name):
         res.put("convergence", name, {"milestones": run(args.data, args.steps, args.in_chans,
                                                          args.img_size, args.init_radius)})
     text = table(res.doc)

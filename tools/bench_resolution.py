@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "resolution.json")
     p.add_argument("--table", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
+                   "tables of the rows already in --results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     res = ResultsFile(args.results, ["python", *sys.argv], REPO)
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         res.put(stage, key, hebbret_run(run_args, out))
 
+    if args.table_only:
+        args.stage = []
     if "solar" in args.stage:
         if args.elpv is None:
             p.error("--stage solar needs --elpv (tools/elpv_folder.py)")

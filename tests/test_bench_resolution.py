@@ -1,0 +1,48 @@
+"""The resolution and convergence benchmarks, on tiny real image folders."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from .conftest import load_tool, write_image_folder
+
+
+def test_convergence_bench_scores_held_out_training_rows_and_the_signal(tmp_path):
+    tool = load_tool("bench_convergence")
+    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=16)
+    held = tool.held_out(np.repeat([0, 1, 2], 10))
+    assert held.sum() == 6 and all(held[c * 10:(c + 1) * 10].sum() == 2 for c in range(3))
+    results = tmp_path / "conv.json"
+    tool.main([str(folder), "--steps", "50", "--results", str(results), "--table",
+               str(tmp_path / "conv.md")])
+    row = json.loads(results.read_text())["stages"]["convergence"]["imgs, radius 5"]
+    assert [m["step"] for m in row["milestones"]] == [25, 50]
+    for m in row["milestones"]:
+        assert 0 <= m["knn"] <= 100
+        assert len(m["convergence"]["layers"]) == 3
+    first = row["milestones"][0]["convergence"]["layers"][0]
+    assert first["speed_ratio"] == 1.0 and not first["converged"]  # one measurement: its peak
+    table = (tmp_path / "conv.md").read_text()
+    assert "| imgs, radius 5 | 25 |" in table and "| imgs, radius 5 | 50 |" in table
+
+
+def test_resolution_bench_upscales_a_folder_and_renders_its_rows(tmp_path):
+    tool = load_tool("bench_resolution")
+    src = tmp_path / "small"
+    for split in ("train", "test"):
+        write_image_folder(src / split, classes=2, per_class=2, size=16)
+    big = tool.upscale_folder(src, tmp_path / "big", 64)
+    with Image.open(big / "train" / "class_1" / "img_0.png") as img:
+        assert img.size == (64, 64)
+    assert tool.upscale_folder(src, tmp_path / "big", 64) == big  # complete: reused
+    side = {"knn_top1": 50.0, "mAP": 30.0, "fewshot_mean": 40.0, "fewshot_best": "knn",
+            "dim": 6144, "pretrain_s": 10.0, "embed_s": 2.0}
+    doc = {"stages": {"solar": {"auto": {
+        "hebbian": side, "random": {**side, "knn_top1": 45.0}, "peak_rss_gib": 1.5,
+        "wall_s": 100.0, "run_dir": str(tmp_path / "gone"), "run_command": "hebbret run X",
+        "machine": "test", "converged": {"converged": True, "speed_ratio": [0.05, 0.08]},
+        "inputs": {"img_size": 96, "model": "hebb_softhebb_c4"}}}}}
+    text = tool.table(doc)
+    assert "| auto | 96 px, softhebb_c4 | 6144 | 50.00 | 45.00 |" in text
+    assert "yes (0.05 / 0.08)" in text and "`auto`: `hebbret run X`" in text
