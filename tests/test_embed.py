@@ -52,8 +52,9 @@ def test_layers_pools_and_float16(run_dir, image_folder, tmp_path):
                              grid=1, dtype="float16", quiet=True)
     emb, _, meta = load_embeddings(out)
     assert emb.dtype == np.float16 and emb.shape == (24, 8) and meta["pool"] == "max"
-    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0g", layer="block0", quiet=True)
-    assert load_embeddings(out)[0].shape == (24, 8 * 4)  # the card's 2×2 grid, on block 0
+    out = extract_embeddings(run_dir, image_folder, tmp_path / "b0g", layer="block0", pool="avg",
+                             grid=2, quiet=True)
+    assert load_embeddings(out)[0].shape == (24, 8 * 4)  # a 2×2 grid of block 0's 8 channels
     with pytest.raises(ValueError, match="unknown layer 'block9'"):
         extract_embeddings(run_dir, image_folder, tmp_path / "x", layer="block9", quiet=True)
 

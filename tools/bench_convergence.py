@@ -29,11 +29,12 @@ from hebbret.embed import Extractor
 from hebbret.evaluate import knn_classify
 from hebbret.models import create_model
 from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_step, weight_drift
-from hebbret.report import markdown_table
+from hebbret.report import markdown_table, publish
 from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_convergence")
 REPO = Path(__file__).resolve().parent.parent
+SECTION = "convergence-signal"  # README markers
 MILESTONES = (25, 50, 100, 200, 400, 800, 1600, 3200)
 
 
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-radius", type=float, default=5.0)
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "convergence.json")
     p.add_argument("--table", type=Path, help="also write the table to this markdown file")
+    p.add_argument("--readme", type=Path, help=f"also put the table(s) in this file's "
+                   f"'{SECTION}' section (README.md)")
     p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
                    "table of the rows already in --results")
     args = p.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(res.doc)
     if args.table:
         args.table.write_text(text)
-    sys.stdout.write(text)
+    publish(text, args.readme, SECTION)
 
 
 if __name__ == "__main__":

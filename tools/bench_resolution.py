@@ -35,12 +35,13 @@ from PIL import Image
 from hebbret._io import read_json
 from hebbret.data import scan_image_folder
 from hebbret.pretraining import convergence, training_log
-from hebbret.report import markdown_table
+from hebbret.report import markdown_table, publish
 from hebbret.runs import load_run
 from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_resolution")
 REPO = Path(__file__).resolve().parent.parent
+SECTION = "resolution"  # README markers
 STAGES = ("solar", "upscaled", "default")
 SIZES = (32, 64, 96, 128)
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "resolution.json")
     p.add_argument("--table", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("--readme", type=Path, help=f"also put the table(s) in this file's "
+                   f"'{SECTION}' section (README.md)")
     p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
                    "tables of the rows already in --results")
     args = p.parse_args(argv)
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(res.doc)
     if args.table:
         args.table.write_text(text)
-    sys.stdout.write(text)
+    publish(text, args.readme, SECTION)
 
 
 if __name__ == "__main__":

@@ -29,28 +29,34 @@ class Family:
     lr: tuple[float, ...]
     batch_size: int
     img_size: int  # the input side the net was designed for
+    descriptor: dict[str, Any]  # the embedding: runs.EmbeddingSpec fields
     doc: str
 
+
+# The retrieval descriptor of each net, chosen on held-out training rows (README, "Images of any
+# size"): the 32 px net keeps its flattened last map (SoftHebb's readout also takes it; every
+# pooled descriptor measured lost 1-8 kNN points on CIFAR-10 and the solar cells); the nets for
+# larger inputs average their last map over a 2×2 grid, 4 × the last width at any input size
+# (the flattened map grows with the image: 55,296 values at 96 px for the CPU-width c4).
+FLATTEN = {"layer": "features", "pool": "flatten"}
+GRID = {"layer": "features", "pool": "avg", "grid": 2}
 
 FAMILIES: dict[str, Family] = {
     "hebb_softhebb_c3": Family((5, 3, 3), (0.7, 1.4, 1.0), ("max", "max", "avg2"),
                                (96, 384, 1536), (1.0, 0.65, 0.25), (0.08, 0.005, 0.01), 10, 32,
+                               FLATTEN,
                                "SoftHebb's CIFAR-10 net (32 px)"),
     # batch 10 as the CIFAR net (measured so on the solar cells); SoftHebb's own runs used 64
     "hebb_softhebb_c4": Family((5, 3, 3, 3), (0.7, 0.7, 1.4, 1.0), ("avg", "max", "avg", "avg2"),
                                (96, 384, 1536, 6144), (1.0, 0.65, 0.45, 0.25),
-                               (0.08, 0.005, 0.01, 0.01), 10, 96,
+                               (0.08, 0.005, 0.01, 0.01), 10, 96, GRID,
                                "SoftHebb's STL-10 net (96 px)"),
     "hebb_softhebb_c5": Family((5, 3, 3, 3, 3), (0.7, 0.7, 0.7, 1.4, 1.0),
                                ("max", "max", "max", "max", "avg2"), (48, 192, 768, 3072, 12288),
                                (1.1, 0.7, 0.5, 0.4, 0.25), (0.08, 0.01, 0.01, 0.01, 0.01), 10, 160,
-                               "SoftHebb's ImageNet net (160 px)"),
+                               GRID, "SoftHebb's ImageNet net (160 px)"),
 }
-# The retrieval descriptor of every SoftHebb net: the last map averaged over each cell of a 2×2
-# grid, 4 × the last width whatever the input size. Chosen on held-out training rows (README,
-# "Images of any size"): global avg/max/GeM lost 5-8 kNN points to the flattened map on CIFAR-10,
-# the 2×2 grid 1; SoftHebb's readout protocol still takes pool="flatten".
-DESCRIPTOR = {"layer": "features", "pool": "avg", "grid": 2}
+
 
 
 def _pool(kind: str) -> nn.Module:
@@ -74,7 +80,8 @@ class SoftHebbNet(HebbNet):
 
     ``forward_features``: (B, C, H, W) -> (B, widths[-1], H/2^L, W/2^L) for L layers;
     ``forward_head(pre_logits=True)`` flattens it (24,576 values for the 3-layer net at 32×32);
-    the embedding (``default_cfg["embedding"]``) is :data:`DESCRIPTOR`, 4 · widths[-1] values.
+    the embedding (``default_cfg["embedding"]``) is the family's descriptor: that flattened map
+    for the 32 px net, its 2×2-grid average (4 · widths[-1] values) for the larger ones.
     """
 
     def __init__(
@@ -153,7 +160,7 @@ def _cfg(family: str, in_chans: int, img_size: tuple[int, int], num_classes: int
         "hebb": {"rule": "softhebb", "lr": list(fam.lr), "batch_size": fam.batch_size, "epochs": 1,
                  "min_steps": 1000,  # small collections repeat: the rule needs steps to converge
                  "mode": "consecutive"},
-        "embedding": dict(DESCRIPTOR),
+        "embedding": dict(fam.descriptor),
     }
 
 
