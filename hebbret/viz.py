@@ -80,7 +80,7 @@ def save_convergence(run: str | os.PathLike, out: str | os.PathLike | None = Non
     ax.axhline(CONVERGED_SPEED, color="k", linestyle=":", linewidth=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("weight change per step / peak")
+    ax.set_ylabel("turning speed / its peak")
     ax.set_title("converged when the last fifth of the steps is below the dotted line",
                  fontsize=8)
     ax.legend(fontsize=8)
