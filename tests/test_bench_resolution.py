@@ -46,3 +46,21 @@ def test_resolution_bench_upscales_a_folder_and_renders_its_rows(tmp_path):
     text = tool.table(doc)
     assert "| auto | 96 px, softhebb_c4 | 6144 | 50.00 | 45.00 |" in text
     assert "yes (0.05 / 0.08)" in text and "`auto`: `hebbret run X`" in text
+
+
+def test_descriptor_bench_scores_each_descriptor_on_held_out_training_rows(tmp_path):
+    from hebbret.pretraining import pretrain
+
+    from .conftest import TINY_C3
+
+    tool = load_tool("bench_descriptors")
+    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=16)
+    run = pretrain(str(folder), out=str(tmp_path / "run"), model_kwargs=TINY_C3, img_size=16,
+                   batch_size=4, steps=4, quiet=True)
+    results = tmp_path / "d.json"
+    tool.main([str(run), str(folder), "--name", "tiny", "--results", str(results),
+               "--descriptors", "features:flatten", "features:avg:2", "block1+features:gem:1:3"])
+    scores = json.loads(results.read_text())["stages"]["descriptors"]["tiny"]["scores"]
+    assert {k: v["dim"] for k, v in scores.items()} == {
+        "features:flatten": 32 * 2 * 2, "features:avg:2": 32 * 4, "block1+features:gem:1:3": 48}
+    assert all(0 <= v["knn_top1"] <= 100 and 0 < v["mAP"] <= 100 for v in scores.values())
