@@ -42,7 +42,7 @@ def _pretrain(args: argparse.Namespace) -> None:
                       seed=args.seed, out=args.out, split=args.split, data_root=args.data_root,
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
-                      model_kwargs=args.model_kwargs,
+                      model_kwargs=args.model_kwargs, descriptor_dims=args.descriptor_dims,
                       resume=args.resume or None,
                       quiet=args.quiet or None)
     print(pretrain(cfg))
@@ -58,7 +58,8 @@ def _embed(args: argparse.Namespace) -> None:
     from .embed import extract_embeddings
 
     print(extract_embeddings(args.run, args.data, args.out, layer=args.layer, pool=args.pool,
-                             gem_p=args.gem_p, grid=args.grid, batch_size=args.batch_size,
+                             gem_p=args.gem_p, grid=args.grid, project=not args.no_pca,
+                             batch_size=args.batch_size,
                              dtype=args.dtype,
                              device=args.device, split=args.split, data_root=args.data_root,
                              num_workers=args.num_workers, quiet=args.quiet))
@@ -151,7 +152,7 @@ def _export(args: argparse.Namespace) -> None:
     from .embed import export_extractor
 
     print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool,
-                           gem_p=args.gem_p, grid=args.grid))
+                           gem_p=args.gem_p, grid=args.grid, project=not args.no_pca))
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -207,7 +208,7 @@ def _run(args: argparse.Namespace) -> None:
     cfg = load_run_config(config, data=data, data_root=args.data_root, out=args.out,
                           device=args.device, img_size=args.img_size, in_chans=args.in_chans,
                           model=args.model, pool=args.pool, layer=args.layer,
-                          quiet=args.quiet or None)
+                          descriptor_dims=args.descriptor_dims, quiet=args.quiet or None)
     results = run_pipeline(cfg)
     print(results_table(results))
     print(f"report: {cfg.out}/report/")
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=POOLS, help="descriptor pooling (default: the backbone's)")
     p.add_argument("--layer", help="descriptor layer(s): features or block<i>, several joined "
                    "by '+' (default: the backbone's)")
+    descriptor_dims = dict(type=int, help="dimensions of the embedding's PCA, fitted on the "
+                           "training images after pretraining (default 1024; 0: none)")
+    p.add_argument("--descriptor-dims", **descriptor_dims)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("pretrain", parents=[dataset(), image, device(), quiet],
@@ -297,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints")
     p.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
+    p.add_argument("--descriptor-dims", **descriptor_dims)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("show-filters", help="write the first layer's filters as a PNG grid")
@@ -358,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gem-p", type=float, help="GeM's exponent (default: the model card's)")
     p.add_argument("--grid", type=int, help="pool each cell of a grid×grid partition of the map "
                    "(default: the model card's)")
+    p.add_argument("--no-pca", action="store_true",
+                   help="the pooled descriptor without the backbone's fitted PCA")
     p.add_argument("--batch-size", type=int, default=EMBED_BATCH_SIZE)
     p.add_argument("--dtype", choices=DTYPES, default=DTYPES[0])
     p.add_argument("--num-workers", type=int, default=0)
@@ -453,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=POOLS)
     p.add_argument("--gem-p", type=float)
     p.add_argument("--grid", type=int)
+    p.add_argument("--no-pca", action="store_true")
     p.set_defaults(func=_export)
     return parser
 

@@ -44,6 +44,7 @@ class PretrainConfig:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     quiet: bool = False  # no progress bar
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
+    descriptor_dims: int = 1024  # embedding PCA fitted after training (fewer images: fewer); 0: off
 
     def __post_init__(self) -> None:
         if self.mode not in TRAINING_MODES:
@@ -57,6 +58,8 @@ class PretrainConfig:
         if bad:
             raise ValueError(f"learning rates must be positive and finite, got {bad[0]!r} in "
                              f"lr={self.lr}")
+        if self.descriptor_dims < 0:
+            raise ValueError(f"descriptor_dims must be ≥ 0 (0: no PCA), got {self.descriptor_dims}")
         for name in ("epochs", "steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

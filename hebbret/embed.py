@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,17 +81,24 @@ class Extractor(nn.Module):
 
     Several layers ('block1+features') run the backbone once; each layer's pooled vector is
     L2-normalised before they are concatenated, so each counts equally whatever its width.
+    ``spec.dims`` > 0: the pooled vector goes through the backbone's fitted
+    :class:`~hebbret.models.DescriptorPCA` -> (B, dims).
     """
 
     def __init__(self, model: HebbNet, spec: EmbeddingSpec | None = None) -> None:
         super().__init__()
-        spec = spec or EmbeddingSpec(**model.default_cfg["embedding"])
+        spec = spec or EmbeddingSpec(**{**model.default_cfg["embedding"],
+                                         "dims": model.descriptor_pca.dims})
         if spec.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {spec.pool!r}")
         if not spec.gem_p >= 1:
             raise ValueError(f"the GeM exponent must be at least 1, got {spec.gem_p}")
         if spec.grid < 1:
             raise ValueError(f"the pooling grid must be at least 1×1, got {spec.grid}")
+        if spec.dims and spec.dims != model.descriptor_pca.dims:
+            raise ValueError(f"the descriptor is projected to {spec.dims} dimensions but the "
+                             f"backbone holds {model.descriptor_pca.dims or 'no'} fitted PCA "
+                             f"dimensions: the weights and the model card do not belong together")
         self.model, self.spec = model, spec
         self.blocks = [_block_index(model, name) for name in spec.layer.split("+")]
 
@@ -103,9 +110,8 @@ class Extractor(nn.Module):
             maps[i] = x
         parts = [global_pool(maps[i], self.spec.pool, self.spec.gem_p, self.spec.grid).float()
                  for i in self.blocks]
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([F.normalize(p, dim=1) for p in parts], dim=1)
+        x = parts[0] if len(parts) == 1 else torch.cat([F.normalize(p, dim=1) for p in parts], 1)
+        return self.model.descriptor_pca(x) if self.spec.dims else x
 
 
 def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) -> Tensor:
@@ -115,25 +121,72 @@ def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) ->
         return Extractor(model, spec)(x)
 
 
+PCA_IMAGES = 10_000  # the descriptor PCA is fitted on at most this many training images
+PCA_SAMPLE_BYTES = 1 << 30  # ... and at most this much float32 descriptor
+
+
+@torch.no_grad()
+def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
+                       seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
+                       quiet: bool = False) -> dict[str, int]:
+    """Fit ``model.descriptor_pca`` on the backbone's own descriptor of seeded-random images of
+    ``dataset`` (at most PCA_IMAGES, and PCA_SAMPLE_BYTES of float32), to ``dims`` dimensions,
+    fewer when fewer images were seen. A descriptor of at most ``dims`` values is left as it is.
+    Returns {"dims": fitted dims (0: none), "images": images used}."""
+    model.descriptor_pca.clear()
+    was_training = model.training
+    extractor = Extractor(model.eval(), EmbeddingSpec(**model.default_cfg["embedding"]))
+    parts: list[np.ndarray] = []
+    cap = PCA_IMAGES
+    with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
+                  ) as bar:
+        for batch in make_loader(dataset, EMBED_BATCH_SIZE, seed, num_workers=num_workers,
+                                 device=device):
+            if len(batch.images):
+                parts.append(extractor(batch.images.to(device)).cpu().numpy())
+                cap = min(PCA_IMAGES, PCA_SAMPLE_BYTES // (4 * parts[0].shape[1]))
+                bar.update(len(batch.images))
+            if sum(map(len, parts)) >= cap:
+                break
+    model.train(was_training)
+    x = np.concatenate(parts)[:cap] if parts else np.zeros((0, 0), np.float32)
+    dims = min(dims, len(x) - 1)
+    if dims < 1 or x.shape[1] <= dims:
+        log.info("descriptor left unprojected (%d values, %d images)", x.shape[1], len(x))
+        return {"dims": 0, "images": len(x)}
+    model.descriptor_pca.fit(x, dims, seed)
+    model.descriptor_pca.to(device)
+    log.info("fitted the descriptor PCA %d -> %d dims on %d images", x.shape[1], dims, len(x))
+    return {"dims": dims, "images": len(x)}
+
+
 def spec_of(meta: dict[str, Any]) -> EmbeddingSpec:
     """The descriptor an embeddings or index dir's ``meta.json`` records."""
     return EmbeddingSpec(meta["layer"], meta["pool"], meta.get("gem_p") or GEM_P,
-                         meta.get("grid") or 1)
+                         meta.get("grid") or 1, meta.get("dims") or 0)
 
 
 def embedding_spec(card: ModelCard, layer: str | None = None, pool: str | None = None,
-                   gem_p: float | None = None, grid: int | None = None) -> EmbeddingSpec:
-    """The run's documented descriptor (``model.json`` -> ``embedding``) with overrides."""
+                   gem_p: float | None = None, grid: int | None = None, project: bool = True
+                   ) -> EmbeddingSpec:
+    """The run's documented descriptor (``model.json`` -> ``embedding``) with overrides. Its PCA
+    projection (``dims``) was fitted on that descriptor: dropped when one differs, or when
+    ``project`` is False (the pooled descriptor as it is)."""
     spec = card.embedding
-    return EmbeddingSpec(layer or spec.layer, pool or spec.pool,
-                         spec.gem_p if gem_p is None else float(gem_p),
-                         spec.grid if grid is None else int(grid))
+    new = EmbeddingSpec(layer or spec.layer, pool or spec.pool,
+                        spec.gem_p if gem_p is None else float(gem_p),
+                        spec.grid if grid is None else int(grid), spec.dims if project else 0)
+    if new.dims and new != spec:
+        log.info("descriptor %s/%s is not the one the backbone's PCA was fitted on: not "
+                 "projected", new.layer, new.pool)
+        new = replace(new, dims=0)
+    return new
 
 
 def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
                        layer: str | None = None, pool: str | None = None,
                        gem_p: float | None = None, grid: int | None = None,
-                       batch_size: int = EMBED_BATCH_SIZE,
+                       project: bool = True, batch_size: int = EMBED_BATCH_SIZE,
                        dtype: str = "float32", device: str = "auto", split: str = "train",
                        data_root: str | None = None, num_workers: int = 0,
                        quiet: bool = False) -> Path:
@@ -142,13 +195,14 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     Args:
         layer, pool, gem_p, grid: where to read the features and how to pool them; None: the
             run's documented descriptor (``model.json`` -> ``embedding``).
+        project: False: without the backbone's descriptor PCA (the pooled values as they are).
         dtype: float32 or float16 storage of ``embeddings.npy``.
     Returns the embeddings dir ``out``.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p, grid)
+    desc = embedding_spec(card, layer, pool, gem_p, grid, project)
     spec = card.input
     w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
@@ -340,8 +394,10 @@ EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,
                      layer: str | None = None, pool: str | None = None,
-                     gem_p: float | None = None, grid: int | None = None) -> Path:
-    """Export the embedding extractor of a run dir.
+                     gem_p: float | None = None, grid: int | None = None,
+                     project: bool = True) -> Path:
+    """Export the embedding extractor of a run dir (descriptor arguments as
+    :func:`extract_embeddings`).
 
     ``pt2``: ``torch.export`` program with a dynamic batch dimension, loadable without hebbret
     (``torch.export.load(path).module()(x)``); ``safetensors``: weights with the model card and
@@ -351,7 +407,7 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p, grid)
+    desc = embedding_spec(card, layer, pool, gem_p, grid, project)
     extractor = Extractor(model, desc).eval()
     out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
     spec = card.input
@@ -377,7 +433,8 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
             torch.onnx.export(extractor, (example,), str(tmp), input_names=["images"],
                               output_names=["embeddings"], dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
-    log.info("exported %s (%s, layer %s, pool %s)", out, fmt, desc.layer, desc.pool)
+    log.info("exported %s (%s, layer %s, pool %s, PCA dims %d)", out, fmt, desc.layer, desc.pool,
+             desc.dims)
     return out
 
 

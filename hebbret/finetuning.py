@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ._io import write_json, write_jsonl
 from .artifacts import RUN_CONFIG, TRAIN_LOG
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
+from .embed import fit_descriptor_pca
 from .models import HebbNet, create_model
 from .progress import progress
 from .runs import load_run, save_run
@@ -127,13 +128,19 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
         keep_freed_memory()
     model.to(device)
     history = _train(model, dataset, rows, cfg, device)
+    # a backbone that learned no longer fits its parent's descriptor PCA: fit it again
+    pca = {"dims": model.descriptor_pca.dims}
+    if card.embedding.dims and (cfg.from_scratch or cfg.mode != "linear"):
+        pca = fit_descriptor_pca(model, dataset, card.embedding.dims, cfg.seed, device,
+                                 quiet=cfg.quiet)
     write_jsonl(out / TRAIN_LOG, history)
     training = {"kind": "finetune-from-scratch" if cfg.from_scratch else f"finetune-{cfg.mode}",
                 "parent_run": str(Path(cfg.run).resolve()),
                 "parent_sha256": card.weights_sha256, "labeled_items": len(rows),
                 "classes": dataset.classes, **asdict(cfg),
                 "final_train_loss": history[-1]["loss"] if history else None,
-                "train_seconds": round(sum(h["seconds"] for h in history), 2)}
+                "train_seconds": round(sum(h["seconds"] for h in history), 2),
+                "descriptor_pca": pca}
     save_run(model.cpu().eval(), out, training=training)
     log.info("wrote %s (%d labeled items, %d epochs)", out, len(rows), cfg.epochs)
     return out

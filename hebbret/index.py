@@ -11,11 +11,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
 
 from ._io import JsonLines, atomic_path, read_json, write_json
 from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
 from .embed import embed_images, load_embeddings, spec_of
+from .models._base import fit_pca
 from .runs import load_run
 from .version import __version__
 
@@ -61,33 +61,6 @@ def set_search_params(index: faiss.Index, params: dict[str, Any]) -> dict[str, A
     if hasattr(inner, "hnsw"):
         used["efSearch"] = int(inner.hnsw.efSearch)
     return used
-
-
-def fit_pca(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCA of the rows of ``x`` (n, d) float32: (mean (d,), components (dim, d), variances (dim,)).
-
-    Exact (eigendecomposition of the float64 covariance) for d <= 4096, else randomised SVD
-    (Halko et al.; 4 power iterations, 16 extra directions): for 24,576-d features it takes
-    seconds where FAISS's own PCAMatrix training takes many minutes.
-    """
-    n, d = x.shape
-    if dim > min(n, d):
-        raise ValueError(f"PCA to {dim} dimensions needs at least {dim} vectors of at least {dim} "
-                         f"dimensions; got {n} × {d}")
-    t = torch.from_numpy(x)
-    mean = t.double().mean(0)
-    if d <= 4096:
-        c = t.double() - mean
-        evals, evecs = torch.linalg.eigh(c.T @ c / n)
-        order = evals.argsort(descending=True)[:dim]
-        comps, var = evecs[:, order].T, evals[order]
-    else:
-        torch.manual_seed(seed)
-        _, sv, v = torch.svd_lowrank(t, q=min(dim + 16, n, d), niter=4,
-                                     M=mean.float().expand(1, d))
-        comps, var = v[:, :dim].T.double(), sv[:dim].double() ** 2 / n
-    return (mean.float().numpy(), np.ascontiguousarray(comps.float().numpy()),
-            var.float().numpy())
 
 
 def _set_pca(index: faiss.Index, x: np.ndarray, seed: int) -> bool:
@@ -225,6 +198,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
         "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
         "gem_p": emb_meta.get("gem_p"), "grid": emb_meta.get("grid"),
+        "dims": emb_meta.get("dims"),
         "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
     })
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,

@@ -35,6 +35,7 @@ from .distributed import (
     sharded_forward,
     union_rows,
 )
+from .embed import fit_descriptor_pca
 from .hebb.rules import neuron_norms
 from .models import HebbNet, PatchWhitening, create_model
 from .progress import progress
@@ -291,10 +292,12 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         barrier(long=True)  # returns once rank 0 has written the run dir
         return out
     conv = convergence(training_log(out), model)
+    pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
+                              cfg.num_workers, cfg.quiet) if cfg.descriptor_dims else {"dims": 0})
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
                "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
-               "convergence": conv}
+               "convergence": conv, "descriptor_pca": pca}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     _save_state(out, model, optimizer, pos, skipped, marks, finished=True)
     barrier(long=True)

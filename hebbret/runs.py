@@ -38,12 +38,15 @@ class EmbeddingSpec:
     """The descriptor: which activations are the embedding, and how they are pooled.
 
     ``layer``: 'features' or 'block<i>', several joined by '+'; ``pool``: flatten | avg | max |
-    gem (``gem_p``: its exponent) over each cell of a ``grid``×``grid`` partition of the map."""
+    gem (``gem_p``: its exponent) over each cell of a ``grid``×``grid`` partition of the map;
+    ``dims`` > 0: then projected to that many dimensions by the backbone's fitted
+    :class:`~hebbret.models.DescriptorPCA` (0: not projected)."""
 
     layer: str = "features"
     pool: str = "flatten"
     gem_p: float = GEM_P
     grid: int = 1
+    dims: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def save_run(model: HebbNet, out: str | os.PathLike, training: dict[str, Any] | 
         rule=model.model_args.get("rule"),
         input=InputSpec(cfg["input_size"][0], tuple(cfg["input_size"][1:]), tuple(cfg["mean"]),
                         tuple(cfg["std"])),
-        num_features=model.num_features, embedding=EmbeddingSpec(**cfg["embedding"]),
+        num_features=model.num_features,
+        embedding=EmbeddingSpec(**{**cfg["embedding"], "dims": model.descriptor_pca.dims}),
         weights_sha256=sha256_file(out / WEIGHTS), training=training or {})
     write_json(out / MODEL_CARD, card.to_json())
     return card

@@ -114,6 +114,12 @@ def test_two_processes_equal_the_sharded_reference_bit_for_bit_and_one_process_c
         combo, folder, two_process_runs, tmp_path):
     run = two_process_runs / "-".join(combo)
     got = load_file(run / "model.safetensors")
+    # rank 0 alone fits the descriptor PCA after training (tested in test_embed): the backbone
+    # weights are what the processes share
+    pca = {k: got.pop(k) for k in [k for k in got if k.startswith("descriptor_pca.")]}
+    fitted = json.loads((run / "model.json").read_text())["training"]["descriptor_pca"]
+    assert fitted["images"] == 30
+    assert fitted["dims"] == (len(pca["descriptor_pca.components"]) if pca else 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process
     try:

@@ -35,7 +35,8 @@ def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_pa
     n_bad = write_bad_files(image_folder / "class_2")
     out = extract_embeddings(run_dir, image_folder, tmp_path / "emb", batch_size=5, quiet=True)
     emb, items, meta = load_embeddings(out)
-    assert emb.shape == (24, 32 * 2 * 2) and len(items) == 24
+    # 24 training images: the descriptor PCA keeps the 23 directions they span (of 32·2·2)
+    assert emb.shape == (24, 23) and len(items) == 24 and meta["dims"] == 23
     assert meta["skipped_files"] == n_bad and meta["layer"] == "features"
     assert meta["model_sha256"] == json.loads((run_dir / "model.json").read_text())["weights_sha256"]
     model, card = load_run(run_dir)
@@ -111,6 +112,32 @@ def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir
                                                layer="block1+features", pool="gem", gem_p=4.0,
                                                grid=1))
     assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0, 1)
+
+
+def test_the_descriptor_pca_keeps_the_training_images_geometry(run_dir, image_folder, tmp_path):
+    raw_dir = extract_embeddings(run_dir, image_folder, tmp_path / "raw", project=False,
+                                 quiet=True)
+    raw, _, raw_meta = load_embeddings(raw_dir)
+    emb, _, meta = load_embeddings(extract_embeddings(run_dir, image_folder, tmp_path / "pca",
+                                                      quiet=True))
+    assert raw.shape == (24, 32 * 2 * 2) and raw_meta["dims"] == 0 and meta["dims"] == 23
+    # the PCA was fitted on these 24 images: it spans their centred unit vectors, so inner
+    # products between them are kept exactly, in 23 instead of 128 dimensions
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    centred = unit - unit.mean(0)
+    np.testing.assert_allclose(emb @ emb.T, centred @ centred.T, atol=2e-4)
+    # a descriptor other than the one it was fitted on is not projected
+    other = load_embeddings(extract_embeddings(run_dir, image_folder, tmp_path / "max",
+                                               pool="max", quiet=True))[2]
+    assert other["dims"] == 0 and other["dim"] == 32
+    # and without a PCA (descriptor_dims 0, or run dirs from before it) the descriptor is raw
+    plain = pretrain(str(image_folder), out=str(tmp_path / "plain"), model_kwargs=TINY_C3,
+                     img_size=16, batch_size=4, epochs=1, descriptor_dims=0, quiet=True)
+    model, card = load_run(plain)
+    assert card.embedding.dims == 0 and model.descriptor_pca.dims == 0
+    assert not any(k.startswith("descriptor_pca") for k in model.state_dict())
+    with pytest.raises(ValueError, match="do not belong together"):
+        Extractor(model, EmbeddingSpec(dims=23))
 
 
 def test_pt2_and_safetensors_exports_give_the_same_embeddings(run_dir):

@@ -138,7 +138,7 @@ def test_large_memmap_is_added_in_chunks(tmp_path):
 def test_pca_fitted_in_torch_matches_faiss_and_numpy(tmp_path):
     import faiss
 
-    from hebbret.index import fit_pca
+    from hebbret.models._base import fit_pca
 
     rng = np.random.default_rng(3)
     scale = 0.8 ** np.arange(48) + 0.01

@@ -34,7 +34,7 @@ def collection(tmp_path_factory) -> dict[str, Path]:
     images = write_image_folder(root / "images", classes=3, per_class=8, size=16)
     os.environ.setdefault("HEBBRET_CACHE_DIR", str(root / "cache"))
     run = pretrain(str(images), out=str(root / "run"), model_kwargs=TINY_C3, img_size=16,
-                   batch_size=4, epochs=1, quiet=True)
+                   batch_size=4, epochs=1, descriptor_dims=8, quiet=True)
     emb = extract_embeddings(run, images, root / "emb", quiet=True)
     return {"images": images, "run": run, "emb": emb,
             "index": build_index(emb, root / "index")}
@@ -120,7 +120,7 @@ def png_header(width: int, height: int) -> bytes:
     (dict(files={"image": ("big.png", b"\0" * 60_000, "image/png")}), 413, "limit"),
     (dict(files={"photo": ("x.png", b"123", "image/png")}), 400, "field named 'image'"),
     (dict(json={"vector": [0.1, 0.2]}), 400, "must have"),
-    (dict(content=b'{"vector": [' + b", ".join([b"NaN"] * 128) + b"]}",
+    (dict(content=b'{"vector": [' + b", ".join([b"NaN"] * 8) + b"]}",
           headers={"content-type": "application/json"}), 400, "NaN"),
     (dict(json={"row": 10_000}), 404, "no row"),
     (dict(json={"row": "../../etc/passwd"}), 400, "row must be an integer"),

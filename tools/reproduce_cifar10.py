@@ -147,7 +147,8 @@ def c3_features(work: Path, data: Path, variant: str, settings: Settings,
                          **({} if precision == "fp32" else {"precision": precision}))
     for split in ("train", "test"):
         wall = embed_once(run, data / split, work / name / f"emb_{split}", settings,
-                          dtype="float16", layer="features", pool="flatten")  # the readout's
+                          dtype="float16", layer="features", pool="flatten",  # the readout's
+                          project=False)
         if wall is not None:  # also in pretrain.json, for later reuses of the run
             info[f"embed_{split}_s"] = wall
     return work / name, info
@@ -375,7 +376,7 @@ def stage_layers(work: Path, data: Path, res: ResultsFile, settings: Settings) -
             for split in ("train", "test"):
                 embs[split] = work / f"6l-{rule}" / f"emb_block{block}_{split}"
                 embed_once(run, data / split, embs[split], settings, layer=f"block{block}",
-                           pool="flatten", dtype="float16")
+                           pool="flatten", dtype="float16", project=False)
             x_train, y_train, x_test, y_test = load_labeled_pair(embs["train"], embs["test"])
             knn, knn_s = timed_call(knn_classify, x_train, y_train, x_test, y_test,
                                ks=[settings.knn_k])
