@@ -1,10 +1,11 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
 from hebbret import cli
-from hebbret.data import Survey, survey
+from hebbret.data import Survey, detail_lost, survey
 from hebbret.pipeline import RunConfig, choose_inputs, load_run_config, split_folder
 
 from .conftest import write_image_folder
@@ -137,8 +138,12 @@ def test_folder_forms_that_cannot_run_are_named(tmp_path, caplog):
 
 def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
     thumbs = Survey(1, ((28, 28),) * 5, 5)
-    photos = Survey(1, ((300, 300),) * 4 + ((310, 400),), 5)
-    mixed = Survey(3, ((70, 120), (80, 90), (60, 200)), 3)
+    # as the solar cells measure: detail down to 96-128 px
+    photos = Survey(1, ((300, 300),) * 4 + ((310, 400),), 5,
+                    ((32, 0.17), (64, 0.04), (96, 0.014), (128, 0.006), (160, 0.004)))
+    enlarged = Survey(3, ((128, 128),) * 5, 5, ((32, 0.007), (64, 0.0014), (96, 0.001),
+                                                (128, 0.0), (160, 0.0)))
+    mixed = Survey(3, ((70, 120), (80, 90), (60, 200)), 3)  # detail not measured
     cfg = RunConfig(model_kwargs={"init_radius": 5.0})
     small = choose_inputs(cfg, thumbs, "cpu")
     assert (small.img_size, small.model, small.in_chans) == (28, "hebb_softhebb_c3", 1)
@@ -147,9 +152,15 @@ def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
     assert (big.img_size, big.model) == (96, "hebb_softhebb_c4")
     assert big.model_kwargs == {"init_radius": 5.0, "widths": [24, 96, 384, 1536]}
     assert "median short side of 5 sampled images is 300 px" in big.reasons[0]
-    gpu = choose_inputs(cfg, photos, "cuda")  # full widths, up to the ImageNet net's 160 px
-    assert (gpu.img_size, gpu.model, gpu.model_kwargs) == (160, "hebb_softhebb_c5",
+    assert "the largest of" in big.reasons[0] and "1.4%" in big.reasons[0]
+    up = choose_inputs(cfg, enlarged, "cpu")  # 128 px images with a 32 px image's detail
+    assert (up.img_size, up.model) == (32, "hebb_softhebb_c3")
+    assert "lose ≤ 1% of their variance (0.7%)" in up.reasons[0]
+    gpu = choose_inputs(cfg, photos, "cuda")  # full widths; 128 px keeps their detail
+    assert (gpu.img_size, gpu.model, gpu.model_kwargs) == (128, "hebb_softhebb_c4",
                                                           {"init_radius": 5.0})
+    sharp = replace(photos, lost=((32, 0.3), (64, 0.1), (96, 0.05), (128, 0.03), (160, 0.02)))
+    assert choose_inputs(cfg, sharp, "cuda").model == "hebb_softhebb_c5"  # up to 160 px
     assert choose_inputs(cfg, mixed, "cpu").img_size == 64  # short sides 70, 80, 60
     mine = choose_inputs(RunConfig(img_size=48, model="hebb_softhebb_c3", pool="max",
                                    layer="block1+features"), photos, "cpu")
@@ -158,7 +169,19 @@ def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
     assert "(--img-size)" in mine.reasons[0] and "(--model)" in mine.reasons[1]
 
 
-def test_survey_reads_headers_only_and_finds_the_median_short_side(tmp_path):
+def test_detail_lost_tells_an_enlarged_image_from_a_sharp_one():
+    rng = np.random.default_rng(0)
+    # a 32 px image with structure at its scale (not pixel noise), enlarged 4×
+    small = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).resize(
+        (32, 32), Image.Resampling.BICUBIC)
+    enlarged = detail_lost(small.resize((128, 128), Image.Resampling.BILINEAR))
+    sharp = detail_lost(Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)))
+    assert enlarged[32] < 0.01 < 0.5 < sharp[32]  # white noise: most of it is lost
+    assert enlarged[128] == sharp[128] == enlarged[160] == 0.0  # at its own side: nothing
+    assert 0 < sharp[96] < sharp[64] < sharp[32]
+
+
+def test_survey_finds_the_median_short_side_and_the_detail(tmp_path):
     for i, (w, h) in enumerate([(300, 200), (120, 400), (64, 64)]):
         (tmp_path / "c").mkdir(exist_ok=True)
         Image.new("L", (w, h)).save(tmp_path / "c" / f"{i}.png")
@@ -166,3 +189,4 @@ def test_survey_reads_headers_only_and_finds_the_median_short_side(tmp_path):
     assert seen.in_chans == 1 and seen.short_side == 120 and seen.native_size is None
     assert sorted(seen.sizes) == [(64, 64), (200, 300), (400, 120)]
     assert survey("fashion-mnist-mini").native_size == (28, 28)
+    assert seen.lost_at(32) == 0.0 and seen.lost_at(160) == 0.0  # flat images lose nothing
