@@ -486,6 +486,18 @@ def make_loader(dataset: ImageDataset, batch_size: int, seed: int | None = None,
                       num_workers=num_workers, collate_fn=collate, persistent_workers=False)
 
 
+def held_out(labels: Sequence[int], fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """A seeded boolean mask of ``int(fraction · n_c)`` rows of every class c: held-out rows of a
+    training split, to choose settings on without touching test images."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        mask[rng.permutation(rows)[: int(fraction * len(rows))]] = True
+    return mask
+
+
 def few_label_rows(labels: Sequence[int], per_class: int | None = None,
                    fraction: float | None = None, seed: int = 0) -> np.ndarray:
     """A class-balanced, seeded choice of labeled rows: ``per_class`` items of every class, or

@@ -5,13 +5,15 @@ import json
 import numpy as np
 from PIL import Image
 
+from hebbret.data import held_out
+
 from .conftest import load_tool, write_image_folder
 
 
 def test_convergence_bench_scores_held_out_training_rows_and_the_signal(tmp_path):
     tool = load_tool("bench_convergence")
     folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=16)
-    held = tool.held_out(np.repeat([0, 1, 2], 10))
+    held = held_out(np.repeat([0, 1, 2], 10))
     assert held.sum() == 6 and all(held[c * 10:(c + 1) * 10].sum() == 2 for c in range(3))
     results = tmp_path / "conv.json"
     tool.main([str(folder), "--steps", "50", "--results", str(results), "--table",
@@ -59,8 +61,15 @@ def test_descriptor_bench_scores_each_descriptor_on_held_out_training_rows(tmp_p
                    batch_size=4, steps=4, quiet=True)
     results = tmp_path / "d.json"
     tool.main([str(run), str(folder), "--name", "tiny", "--results", str(results),
-               "--descriptors", "features:flatten", "features:avg:2", "block1+features:gem:1:3"])
+               "--descriptors", "features:flatten", "features:avg:2", "block1+features:gem:1:3",
+               "features:flatten@pca8", "features:flatten@pca64w1"])
     scores = json.loads(results.read_text())["stages"]["descriptors"]["tiny"]["scores"]
     assert {k: v["dim"] for k, v in scores.items()} == {
-        "features:flatten": 32 * 2 * 2, "features:avg:2": 32 * 4, "block1+features:gem:1:3": 48}
+        "features:flatten": 32 * 2 * 2, "features:avg:2": 32 * 4, "block1+features:gem:1:3": 48,
+        "features:flatten@pca8": 8, "features:flatten@pca64w1": 23}  # 24 rows fit the PCA
     assert all(0 <= v["knn_top1"] <= 100 and 0 < v["mAP"] <= 100 for v in scores.values())
+    # whitening every direction the rows span: unit variance along each of them
+    x = np.random.default_rng(0).normal(size=(30, 128)).astype(np.float32)
+    fit = np.arange(30) < 24
+    white = tool.project(x, fit, 64, 1.0)
+    np.testing.assert_allclose(white[fit].var(0), np.ones(23), rtol=1e-3)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hebbret.data import make_loader, native_format, open_dataset
+from hebbret.data import held_out, make_loader, native_format, open_dataset
 from hebbret.embed import Extractor
 from hebbret.evaluate import knn_classify
 from hebbret.models import create_model
@@ -36,16 +36,6 @@ log = logging.getLogger("bench_convergence")
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "convergence-signal"  # README markers
 MILESTONES = (25, 50, 100, 200, 400, 800, 1600, 3200)
-
-
-def held_out(labels: np.ndarray, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """A stratified, seeded boolean mask of ``fraction`` of every class."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), bool)
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        mask[rng.permutation(rows)[: int(fraction * len(rows))]] = True
-    return mask
 
 
 def run(data: str, steps: int, in_chans: int | None, img_size: int | None, init_radius: float,
