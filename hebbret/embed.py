@@ -123,6 +123,7 @@ def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) ->
 
 PCA_IMAGES = 10_000  # the descriptor PCA is fitted on at most this many training images
 PCA_SAMPLE_BYTES = 1 << 30  # ... and at most this much float32 descriptor
+PCA_BATCH_SIZE = 64  # after training, beside the training state: small batches, little memory
 
 
 @torch.no_grad()
@@ -140,7 +141,7 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
     cap = PCA_IMAGES
     with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
                   ) as bar:
-        for batch in make_loader(dataset, EMBED_BATCH_SIZE, seed, num_workers=num_workers,
+        for batch in make_loader(dataset, PCA_BATCH_SIZE, seed, num_workers=num_workers,
                                  device=device):
             if len(batch.images):
                 parts.append(extractor(batch.images.to(device)).cpu().numpy())

@@ -26,7 +26,7 @@ import torch
 
 from hebbret.data import held_out, make_loader, native_format, open_dataset
 from hebbret.embed import Extractor
-from hebbret.evaluate import knn_classify
+from hebbret.evaluate import knn_classify, nearest_rows
 from hebbret.models import create_model
 from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_step, weight_drift
 from hebbret.report import markdown_table, publish
@@ -55,7 +55,7 @@ def run(data: str, steps: int, in_chans: int | None, img_size: int | None, init_
     marks = [directions(la.weight.detach()) for la in layers]
     rows: list[dict[str, Any]] = []
     out = []
-    step, epoch = 0, 0
+    step, epoch, previous = 0, 0, None
     while step < steps:
         for batch in make_loader(ds, cfg["hebb"]["batch_size"], seed=seed, epoch=epoch):
             hebbian_step(model, opt, batch.images, list(range(len(layers))))
@@ -66,23 +66,33 @@ def run(data: str, steps: int, in_chans: int | None, img_size: int | None, init_
                     s["drift"] = float(weight_drift(la.weight.detach(), mark))
             rows.append(row)
             if step in MILESTONES:
-                out.append({"step": step, "knn": knn_score(model, ds, labels, val),
-                            "convergence": convergence(rows, model)})
-                log.info("step %d: kNN %.2f, speed ratios %s", step, out[-1]["knn"],
-                         [la["speed_ratio"] for la in out[-1]["convergence"]["layers"]])
+                knn, neighbours = knn_score(model, ds, labels, val)
+                out.append({"step": step, "knn": knn, "convergence": convergence(rows, model),
+                            "same_neighbours": None if previous is None else
+                            float((neighbours[:, :, None] == previous[:, None, :]).any(2).mean())})
+                previous = neighbours
+                log.info("step %d: kNN %.2f, speed ratios %s, neighbours kept %s", step,
+                         out[-1]["knn"], [la["speed_ratio"]
+                                          for la in out[-1]["convergence"]["layers"]],
+                         out[-1]["same_neighbours"])
             if step >= steps:
                 break
         epoch += 1
     return out
 
 
-def knn_score(model: torch.nn.Module, ds: Any, labels: np.ndarray, val: np.ndarray) -> float:
-    """kNN top-1 (k=20) of the held-out training rows against the others."""
+def knn_score(model: torch.nn.Module, ds: Any, labels: np.ndarray, val: np.ndarray
+              ) -> tuple[float, np.ndarray]:
+    """kNN top-1 (k=20) of the held-out training rows against the others, and their 20 nearest
+    rows (n_val, 20): what share of them a later milestone keeps says, without labels, how much
+    the features still change."""
     model.eval()
     with torch.inference_mode():
         feats = torch.cat([Extractor(model)(b.images) for b in make_loader(ds, 256)]).numpy()
     model.train()
-    return knn_classify(feats[~val], labels[~val], feats[val], labels[val], ks=[20])["k"][20]["top1"]
+    knn = knn_classify(feats[~val], labels[~val], feats[val], labels[val], ks=[20])["k"][20]["top1"]
+    neighbours = np.concatenate([j.numpy() for _, _, j in nearest_rows(feats[val], feats[~val], 20)])
+    return knn, neighbours
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -92,13 +102,15 @@ def table(doc: dict[str, Any]) -> str:
             later = [n["knn"] for n in r["milestones"][i + 1:]]
             improving = bool(later) and max(later) >= m["knn"] + 1.0
             conv = m["convergence"]
+            kept = m.get("same_neighbours")
             body.append([key, m["step"], m["knn"], "–" if not later else
                          ("yes" if improving else "no"),
                          " / ".join(f"{la['speed_ratio']:.2f}" for la in conv["layers"]),
-                         "yes" if conv["converged"] else "no"])
+                         "yes" if conv["converged"] else "no",
+                         "–" if kept is None else f"{kept:.2f}"])
     return markdown_table(["run", "step", "kNN (held-out train rows)",
                            "a later step gains ≥ 1 point", "speed ratio per layer",
-                           "converged (all ≤ 0.1)"], body)
+                           "converged (all ≤ 0.1)", "neighbours kept since the last step"], body)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,9 +119,11 @@ def fit_pca(x: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 class DescriptorPCA(nn.Module):
-    """The compact descriptor: a pooled descriptor (B, D) -> (B, dims), L2-normalised, centred
-    and projected on its leading principal directions (PCA without whitening: on held-out
-    training rows whitening lowered mAP; README, "Images of any size").
+    """The compact descriptor: a pooled descriptor (B, D) -> (B, dims), L2-normalised, centred,
+    projected on its leading principal directions and randomly rotated within them (PCA without
+    whitening: on held-out training rows whitening lowered mAP; README, "Images of any size").
+    Inner products, hence cosine rankings within the kept directions, are those of the centred
+    unit vectors.
 
     Pretraining fits it on training images (:meth:`fit`); until then, and in run dirs written
     before it existed, it holds nothing (``dims`` 0) and stays out of the state dict, whose
@@ -145,7 +147,13 @@ class DescriptorPCA(nn.Module):
         x = np.asarray(x, dtype=np.float32)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         mean, comps, _ = fit_pca(x, dims, seed)
-        self.mean, self.components = torch.from_numpy(mean), torch.from_numpy(comps)
+        # a seeded random rotation of the kept directions: every output dimension then carries a
+        # similar share of the variance, so per-dimension steps downstream (standardising in
+        # the probes, SQ/PQ quantisers) do not turn the projection into a whitening
+        gen = torch.Generator().manual_seed(seed)
+        rotation = torch.linalg.qr(torch.randn(dims, dims, generator=gen, dtype=torch.float64)).Q
+        self.mean = torch.from_numpy(mean)
+        self.components = (rotation @ torch.from_numpy(comps).double()).float()
 
     def clear(self) -> None:
         self.mean = self.components = None
