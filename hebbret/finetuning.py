@@ -27,7 +27,7 @@ from .embed import fit_descriptor_pca
 from .models import HebbNet, create_model
 from .progress import progress
 from .runs import load_run, save_run
-from .runtime import keep_freed_memory, pick_device
+from .runtime import keep_freed_memory, pick_device, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
                 "train_seconds": round(sum(h["seconds"] for h in history), 2),
                 "descriptor_pca": pca}
     save_run(model.cpu().eval(), out, training=training)
+    release_freed_memory()
     log.info("wrote %s (%d labeled items, %d epochs)", out, len(rows), cfg.epochs)
     return out
 

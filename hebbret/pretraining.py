@@ -40,7 +40,7 @@ from .hebb.rules import neuron_norms
 from .models import HebbNet, PatchWhitening, create_model
 from .progress import progress
 from .runs import save_run
-from .runtime import keep_freed_memory, memory_format, pick_device
+from .runtime import keep_freed_memory, memory_format, pick_device, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,8 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                "convergence": conv, "descriptor_pca": pca}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     _save_state(out, model, optimizer, pos, skipped, marks, finished=True)
+    del optimizer, marks
+    release_freed_memory()
     barrier(long=True)
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:

@@ -61,6 +61,19 @@ def keep_freed_memory() -> bool:
         libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``): after a stage that
+    ran under :func:`keep_freed_memory`, so that the next stage of the same process (embedding
+    after pretraining in `hebbret run`) starts from what is live, not from the last peak.
+    Returns whether memory was released; a no-op where glibc is absent."""
+    if sys.platform != "linux":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
