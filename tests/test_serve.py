@@ -194,8 +194,9 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
             labels = cards.locator(".label").all_inner_texts()
             assert set(labels) <= {"class_0", "class_1", "class_2"}
             expect(page.locator("#prediction")).to_contain_text("predicted: class_")
-            for img in cards.locator("img").all():  # every thumbnail loaded
-                assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+            page.wait_for_function(  # every thumbnail loads (they arrive after the cards)
+                "() => [...document.querySelectorAll('.result img')].every("
+                "i => i.complete && i.naturalWidth > 0)", timeout=10_000)
             row = cards.nth(2).get_attribute("data-row")
             cards.nth(2).click()
             expect(page.locator("#querytext")).to_contain_text(f"row {row}")
