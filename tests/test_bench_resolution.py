@@ -47,7 +47,7 @@ def test_resolution_bench_upscales_a_folder_and_renders_its_rows(tmp_path):
         "inputs": {"img_size": 96, "model": "hebb_softhebb_c4"}}}}}
     text = tool.table(doc)
     assert "| auto | 96 px, softhebb_c4 | 6144 | 50.00 | 45.00 |" in text
-    assert "yes (0.05 / 0.08)" in text and "`auto`: `hebbret run X`" in text
+    assert "yes (0.05 / 0.08)" in text and "`auto`: `hebbret run X` (commit ?)" in text
 
 
 def test_descriptor_bench_scores_each_descriptor_on_held_out_training_rows(tmp_path):

@@ -125,8 +125,9 @@ def table(doc: dict[str, Any]) -> str:
             ["row", "inputs", "dim", "kNN H", "kNN R", "mAP H", "mAP R", "few-label H",
              "few-label R", "peak GiB", "pretrain s", "embed s", "wall s",
              "converged (speed ratio per layer)"], body))
-        out.append("Commands: " + "; ".join(f"`{k}`: `{r['run_command']}`" for k, r in rows.items())
-                   + "\n")
+        out.append("Commands: " + "; ".join(f"`{k}`: `{r['run_command']}` (commit "
+                                            f"{r.get('git_commit', '?')})"
+                                            for k, r in rows.items()) + "\n")
     return "\n".join(out)
 
 
