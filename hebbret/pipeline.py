@@ -213,8 +213,8 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
     elif seen.short_side:
         cap = AUTO_SIZE_MAX["cuda" if device == "cuda" else "cpu"]
         reached = [s for s, _ in SIZE_LADDER if s <= min(seen.short_side, cap)] or [32]
-        enough = [s for s in reached if (seen.lost_at(s) if seen.lost_at(s) is not None
-                                         else 1.0) <= DETAIL_LOSS]
+        enough = [s for s in reached if (lost := seen.lost_at(s)) is not None
+                  and lost <= DETAIL_LOSS]
         size = min(enough) if enough else max(reached)
         why = (f"the smallest side where they lose ≤ {DETAIL_LOSS:.0%} of their variance "
                f"({seen.lost_at(size) or 0:.1%})" if enough else
