@@ -66,11 +66,10 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _cache(args: argparse.Namespace) -> None:
-    from .cache import packed
-    from .data import ImageFolder
+    from .data import ImageFolder, open_packed
 
     folder = ImageFolder(args.data, args.in_chans, args.img_size)
-    ds = packed(folder, args.out, workers=args.num_workers, quiet=args.quiet)
+    ds = open_packed(folder, args.out, workers=args.num_workers, quiet=args.quiet)
     print(f"{ds.cache_dir}: {len(ds)} images at {args.img_size}×{args.img_size}×{args.in_chans}, "
           f"{ds.meta['skipped']} undecodable")
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 C = TypeVar("C")
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time

@@ -92,13 +92,6 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return w, device
 
 
-def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
-    """[start, end) of rank ``rank``'s contiguous share of ``n`` rows (sizes differ by ≤ 1)."""
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
-
-
 class ShardSum:
     """Sum per-shard partial sums: the shards this process holds, in order, then (under
     torchrun) over every process with ``all_reduce``."""

@@ -23,14 +23,21 @@ from torch.nn import functional as F
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
-from .data import ImageDataset, SkippedFiles, load_image, make_loader, open_dataset, to_tensor
+from .data import (
+    ImageDataset,
+    SkippedFiles,
+    load_image,
+    make_loader,
+    open_dataset,
+    shard_bounds,
+    to_tensor,
+)
 from .distributed import (
     ShardSum,
     barrier,
     check_same_data,
     join,
     main_first,
-    shard_bounds,
     union_rows,
 )
 from .models import HebbNet, create_model

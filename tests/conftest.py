@@ -13,6 +13,7 @@ from PIL import Image
 
 TINY_C3 = {"widths": [8, 16, 32]}
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))  # the tools import their shared code as `_common`, as when run
 
 
 def load_tool(name: str):

@@ -9,8 +9,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hebbret import cache
-from hebbret.data import EpochSampler, ImageFolder, collate, make_loader, open_dataset
+import hebbret.data.packed as packing
+from hebbret.data import (
+    EpochSampler,
+    ImageFolder,
+    PackedImages,
+    PackedLoader,
+    cache_root,
+    collate,
+    make_loader,
+    open_dataset,
+    open_packed,
+)
+from hebbret.data.packed import folder_key
 from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder
@@ -25,7 +36,7 @@ def folder_with_a_bad_file(tmp_path):
 def test_packed_rows_equal_folder_decoding_bit_for_bit(tmp_path):
     root = folder_with_a_bad_file(tmp_path)
     folder = ImageFolder(root, 3, 16, mean=[0.5] * 3, std=[0.25] * 3)
-    packed = cache.packed(folder)
+    packed = open_packed(folder)
     assert len(packed) == len(folder) == 16 and packed.classes == folder.classes
     assert [it.path for it in packed.items] == [it.path for it in folder.items]
     for i in range(len(folder)):
@@ -41,9 +52,9 @@ def test_packed_rows_equal_folder_decoding_bit_for_bit(tmp_path):
 
 def test_a_changed_folder_is_packed_again_and_an_unchanged_one_reused(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
-    first = cache.packed(ImageFolder(root, 3, 16))
+    first = open_packed(ImageFolder(root, 3, 16))
     stamp = (first.cache_dir / "meta.json").stat().st_mtime_ns
-    again = cache.packed(ImageFolder(root, 3, 16))
+    again = open_packed(ImageFolder(root, 3, 16))
     assert again.cache_dir == first.cache_dir
     assert (again.cache_dir / "meta.json").stat().st_mtime_ns == stamp  # not rebuilt
     dirs = {first.cache_dir}
@@ -54,13 +65,13 @@ def test_a_changed_folder_is_packed_again_and_an_unchanged_one_reused(tmp_path):
              lambda: (root / "class_0" / "img_3.png").unlink()]  # removed
     for edit in edits:
         edit()
-        p = cache.packed(ImageFolder(root, 3, 16))
+        p = open_packed(ImageFolder(root, 3, 16))
         assert p.cache_dir not in dirs
         dirs.add(p.cache_dir)
     assert len(p) == 8  # 8 - 1 removed + 1 added
     # another size or channel count is another cache
-    assert cache.packed(ImageFolder(root, 1, 16)).cache_dir not in dirs
-    assert cache.packed(ImageFolder(root, 3, 12)).cache_dir not in dirs
+    assert open_packed(ImageFolder(root, 1, 16)).cache_dir not in dirs
+    assert open_packed(ImageFolder(root, 3, 12)).cache_dir not in dirs
 
 
 def test_a_killed_pack_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -71,11 +82,11 @@ def test_a_killed_pack_leaves_nothing_that_looks_complete(tmp_path, monkeypatch)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(cache, "write_json", killed)  # dies just before the cache is complete
-        cache.packed(folder)
-    out = cache.cache_root() / "packed" / cache.folder_key(folder)[:24]
+        m.setattr(packing, "write_json", killed)  # dies just before the cache is complete
+        open_packed(folder)
+    out = cache_root() / "packed" / folder_key(folder)[:24]
     assert not out.exists() and not list(out.parent.iterdir())  # the temporary dir is gone
-    packed = cache.packed(folder)
+    packed = open_packed(folder)
     assert packed.cache_dir == out and len(packed) == 8
 
 
@@ -86,12 +97,12 @@ def batches(loader):
 def test_resident_streamed_and_dataloader_batches_are_identical(tmp_path):
     root = folder_with_a_bad_file(tmp_path)
     folder = ImageFolder(root, 3, 16, mean=[0.4] * 3, std=[0.3] * 3)
-    packed = cache.packed(folder)
+    packed = open_packed(folder)
     def sampler():  # epoch 1 of seed 3, resumed after 5 rows
         return EpochSampler(range(len(packed)), seed=3, epoch=1, start=5)
 
-    resident = batches(cache.PackedLoader(packed, 4, sampler(), resident=True))
-    streamed = batches(cache.PackedLoader(packed, 4, sampler(), resident=False))
+    resident = batches(PackedLoader(packed, 4, sampler(), resident=True))
+    streamed = batches(PackedLoader(packed, 4, sampler(), resident=False))
     reference = batches(DataLoader(folder, batch_size=4, sampler=sampler(), collate_fn=collate))
     assert len(resident) == len(streamed) == len(reference) == 3  # 11 rows after the 5 skipped
     for r, s, d in zip(resident, streamed, reference, strict=True):
@@ -123,11 +134,11 @@ def test_training_from_the_cache_gives_the_folder_s_weights(tmp_path, monkeypatc
 
 def test_open_dataset_uses_the_cache_unless_turned_off(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "imgs", classes=2, per_class=3, size=16)
-    assert isinstance(open_dataset(str(root), img_size=16), cache.PackedImages)
+    assert isinstance(open_dataset(str(root), img_size=16), PackedImages)
     assert type(open_dataset(str(root), img_size=16, cache=False)) is ImageFolder
     monkeypatch.setenv("HEBBRET_CACHE", "0")
     assert type(open_dataset(str(root), img_size=16)) is ImageFolder
-    assert list((cache.cache_root() / "packed").iterdir())  # it lives under the cache root
+    assert list((cache_root() / "packed").iterdir())  # it lives under the cache root
 
 
 def test_fashion_mnist_at_native_size_is_batched_by_indexing():
@@ -149,7 +160,7 @@ def test_cache_cli_packs_a_folder_that_pretrain_then_reuses(tmp_path, capsys):
     cli.main(["cache", str(root), "--img-size", "16"])
     out = capsys.readouterr().out
     assert "16 images at 16×16×3, 1 undecodable" in out
-    packed_dir = cache.cache_root() / "packed"
+    packed_dir = cache_root() / "packed"
     built = {p: (p / "meta.json").stat().st_mtime_ns for p in packed_dir.iterdir()}
     pretrain(str(root), out=str(tmp_path / "run"), img_size=16, model_kwargs=TINY_C3, epochs=1,
              quiet=True)
@@ -162,10 +173,10 @@ def test_on_cuda_resident_and_streamed_batches_equal_the_cpu_ones(tmp_path):
     from hebbret.finetuning import augment_batch
 
     root = folder_with_a_bad_file(tmp_path)
-    packed = cache.packed(ImageFolder(root, 3, 16, mean=[0.4] * 3, std=[0.3] * 3))
-    ref = batches(cache.PackedLoader(packed, 4, EpochSampler(range(16), 1), "cpu"))
+    packed = open_packed(ImageFolder(root, 3, 16, mean=[0.4] * 3, std=[0.3] * 3))
+    ref = batches(PackedLoader(packed, 4, EpochSampler(range(16), 1), "cpu"))
     for resident in (True, False):
-        got = cache.PackedLoader(packed, 4, EpochSampler(range(16), 1), "cuda", resident=resident)
+        got = PackedLoader(packed, 4, EpochSampler(range(16), 1), "cuda", resident=resident)
         for b, r in zip(got, ref, strict=True):
             assert b.images.is_cuda
             torch.testing.assert_close(b.images.cpu(), r[0], rtol=0, atol=0)

@@ -148,7 +148,7 @@ def test_fashion_mnist_reads_idx_files_from_a_data_root(tmp_path):
 
 
 def test_link_subset_takes_the_first_images_of_every_class(tmp_path):
-    from hebbret.data import link_subset
+    from _common.folders import link_subset
 
     from .conftest import write_image_folder
 

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from hebbret.config import PretrainConfig
-from hebbret.data import make_loader
-from hebbret.distributed import ShardSum, shard_bounds
+from hebbret.data import make_loader, shard_bounds
+from hebbret.distributed import ShardSum
 from hebbret.models import create_model
 from hebbret.pretraining import _resolve, hebbian_step, pretrain
 from hebbret.runtime import memory_format

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from _common.folders import link_subset
 from hebbret._io import read_json, write_json
-from hebbret.data import link_subset
 from hebbret.embed import extract_embeddings
 from hebbret.pretraining import pretrain
 from hebbret.report import fill_section

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hebbret.data import link_subset
+from _common.folders import link_subset
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Packed image cache and batched loading: decode a folder once, then batch by array indexing.
+"""Packed image cache: decode a folder once, then batch by array indexing.
 
 A folder of images at a given size and channel count is decoded once, with all cores, into
 uint8 ``(N, H, W, C)`` ``.npy`` shards (memory-mapped when read) plus ``items.jsonl`` and
@@ -10,12 +10,6 @@ killed build never looks complete. Files that cannot be decoded keep their row (
 
 Where: ``$HEBBRET_CACHE_DIR`` or ``~/.cache/hebbret``, one sub-folder ``packed/<key>`` per
 (folder, size, channels); delete it to clear the cache. ``HEBBRET_CACHE=0`` turns it off.
-
-:class:`PackedLoader` yields the same :class:`~hebbret.data.Batch` es, in the same order, as
-:func:`~hebbret.data.make_loader` over a DataLoader, for any dataset with ``uint8_rows``: the
-uint8 array is gathered by rows and normalised per batch, either from an array resident on the
-target device (uploaded once) or streamed from host memory by a background thread that pins
-and copies the next batch while the current one trains.
 """
 
 from __future__ import annotations
@@ -24,34 +18,24 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._io import read_json, read_jsonl, write_json, write_jsonl
-from .artifacts import ITEMS, META
-from .data import (
-    Batch,
-    EpochSampler,
-    ImageDataset,
-    ImageFolder,
-    Item,
-    load_image,
-)
-from .progress import progress
+from .._io import read_json, read_jsonl, write_json, write_jsonl
+from ..artifacts import ITEMS, META
+from ..progress import progress
+from .folders import ImageDataset, ImageFolder, Item, load_image
 
 log = logging.getLogger(__name__)
 
 PACK_FORMAT = 1
 SHARD_BYTES = 1 << 30  # at most this many bytes of pixels per .npy shard
-DEVICE_FRACTION = 0.5  # the resident array may take this share of the device's free memory
 
 
 def cache_root() -> Path:
@@ -223,7 +207,7 @@ def _complete(out: Path, key: str) -> bool:
     return (out / META).exists() and read_json(out / META).get("key") == key
 
 
-def packed(folder: ImageFolder, root: str | os.PathLike | None = None,
+def open_packed(folder: ImageFolder, root: str | os.PathLike | None = None,
            workers: int | None = None, quiet: bool = True) -> PackedImages:
     """The packed cache of ``folder`` (built on first use, or when the folder changed)."""
     key = folder_key(folder)
@@ -232,103 +216,3 @@ def packed(folder: ImageFolder, root: str | os.PathLike | None = None,
         pack_folder(folder, out, workers, quiet, key)
     return PackedImages(out, folder.mean.flatten().tolist(), folder.std.flatten().tolist())
 
-
-# ------------------------------------------------------------------------- batched loading
-def fits_device(nbytes: int, device: torch.device, fraction: float = DEVICE_FRACTION) -> bool:
-    """Whether an array of ``nbytes`` may live on ``device``: CUDA within ``fraction`` of its
-    free memory; the CPU always (the host array is already there)."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= fraction * free
-
-
-class PackedLoader:
-    """Batches of a dataset with ``uint8_rows`` in :class:`EpochSampler` order, normalised on
-    ``device``: from a resident copy of the whole uint8 array, or streamed (prefetched by a
-    thread, pinned and copied without blocking on CUDA)."""
-
-    def __init__(self, dataset: ImageDataset, batch_size: int, sampler: EpochSampler,
-                 device: torch.device | str = "cpu", drop_last: bool = False,
-                 resident: bool | None = None) -> None:
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.device, self.drop_last = torch.device(device), drop_last
-        n = len(dataset)
-        nbytes = n * int(np.prod(dataset.uint8_rows(np.array([0])).shape))
-        self.resident = fits_device(nbytes, self.device) if resident is None else resident
-        self.mean = dataset.mean.view(1, -1, 1, 1).to(self.device)
-        self.std = dataset.std.view(1, -1, 1, 1).to(self.device)
-        self.valid = torch.from_numpy(np.asarray(getattr(dataset, "valid", np.ones(n, bool))))
-        self.labels = torch.from_numpy(dataset.labels)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _array(self) -> torch.Tensor:
-        """The dataset's whole uint8 array on the device, uploaded once per dataset object
-        (kept on it, so it lives exactly as long as the dataset)."""
-        held = getattr(self.dataset, "_resident", None)
-        if held is None or held.device != self.device:
-            host = torch.from_numpy(np.ascontiguousarray(
-                self.dataset.uint8_rows(np.arange(len(self.dataset)))))
-            held = self.dataset._resident = host.to(self.device)
-        return held
-
-    def _batches(self) -> Iterator[np.ndarray]:
-        for rows in self.sampler.batches(self.batch_size, self.drop_last):
-            yield np.asarray(rows, dtype=np.int64)
-
-    def _finish(self, pixels: torch.Tensor, rows: torch.Tensor, skipped: list[int]) -> Batch:
-        """uint8 (B, H, W, C) on the device -> normalised float32 (B, C, H, W)."""
-        x = pixels.permute(0, 3, 1, 2).float().div_(255)
-        return Batch(((x - self.mean) / self.std).contiguous(), self.labels[rows], rows, skipped)
-
-    def _split(self, rows: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        ok = self.valid[torch.from_numpy(rows)].numpy()
-        return rows[ok], rows[~ok].tolist()
-
-    def __iter__(self) -> Iterator[Batch]:
-        if self.resident:
-            array = self._array()
-            for rows in self._batches():
-                good, skipped = self._split(rows)
-                idx = torch.from_numpy(good)
-                yield self._finish(array[idx.to(self.device)], idx, skipped)
-            return
-        yield from self._streamed()
-
-    def _streamed(self) -> Iterator[Batch]:
-        pin = self.device.type == "cuda"
-        ready: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for rows in self._batches():
-                    if stop.is_set():
-                        return
-                    good, skipped = self._split(rows)
-                    host = torch.from_numpy(self.dataset.uint8_rows(good))
-                    if pin:
-                        host = host.pin_memory()
-                    ready.put((host, torch.from_numpy(good), skipped))
-                ready.put(None)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                ready.put(e)
-
-        thread = threading.Thread(target=produce, daemon=True)
-        thread.start()
-        try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                host, idx, skipped = item
-                yield self._finish(host.to(self.device, non_blocking=pin), idx, skipped)
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    ready.get_nowait()
-                except queue.Empty:
-                    thread.join(0.01)
