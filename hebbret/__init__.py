@@ -4,7 +4,7 @@ Train backbones without labels (:func:`pretrain`), fine-tune them on few labels
 (:func:`finetune`), embed images (:func:`extract_embeddings`), or run everything
 (:func:`run_pipeline`). Stage modules: ``hebbret.data``, ``hebbret.hebb``, ``hebbret.models``,
 ``hebbret.pretraining``, ``hebbret.finetuning``, ``hebbret.embed``, ``hebbret.index``,
-``hebbret.evaluate``, ``hebbret.fewshot``, ``hebbret.pipeline`` (docs/design.md).
+``hebbret.eval``, ``hebbret.pipeline`` (docs/design.md).
 
 ``import hebbret`` registers the backbones with timm and nothing more: the stages (and FAISS)
 are imported when one of the names below is first used.
@@ -25,8 +25,8 @@ _LAZY = {  # public name -> the module that defines it
     "FinetuneConfig": "finetuning", "finetune": "finetuning",
     "extract_embeddings": "embed", "load_embeddings": "embed",
     "build_index": "index", "search_index": "index", "search_by_image": "index",
-    "evaluate": "evaluate",
-    "FewShotConfig": "fewshot",
+    "evaluate": "eval.embeddings",
+    "FewShotConfig": "eval.fewshot",
     "RunConfig": "pipeline", "run_pipeline": "pipeline",
     "load_run": "runs", "save_run": "runs",
 }

@@ -12,8 +12,10 @@ from typing import Any
 from .config import PRECISIONS, TRAINING_MODES, PretrainConfig, load_config
 from .data import NAMED_DATASETS
 from .embed import DTYPES, EMBED_BATCH_SIZE, EXPORT_FORMATS, POOLS
-from .evaluate import DEFAULT_KS, KNN_TEMPERATURE, LINEAR_PROTOCOLS, RETRIEVAL_KS
-from .fewshot import PROTOCOLS, FewShotConfig
+from .eval.embeddings import LINEAR_PROTOCOLS
+from .eval.fewshot import PROTOCOLS, FewShotConfig
+from .eval.knn import DEFAULT_KS, KNN_TEMPERATURE
+from .eval.retrieval import RETRIEVAL_KS
 from .finetuning import FINETUNE_MODES
 from .hebb.rules import RULES
 from .index import METRICS
@@ -113,7 +115,7 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from .eval.embeddings import evaluate
 
     if args.kind == "knn":
         opts = {"ks": args.k, "temperature": args.temperature}
@@ -168,7 +170,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _fewshot(args: argparse.Namespace) -> None:
-    from .fewshot import run_fewshot
+    from .stages import run_fewshot
 
     cfg = FewShotConfig(protocols=args.protocols, labels_per_class=args.labels_per_class,
                         label_fraction=args.label_fraction, seeds=args.seeds, knn_k=args.k,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ._io import write_json, write_jsonl
-from .artifacts import RUN_CONFIG, TRAIN_LOG
+from .artifacts import RUN_CONFIG, TRAIN_LOG, is_complete
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
 from .embed import fit_descriptor_pca
+from .eval.embeddings import aligned_labels
+from .eval.features import summarize, top1_top5_hits
+from .eval.fewshot import FewShotConfig
 from .models import HebbNet, create_model
 from .progress import progress
-from .runs import load_run, save_run
+from .runs import load_run, read_card, save_run
 from .runtime import keep_freed_memory, pick_device, release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -213,3 +217,53 @@ def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
     for p in model.parameters():
         p.requires_grad_(True)
     return history
+
+
+@torch.no_grad()
+def evaluate_classifier(run: str | os.PathLike, data: str, split: str = "test",
+                        data_root: str | None = None, batch_size: int = 256,
+                        device: str = "auto") -> dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) of a fine-tuned run's classifier on a labeled dataset."""
+    model, card = load_run(run)
+    spec = card.input
+    dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
+                           mean=spec.mean, std=spec.std)
+    trained_on = card.trained_classes
+    remap = torch.as_tensor(aligned_labels([{"label": i} for i in range(len(dataset.classes))],
+                                           dataset.classes, trained_on, str(data)))
+    dev = pick_device(device)
+    model.to(dev).eval()
+    skipped = SkippedFiles(dataset)
+    top1 = top5 = n = 0
+    for batch in make_loader(dataset, batch_size, device=dev):
+        skipped.add(batch.skipped)
+        if not len(batch.images):
+            continue
+        logits = model(batch.images.to(dev))
+        truth = remap[batch.labels].to(dev)  # in the classifier's class order
+        h1, h5 = top1_top5_hits(logits, truth)
+        top1, top5, n = top1 + h1, top5 + h5, n + len(truth)
+    if n == 0:
+        raise ValueError(f"none of the files under {dataset.root} could be decoded")
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "count": n,
+            "skipped_files": skipped.count}
+
+
+def evaluate_full(run: str | os.PathLike, data: str, test_data: str, out: str | os.PathLike,
+                  cfg: FewShotConfig, split: str = "train", test_split: str = "test",
+                  data_root: str | None = None, finetune_options: dict[str, Any] | None = None,
+                  device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """The ``full`` protocol: one fine-tuned run per seed in ``OUT/full-seed<S>`` (reused when
+    complete), each tested with its own classifier: {"seeds": {seed: result}, "top1": summary}."""
+    per_seed = {}
+    for seed in cfg.seeds:
+        tuned = Path(out) / f"full-seed{seed}"
+        if not is_complete(tuned):
+            finetune(run=str(run), data=data, split=split, data_root=data_root,
+                     labels_per_class=cfg.labels_per_class, label_fraction=cfg.label_fraction,
+                     mode="full", seed=seed, out=str(tuned), device=device, quiet=quiet,
+                     **(finetune_options or {}))
+        acc = evaluate_classifier(tuned, test_data, test_split, data_root, device=device)
+        per_seed[seed] = {"labeled": read_card(tuned).training["labeled_items"],
+                          "top1": acc["top1"], "top5": acc["top5"]}
+    return {"seeds": per_seed, "top1": summarize([r["top1"] for r in per_seed.values()])}

@@ -243,6 +243,7 @@ def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize
     """Mean |approx top-k ∩ exact top-k| / k for ``queries`` database rows not in
     ``held_out_of`` (the quantiser's training sample; any rows when it covers them all), and
     whether the rows were held out; exact search streams the database."""
+    from faiss.contrib.evaluation import knn_intersection_measure
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     n = len(emb)
@@ -256,13 +257,7 @@ def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize
     blocks = (_as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
     _, truth = knn_ground_truth(q, blocks, k, METRICS[metric], ngpu=0)
     _, found = index.search(q, k)
-    return recall_at_k(truth, found), held_out
-
-
-def recall_at_k(truth: np.ndarray, found: np.ndarray) -> float:
-    """Mean share of each query's true k nearest rows (Q, k) among the k it found (Q, k)."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, found, strict=True)]))
+    return float(knn_intersection_measure(truth, found)), held_out
 
 
 def _read(path: Path, flags: int | None = None) -> Any:

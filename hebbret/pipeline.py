@@ -6,7 +6,7 @@ Backbones of the report:
 - ``random``: the same network with random weights (BatchNorm statistics calibrated by one
   pass over the train split).
 With all labels, each backbone's frozen features are scored by kNN, a linear probe and retrieval
-(train = database, test = queries). With few labels, every protocol of :mod:`hebbret.fewshot`
+(train = database, test = queries). With few labels, every protocol of :mod:`hebbret.eval.fewshot`
 (knn, linear, propagate on frozen features; full = end-to-end fine-tuning) runs on the same
 seeded, class-balanced labeled subsets; ``full`` on the random backbone is training from scratch.
 Stages whose outputs already exist are reused, so a killed run picks up where it stopped.
@@ -27,7 +27,9 @@ from ._io import read_json, write_bytes, write_json
 from .config import PretrainConfig, load_config
 from .data import NAMED_DATASETS, Survey, scan_image_folder, survey
 from .embed import POOLS
-from .fewshot import PROTOCOLS, FewShotConfig, evaluate_embeddings, evaluate_full
+from .eval.embeddings import evaluate_embeddings
+from .eval.fewshot import PROTOCOLS, FewShotConfig
+from .finetuning import evaluate_full
 from .models import FAMILIES, create_model
 from .report import results_table, verdict
 from .runs import read_card

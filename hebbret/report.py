@@ -41,7 +41,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 
 def mean_std(summary: dict[str, Any] | None, digits: int = 2) -> str:
-    """``mean ± std`` of a :func:`hebbret.fewshot.summarize` record (– when missing)."""
+    """``mean ± std`` of a :func:`hebbret.eval.features.summarize` record (– when missing)."""
     if not summary:
         return "–"
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .data import NAMED_DATASETS, open_dataset
 from .embed import embed_images, load_embeddings, spec_of
-from .evaluate import KNN_TEMPERATURE, weighted_vote
+from .eval.knn import KNN_TEMPERATURE, weighted_vote
 from .index import format_results, index_info, load_index, model_of_index, search_loaded
 from .runtime import pick_device
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ._io import read_json, write_json
 from .artifacts import META, TRAIN_STATE, is_complete
 from .embed import extract_embeddings
-from .evaluate import evaluate
+from .eval.embeddings import evaluate, evaluate_embeddings
+from .eval.fewshot import FewShotConfig
+from .finetuning import evaluate_full
 from .index import build_index
 from .pretraining import pretrain
 from .runs import read_card
@@ -105,3 +108,29 @@ class BackboneStages:
                 "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
                 f"P@{retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
                 "dim": read_json(self.emb(train) / META)["dim"]}
+
+
+def run_fewshot(run: str | os.PathLike, data: str, test_data: str, out: str | os.PathLike,
+                cfg: FewShotConfig, split: str = "train", test_split: str = "test",
+                data_root: str | None = None, finetune_options: dict[str, Any] | None = None,
+                device: str = "auto", quiet: bool = False) -> dict[str, Any]:
+    """Every protocol of ``cfg`` for the backbone of run dir ``run``; writes ``OUT/fewshot.json``.
+
+    Embeds ``data`` (the collection, labeled) and ``test_data`` into ``OUT/emb_train`` and
+    ``OUT/emb_test`` (reused when complete), runs the frozen protocols on them, and
+    :func:`evaluate_full` for ``full``.
+    """
+    out = Path(out)
+    embs = {}
+    for name, source, sp in (("train", data, split), ("test", test_data, test_split)):
+        embs[name] = out / f"emb_{name}"
+        if not is_complete(embs[name]):
+            extract_embeddings(run, source, embs[name], split=sp, data_root=data_root,
+                               device=device, quiet=quiet)
+    protocols = evaluate_embeddings(embs["train"], embs["test"], cfg)
+    if "full" in cfg.protocols:
+        protocols["full"] = evaluate_full(run, data, test_data, out, cfg, split, test_split,
+                                          data_root, finetune_options, device, quiet)
+    results = {"config": asdict(cfg), "run": str(run), "protocols": protocols}
+    write_json(out / "fewshot.json", results)
+    return results

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hebbret.evaluate import knn_classify, linear_probe, retrieval_metrics, softhebb_readout
+from hebbret.eval import knn_classify, linear_probe, retrieval_metrics, softhebb_readout
 
 
 def on_circle(degrees):
@@ -131,7 +131,7 @@ def test_bad_arguments_are_explained():
 
 
 def test_labels_of_differently_numbered_folders_are_aligned_by_class_name():
-    from hebbret.evaluate import aligned_labels
+    from hebbret.eval import aligned_labels
 
     items = [{"label": 0}, {"label": 1}, {"label": 0}]
     # test folder has classes (cat, dog); train had (ant, cat, dog)

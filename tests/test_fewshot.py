@@ -5,18 +5,11 @@ import pytest
 import torch
 
 from hebbret import cli
-from hebbret.fewshot import (
-    FewShotConfig,
-    _fit_logreg_lbfgs,
-    _prepare,
-    collection_stats,
-    evaluate_frozen,
-    fewshot_knn,
-    fewshot_linear,
-    knn_graph,
-    labeled_subset,
-    propagate_labels,
-)
+from hebbret.data import few_label_rows
+from hebbret.eval.features import collection_stats, prepare
+from hebbret.eval.fewshot import FewShotConfig, evaluate_frozen, fewshot_knn
+from hebbret.eval.logreg import fewshot_linear, fit_logreg
+from hebbret.eval.propagate import knn_graph, propagate_labels
 from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder
@@ -63,7 +56,7 @@ def test_graph_index_factory_searches_through_faiss_pca():
 
 def test_propagation_solves_the_diffusion_exactly():
     x, y = blobs(15, seed=2)
-    rows = labeled_subset(y, 0, labels_per_class=2)
+    rows = few_label_rows(y, 2, seed=0)
     graph = knn_graph(x, 6)
     prop = propagate_labels(graph, y, rows, alpha=0.9, gamma=3.0, iters=200)
     # dense reference: Z = (I − αS)⁻¹ Y
@@ -85,7 +78,7 @@ def test_propagation_solves_the_diffusion_exactly():
 def test_knn_protocol_votes_only_with_the_labeled_items():
     x, y = blobs(10, seed=3)
     test_x, test_y = blobs(5, seed=4)
-    rows = labeled_subset(y, 0, labels_per_class=3)
+    rows = few_label_rows(y, 3, seed=0)
     poisoned = x.copy()
     unlabeled = np.setdiff1d(np.arange(len(x)), rows)
     poisoned[unlabeled] = test_x[np.arange(len(unlabeled)) % len(test_x)]  # exact test copies
@@ -98,10 +91,10 @@ def test_knn_protocol_votes_only_with_the_labeled_items():
 def test_linear_in_the_span_of_the_labeled_rows_equals_the_full_fit():
     x, y = blobs(8, dim=64, spread=1.0, seed=5)
     stats = collection_stats(x)
-    z = _prepare(x, "l2+standardize", stats)
+    z = prepare(x, "l2+standardize", stats)
     q = torch.linalg.qr(z.T.double()).Q.float()
-    full = _fit_logreg_lbfgs(z, torch.from_numpy(y), 3, 1e-2, max_iter=500)
-    small = _fit_logreg_lbfgs(z @ q, torch.from_numpy(y), 3, 1e-2, max_iter=500)
+    full = fit_logreg(z, torch.from_numpy(y), 3, 1e-2, max_iter=500)
+    small = fit_logreg(z @ q, torch.from_numpy(y), 3, 1e-2, max_iter=500)
     with torch.no_grad():
         torch.testing.assert_close(full(z), small(z @ q), atol=2e-3, rtol=1e-3)
 
@@ -109,7 +102,7 @@ def test_linear_in_the_span_of_the_labeled_rows_equals_the_full_fit():
 def test_linear_choices_never_look_at_the_test_labels():
     x, y = blobs(12, dim=32, spread=1.5, seed=6)
     test_x, test_y = blobs(6, dim=32, spread=1.5, seed=7)
-    rows = labeled_subset(y, 1, labels_per_class=4)
+    rows = few_label_rows(y, 4, seed=1)
     a = fewshot_linear(x, y, rows, test_x, test_y, seed=1)
     b = fewshot_linear(x, y, rows, test_x, (test_y + 1) % 3, seed=1)
     assert (a["preprocessing"], a["penalty"], a["cv_top1"]) == (b["preprocessing"], b["penalty"],
@@ -154,13 +147,13 @@ def test_fewshot_cli_runs_every_protocol_on_real_images(tmp_path, capsys):
     ft = [json.loads(line)["row"]
           for line in (out / "full-seed1" / "labeled_items.jsonl").read_text().splitlines()]
     labels = np.repeat(np.arange(3), 8)
-    assert ft == labeled_subset(labels, 1, labels_per_class=2).tolist()
+    assert ft == few_label_rows(labels, 2, seed=1).tolist()
 
 
 def test_knn_through_a_flat_faiss_index_equals_the_exact_vote():
     import faiss
 
-    from hebbret.evaluate import knn_classify
+    from hebbret.eval import knn_classify
 
     x, y = blobs(30, dim=24, spread=1.5, seed=5)
     test_x, test_y = blobs(10, dim=24, spread=1.5, seed=6)
@@ -178,10 +171,10 @@ def test_knn_through_a_flat_faiss_index_equals_the_exact_vote():
 
 
 def test_diffusion_is_chosen_on_the_labeled_rows_only():
-    from hebbret.fewshot import PRIOR_WEIGHTS, PROPAGATION_ALPHAS, choose_diffusion
+    from hebbret.eval.propagate import PRIOR_WEIGHTS, PROPAGATION_ALPHAS, choose_diffusion
 
     x, y = blobs(25, dim=16, spread=2.0, seed=7)
-    rows = labeled_subset(y, 0, labels_per_class=5)
+    rows = few_label_rows(y, 5, seed=0)
     graph = knn_graph(x, 6)
 
     def prior(fit):  # a stand-in classifier: each class's mean of the fold's labeled rows
@@ -204,7 +197,7 @@ def test_diffusion_is_chosen_on_the_labeled_rows_only():
 
 def test_propagation_with_a_prior_solves_the_diffusion_exactly():
     x, y = blobs(15, seed=2)
-    rows = labeled_subset(y, 0, labels_per_class=2)
+    rows = few_label_rows(y, 2, seed=0)
     graph = knn_graph(x, 6)
     prior = torch.softmax(torch.from_numpy(np.random.default_rng(0).normal(size=(len(x), 3))), 1)
     prop = propagate_labels(graph, y, rows, alpha=0.8, gamma=3.0, iters=200, prior=0.5 * prior)

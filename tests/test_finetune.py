@@ -8,8 +8,7 @@ from safetensors.torch import load_file
 
 from hebbret import cli
 from hebbret.data import few_label_rows
-from hebbret.evaluate import evaluate_classifier
-from hebbret.finetuning import finetune
+from hebbret.finetuning import evaluate_classifier, finetune
 from hebbret.pretraining import pretrain
 
 from .conftest import TINY_C3, write_image_folder

@@ -119,7 +119,7 @@ def test_import_hebbret_is_light_and_exposes_the_api_lazily():
     code = ("import sys, timm, hebbret; timm.create_model('hebb_softhebb_c3'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'faiss' or m in "
             "('hebbret.pipeline', 'hebbret.pretraining', 'hebbret.embed', 'hebbret.index', "
-            "'hebbret.evaluate', 'hebbret.fewshot', 'hebbret.finetuning'))); "
+            "'hebbret.eval', 'hebbret.finetuning'))); "
             "print(callable(hebbret.pretrain), callable(hebbret.run_pipeline))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from hebbret.embed import extract_embeddings, load_embeddings
-from hebbret.evaluate import weighted_vote
+from hebbret.eval import weighted_vote
 from hebbret.index import build_index, search_by_image
 from hebbret.pretraining import pretrain
 from hebbret.serve import ServeConfig, create_app

@@ -26,7 +26,7 @@ import torch
 
 from hebbret.data import held_out, make_loader, native_format, open_dataset
 from hebbret.embed import Extractor
-from hebbret.evaluate import knn_classify, nearest_rows
+from hebbret.eval import knn_classify, nearest_rows
 from hebbret.models import create_model
 from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_step, weight_drift
 from hebbret.report import markdown_table, publish

@@ -25,7 +25,7 @@ import torch
 
 from hebbret.data import held_out, make_loader, open_dataset
 from hebbret.embed import Extractor
-from hebbret.evaluate import knn_classify, retrieval_metrics
+from hebbret.eval import knn_classify, retrieval_metrics
 from hebbret.models._base import fit_pca
 from hebbret.report import markdown_table
 from hebbret.runs import EmbeddingSpec, load_run

@@ -142,7 +142,9 @@ def child_build(emb: str, out: str, factory: str, nprobe: int) -> dict[str, Any]
 
 def child_search(index_dir: str, queries: str, truth: str, nprobes: list[int], batch: int
                  ) -> dict[str, Any]:
-    from hebbret.index import recall_at_k, search_index
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    from hebbret.index import search_index
 
     before = memory()  # the interpreter with numpy, torch and FAISS imported, no index yet
     q = np.load(queries)
@@ -155,7 +157,7 @@ def child_search(index_dir: str, queries: str, truth: str, nprobes: list[int], b
             found.append(search_index(index_dir, q[i: i + batch], k=10, nprobe=nprobe)[1])
         secs = time.perf_counter() - t0
         ids = np.concatenate(found)
-        recall = recall_at_k(gt, ids)
+        recall = float(knn_intersection_measure(gt, ids))
         rows[str(nprobe)] = {"qps": round(len(q) / secs, 1), "recall_at_10": round(recall, 4),
                              "queries": len(q), "batch": batch}
     return {"by_nprobe": rows, "memory_mib": memory(), "memory_before_index_mib": before}

@@ -46,18 +46,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from faiss.contrib.evaluation import knn_intersection_measure
 
 import hebbret
-from hebbret.evaluate import (
-    cosine_blocks,
-    evaluate_classifier,
+from hebbret.eval import (
     knn_classify,
     linear_probe,
     load_labeled_pair,
     retrieval_metrics,
     softhebb_readout,
 )
-from hebbret.index import build_index, load_index, recall_at_k, search_index, transform_like_index
+from hebbret.eval.knn import cosine_blocks
+from hebbret.finetuning import evaluate_classifier
+from hebbret.index import build_index, load_index, search_index, transform_like_index
 from hebbret.runs import read_card
 from hebbret.runtime import ResultsFile, timed_call
 from hebbret.stages import BackboneStages
@@ -237,7 +238,7 @@ def stage_retrieval(work: Path, data: Path, res: ResultsFile, settings: Settings
             _, ids, _, _ = search_index(index_dir, np.asarray(x_test[probe], dtype=np.float32),
                                         k=10)
             exact = next(cosine_blocks(z_test[probe], z_train))[1].topk(10, dim=1).indices.numpy()
-            agree = recall_at_k(exact, ids)
+            agree = float(knn_intersection_measure(exact, ids))
             meta = load_index(index_dir)[2]
             row.update({"factory": factory, "index_build_s": build_s,
                         "recall_at_10_vs_full_dim": meta["recall_at_10_vs_flat"],
@@ -329,7 +330,7 @@ def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings)
 # ---------------------------------------------------------------- stage 3b: frozen protocols
 def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings) -> None:
     """knn / linear / propagate on the cached stage-1 features, every budget and seed."""
-    from hebbret.fewshot import FROZEN_PROTOCOLS, FewShotConfig, evaluate_frozen
+    from hebbret.eval.fewshot import FROZEN_PROTOCOLS, FewShotConfig, evaluate_frozen
 
     for variant in C3_VARIANTS:
         todo = [b for b in settings.budgets if not res.get("protocols", f"{variant}/{b:g}")]

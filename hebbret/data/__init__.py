@@ -22,7 +22,15 @@ from .folders import (
 from .loader import PackedLoader, make_loader, open_dataset
 from .named import NAMED_DATASETS, FashionMNIST
 from .packed import PackedImages, cache_enabled, cache_root, open_packed, pack_folder
-from .sampling import Batch, EpochSampler, collate, few_label_rows, held_out, shard_bounds
+from .sampling import (
+    Batch,
+    EpochSampler,
+    collate,
+    few_label_rows,
+    held_out,
+    shard_bounds,
+    stratified_folds,
+)
 from .survey import Survey, detail_lost, native_format, survey
 
 __all__ = [
@@ -30,5 +38,6 @@ __all__ = [
     "ImageDataset", "ImageFolder", "Item", "PackedImages", "PackedLoader", "SkippedFiles",
     "Survey", "cache_enabled", "cache_root", "collate", "detail_lost", "few_label_rows",
     "held_out", "load_image", "make_loader", "native_format", "natural_key", "open_dataset",
-    "open_packed", "pack_folder", "scan_image_folder", "shard_bounds", "survey", "to_tensor",
+    "open_packed", "pack_folder", "scan_image_folder", "shard_bounds", "stratified_folds",
+    "survey", "to_tensor",
 ]

@@ -129,3 +129,15 @@ def few_label_rows(labels: Sequence[int], per_class: int | None = None,
         chosen.append(rng.permutation(rows)[:per_class])
     return np.sort(np.concatenate(chosen))
 
+
+
+def stratified_folds(labels: Sequence[int], folds: int, seed: int) -> list[np.ndarray]:
+    """Positions 0..len(labels)-1 split into ``folds`` parts, each class dealt out evenly over
+    them in a seeded order (sorted positions per part; empty parts dropped)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for c in np.unique(labels):
+        for j, pos in enumerate(rng.permutation(np.flatnonzero(labels == c))):
+            parts[j % folds].append(int(pos))
+    return [np.array(sorted(p)) for p in parts if p]

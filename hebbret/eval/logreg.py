@@ -1,0 +1,241 @@
+"""Multinomial logistic regression on frozen features: the L-BFGS core, the few-label linear head
+(fitted in the basis of its labeled rows, chosen by cross-validation) and the linear probe."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.sampling import stratified_folds
+from .features import (
+    check_labeled,
+    collection_stats,
+    feature_stats,
+    l2_normalized,
+    one_thread,
+    prepare,
+    top1_top5_hits,
+)
+
+log = logging.getLogger(__name__)
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float,
+               max_iter: int = 100) -> torch.nn.Linear:
+    """Full-batch multinomial logistic regression from zero weights: mean cross-entropy +
+    penalty·‖W‖², L-BFGS (strong Wolfe line search) on one thread. x (N, D), y (N,) -> D -> C."""
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + penalty * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with one_thread():
+        opt.step(closure)
+    return head
+
+
+LINEAR_PREPROCESSING = ("l2", "l2+standardize")
+LINEAR_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass
+class LinearHead:
+    """Multinomial logistic regression on frozen features, fitted in an orthonormal basis of its
+    labeled rows (after preprocessing): features (N, D) -> logits (N, C)."""
+
+    preprocessing: str  # "l2" or "l2+standardize"
+    penalty: float
+    basis: torch.Tensor  # float32 (D, L)
+    head: torch.nn.Linear  # L -> C
+    stats: tuple[torch.Tensor, torch.Tensor]  # the collection's feature mean/std (D,)
+    cv_top1: dict[str, float]
+    cv_folds: int
+
+    def project(self, x: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+        """(N, L): the preprocessed rows of ``x`` in the head's basis."""
+        return torch.cat([prepare(np.asarray(x[i: i + chunk]), self.preprocessing, self.stats)
+                          @ self.basis for i in range(0, len(x), chunk)])
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        return self.head(self.project(x))
+
+
+def fit_linear_head(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int = 0,
+                    preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
+                    penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
+                    stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearHead:
+    """A linear head on the frozen features of the labeled ``rows``; (preprocessing, penalty)
+    chosen by stratified ``folds``-fold cross-validation on those rows only.
+
+    The L2-penalised optimum W lies in the span of the labeled rows, so the head is fitted in an
+    orthonormal basis Q of that span (L rows -> L coordinates, ‖W‖ = ‖Qᵀ W‖): the same solution
+    at a cost independent of D. ``stats``: the collection's feature mean/std
+    (:func:`collection_stats`), computed if None.
+    """
+    rows = np.sort(rows)
+    ys = torch.from_numpy(y[rows])
+    num_classes = int(y[y >= 0].max()) + 1
+    stats = stats if stats is not None else collection_stats(x)
+    held = np.asarray(x[rows])
+    folds = min(folds, int(np.bincount(y[rows]).max()))
+    splits = stratified_folds(y[rows], folds, seed) if folds >= 2 else []
+    cv: dict[str, float] = {}
+    bases = {}
+    for how in preprocessing:
+        z = prepare(held, how, stats)
+        q = torch.linalg.qr(z.T.double()).Q.float()  # (D, L): orthonormal basis of the rows
+        bases[how] = (q, z @ q)
+        for penalty in penalties:
+            if not splits:
+                cv[f"{how} {penalty:g}"] = 0.0
+                continue
+            zq = bases[how][1]
+            correct = 0
+            for part in splits:
+                fit = np.setdiff1d(np.arange(len(ys)), part)
+                head = fit_logreg(zq[fit], ys[fit], num_classes, penalty)
+                with torch.no_grad():
+                    correct += int((head(zq[part]).argmax(1) == ys[part]).sum())
+            cv[f"{how} {penalty:g}"] = 100.0 * correct / len(ys)
+    best = max(cv, key=lambda key: (cv[key], key.startswith("l2+"), float(key.split()[1])))
+    how, penalty = best.split()[0], float(best.split()[1])
+    q, zq = bases[how]
+    return LinearHead(how, penalty, q, fit_logreg(zq, ys, num_classes, penalty), stats, cv,
+                      len(splits))
+
+
+def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, seed: int = 0,
+                   preprocessing: Sequence[str] = LINEAR_PREPROCESSING,
+                   penalties: Sequence[float] = LINEAR_PENALTIES, folds: int = 5,
+                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The ``linear`` protocol: :func:`fit_linear_head` on the labeled ``rows``, tested."""
+    lin = fit_linear_head(x, y, rows, seed, preprocessing, penalties, folds, stats)
+    top1 = top5 = 0
+    for i in range(0, len(test_x), 4096):
+        h1, h5 = top1_top5_hits(lin.logits(test_x[i: i + 4096]),
+                                torch.from_numpy(np.asarray(test_y[i: i + 4096])))
+        top1, top5 = top1 + h1, top5 + h5
+    return {"top1": 100.0 * top1 / len(test_x), "top5": 100.0 * top5 / len(test_x),
+            "preprocessing": lin.preprocessing, "penalty": lin.penalty,
+            "cv_folds": lin.cv_folds, "cv_top1": lin.cv_top1,
+            "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²"}
+
+
+def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                 test_labels: np.ndarray, weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
+                 val_fraction: float = 0.1, epochs: int = 20, batch_size: int = 512,
+                 lr: float = 1e-3, seed: int = 0, memory_mb: int = 2048) -> dict[str, Any]:
+    """Multinomial logistic regression on frozen, L2-normalised, standardised features.
+
+    The L2 penalty is chosen on a class-stratified validation split carved from train (never on
+    test); the chosen value is then refit on all of train. Mini-batch Adam, so the features can
+    be a memory-mapped (N, D) array larger than RAM: the preprocessed features are held in memory
+    when they fit in ``memory_mb`` (float32, else float16), otherwise streamed every epoch.
+
+    Returns:
+        {"top1", "top5", "weight_decay", "val_top1": {wd: %}, ...}
+    """
+    check_labeled(train_feats, train_labels, "train")
+    check_labeled(test_feats, test_labels, "test")
+    if train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(f"train dimension {train_feats.shape[1]} != test dimension "
+                         f"{test_feats.shape[1]}")
+    y = np.asarray(train_labels, dtype=np.int64)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"a linear probe needs at least 2 classes in the training embeddings; "
+                         f"they hold only class {int(y[0])}")
+    num_classes = int(y.max()) + 1
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([  # classes with one item stay wholly in the fit split
+        rng.permutation(rows)[: min(max(1, round(val_fraction * len(rows))), len(rows) - 1)]
+        for rows in (np.flatnonzero(y == c) for c in np.unique(y))])
+    fit = np.setdiff1d(np.arange(len(y)), val)
+    if len(val) == 0:
+        raise ValueError("the linear probe needs at least 2 train items in some class to carve "
+                         "out a validation split")
+    mean, std = feature_stats(train_feats, fit)
+    val_scores = {}
+    for wd in weight_decays:
+        model = _fit_logreg(train_feats, y, fit, mean, std, num_classes, wd, epochs, batch_size,
+                            lr, seed, memory_mb)
+        val_scores[wd] = _accuracy(model, train_feats[np.sort(val)], y[np.sort(val)], mean, std)[0]
+        log.info("linear probe: weight decay %g -> val top-1 %.2f%%", wd, val_scores[wd])
+    best = max(val_scores, key=lambda wd: (val_scores[wd], -wd))
+    everything = np.arange(len(y))
+    mean, std = feature_stats(train_feats, everything)
+    model = _fit_logreg(train_feats, y, everything, mean, std, num_classes, best, epochs,
+                        batch_size, lr, seed, memory_mb)
+    top1, top5 = _accuracy(model, test_feats, np.asarray(test_labels), mean, std)
+    return {"top1": top1, "top5": top5, "weight_decay": best, "val_top1": val_scores,
+            "val_size": len(val), "epochs": epochs, "optimizer": f"Adam lr {lr}",
+            "features": "L2-normalised, standardised with train statistics"}
+
+
+def _standardized(x: np.ndarray, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                  budget_mb: int, chunk: int = 4096) -> torch.Tensor | None:
+    """The L2-normalised, standardised rows of ``x`` held in memory (float32, or float16 when
+    that is what fits in ``budget_mb``), or None when even float16 does not fit."""
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
+        if len(rows) * x.shape[1] * size <= budget_mb * 2**20:
+            out = torch.empty(len(rows), x.shape[1], dtype=dtype)
+            for i in range(0, len(rows), chunk):
+                out[i: i + chunk] = (l2_normalized(x[rows[i: i + chunk]]) - mean) / std
+            return out
+    return None
+
+
+def _fit_logreg(x: np.ndarray, y: np.ndarray, rows: np.ndarray, mean: torch.Tensor,
+                std: torch.Tensor, num_classes: int, weight_decay: float, epochs: int,
+                batch_size: int, lr: float, seed: int, budget_mb: int = 2048) -> torch.nn.Linear:
+    rows = np.sort(rows)
+    held = _standardized(x, rows, mean, std, budget_mb)  # one pass over x instead of one per epoch
+    labels = torch.from_numpy(y[rows])
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for _ in range(epochs):
+        perm = torch.randperm(len(rows), generator=g)
+        for i in range(0, len(perm), batch_size):
+            take = perm[i: i + batch_size]
+            if held is not None:
+                xb = held[take].float()
+            else:
+                idx = np.sort(rows[take.numpy()])
+                take = torch.from_numpy(np.searchsorted(rows, idx))
+                xb = (l2_normalized(x[idx]) - mean) / std
+            loss = F.cross_entropy(model(xb), labels[take])
+            loss = loss + weight_decay * model.weight.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return model
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Linear, x: np.ndarray, y: np.ndarray, mean: torch.Tensor,
+              std: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    top1 = top5 = 0
+    for i in range(0, len(x), chunk):
+        logits = model((l2_normalized(x[i: i + chunk]) - mean) / std)
+        h1, h5 = top1_top5_hits(logits, torch.from_numpy(np.asarray(y[i: i + chunk])))
+        top1, top5 = top1 + h1, top5 + h5
+    return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
