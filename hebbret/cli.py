@@ -127,10 +127,10 @@ def _eval(args: argparse.Namespace) -> None:
         _print_table(["SoftHebb readout", "top-1 %", "top-5 %"],
                      [("test", f"{result['top1']:.2f}", f"{result['top5']:.2f}")])
     elif args.kind == "linear":
-        result = evaluate("linear", args.train, args.test, args.out, epochs=args.epochs or 20)
-        _print_table(["linear probe", "top-1 %", "top-5 %", "weight decay"],
+        result = evaluate("linear", args.train, args.test, args.out, max_iter=args.max_iter)
+        _print_table(["linear probe", "top-1 %", "top-5 %", "L2 penalty"],
                      [("test", f"{result['top1']:.2f}", f"{result['top5']:.2f}",
-                       f"{result['weight_decay']:g}")])
+                       f"{result['penalty']:g}")])
     else:
         result = evaluate("retrieval", args.database, args.queries, args.out,
                           ks=args.k)
@@ -440,10 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--temperature", type=float, default=KNN_TEMPERATURE)
         else:
             e.add_argument("--protocol", choices=LINEAR_PROTOCOLS, default=LINEAR_PROTOCOLS[0],
-                           help="logreg: L2 penalty chosen on a validation split, standardised "
-                                "features; softhebb: SoftHebb's readout (dropout 0.5, Adam 1e-3, "
-                                "step decay, raw features)")
-            e.add_argument("--epochs", type=int, help="default 20 (logreg), 50 (softhebb)")
+                           help="logreg: L-BFGS logistic regression, L2 penalty chosen on a "
+                                "validation split, standardised features; softhebb: SoftHebb's "
+                                "readout (dropout 0.5, Adam 1e-3, step decay, raw features)")
+            e.add_argument("--epochs", type=int, help="softhebb: readout epochs (default 50)")
+            e.add_argument("--max-iter", type=int, default=100,
+                           help="logreg: L-BFGS iterations per fit (default 100)")
         e.set_defaults(func=_eval)
     e = esub.add_parser("retrieval", help="mAP, mAP@k, P@k, Recall@k")
     e.add_argument("--database", required=True, help="database embeddings dir")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._io import read_json, write_bytes, write_json
 from .config import PretrainConfig, load_config
-from .data import NAMED_DATASETS, Survey, scan_image_folder, survey
+from .data import NAMED_DATASETS, Survey, held_out, scan_image_folder, survey
 from .embed import POOLS
 from .eval.embeddings import evaluate_embeddings
 from .eval.fewshot import PROTOCOLS, FewShotConfig
@@ -72,7 +72,7 @@ class RunConfig:
     augment: bool = False
     knn_k: int = 20
     retrieval_k: int = 100
-    linear_epochs: int = 20
+    linear_max_iter: int = 100  # L-BFGS iterations of the linear probe
     embed_batch_size: int = 256
     queries_shown: int = 6  # rows of retrieval.png
     out: str = "runs/hebbret-run"
@@ -124,13 +124,7 @@ def split_folder(folder: str | os.PathLike, out: str | os.PathLike, seed: int = 
     if (out / "split.json").exists() and {k: v for k, v in read_json(out / "split.json").items()
                                           if k in record} == record:
         return read_json(out / "split.json")
-    labels = np.array([it.label for it in items])
-    rng = np.random.default_rng(seed)
-    test = set()
-    for c in range(len(classes)):
-        rows = np.flatnonzero(labels == c)
-        n = min(len(rows) - 1, round(test_fraction * len(rows)))
-        test.update(rng.permutation(rows)[:max(n, 1 if len(rows) > 1 else 0)].tolist())
+    test = set(np.flatnonzero(held_out([it.label for it in items], test_fraction, seed)).tolist())
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     for i, it in enumerate(items):
@@ -293,7 +287,7 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
         stages.embed(name, source, split=split, data_root=cfg.data_root,
                      batch_size=cfg.embed_batch_size, layer=inputs.layer, pool=inputs.pool)
     stages.index()
-    row = stages.all_label_scores(cfg.knn_k, cfg.retrieval_k, cfg.linear_epochs, cfg.seed)
+    row = stages.all_label_scores(cfg.knn_k, cfg.retrieval_k, cfg.linear_max_iter, cfg.seed)
     with timed(stages.seconds, "fewshot"):
         row["fewshot"] = _fewshot(cfg, stages, train, test)
     row["seconds"] = stages.seconds

@@ -93,7 +93,7 @@ class BackboneStages:
                 build_index(self.emb(emb_name), out, **options)
         return out
 
-    def all_label_scores(self, knn_k: int = 20, retrieval_k: int = 100, linear_epochs: int = 20,
+    def all_label_scores(self, knn_k: int = 20, retrieval_k: int = 100, linear_max_iter: int = 100,
                          seed: int = 0, train: str = "train", test: str = "test"
                          ) -> dict[str, Any]:
         """kNN, linear probe and retrieval with every label: ``emb_<train>`` is the database
@@ -101,11 +101,11 @@ class BackboneStages:
         a, b = str(self.emb(train)), str(self.emb(test))
         with timed(self.seconds, "eval", self.digits):
             knn = evaluate("knn", a, b, ks=[knn_k])
-            lin = evaluate("linear", a, b, epochs=linear_epochs, seed=seed)
+            lin = evaluate("linear", a, b, max_iter=linear_max_iter, seed=seed)
             ret = evaluate("retrieval", a, b, ks=[1, retrieval_k])
         k = max(knn["k"])  # k capped at the database size
         return {"knn_top1": knn["k"][k]["top1"], "linear_top1": lin["top1"],
-                "linear_weight_decay": lin["weight_decay"], "mAP": ret["mAP"],
+                "linear_penalty": lin["penalty"], "mAP": ret["mAP"],
                 f"P@{retrieval_k}": ret["P@k"][max(ret["P@k"])], "Recall@1": ret["Recall@k"][1],
                 "dim": read_json(self.emb(train) / META)["dim"]}
 

@@ -160,3 +160,13 @@ def test_link_subset_takes_the_first_images_of_every_class(tmp_path):
     assert classes == ["class_0", "class_1", "class_2"]
     assert [it.path for it in items[:10]] == [f"class_0/img_{i}.png" for i in range(10)]
     assert all((tmp_path / "dst" / "train" / it.path).is_symlink() for it in items)
+
+
+def test_held_out_takes_a_share_of_every_class_but_never_a_whole_one():
+    from hebbret.data import held_out
+
+    labels = np.repeat([0, 1, 2, 3], [1, 2, 8, 20])
+    mask = held_out(labels, 0.2, seed=3)
+    assert [int(mask[labels == c].sum()) for c in range(4)] == [0, 1, 2, 4]  # round(1.6) = 2
+    assert (held_out(labels, 0.2, seed=3) == mask).all()
+    assert not (held_out(labels, 0.2, seed=4) == mask).all()

@@ -24,7 +24,7 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
     settings = repro.Settings(c3_kwargs=TINY_C3, sixl_kwargs={"widths": [8, 8, 8, 8, 16]},
                               readout_epochs=2, readout_seeds=(0, 1), budgets=(0.5,), seeds=(0,),
                               finetune_epochs=1,
-                              linear_epochs=1, pca_dim=4, whiten_dim=3, skip=("c3-scratch/0.5",),
+                              linear_max_iter=20, pca_dim=4, whiten_dim=3, skip=("c3-scratch/0.5",),
                               speed_steps=3)
     results = tmp_path / "cifar10.json"
     argv = [str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--results", str(results),

@@ -31,7 +31,7 @@ def run_variant(work: Path, name: str, rule: str, args: argparse.Namespace) -> d
     for split in ("train", "test"):
         stages.embed(split, "fashion-mnist", split=split)
     row = {"rule": rule, **stages.all_label_scores(knn_k=20, retrieval_k=100,
-                                                   linear_epochs=args.linear_epochs),
+                                                   linear_max_iter=args.linear_max_iter),
            "seconds": stages.seconds}
     log.info("%s: %s", name, row)
     return row
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default="runs/fmnist", help="where runs and embeddings go")
     parser.add_argument("--model", default="hebb_softhebb_c3")
     parser.add_argument("--rule", default="softhebb")
-    parser.add_argument("--linear-epochs", type=int, default=20)
+    parser.add_argument("--linear-max-iter", type=int, default=100)
     parser.add_argument("--out", default="tools/results/fashion_mnist.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

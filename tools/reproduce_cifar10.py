@@ -83,7 +83,7 @@ class Settings:
     knn_k: int = 20
     pca_dim: int = 256
     whiten_dim: int = 512  # section 2's PCA-whitening rows (FAISS PCAW<d>)
-    linear_epochs: int = 20  # logistic-regression probe of the per-layer table
+    linear_max_iter: int = 100  # L-BFGS iterations of the per-layer table's linear probe
     embed_batch: int = 256
     speed_steps: int = 200  # batches per round of the interleaved step-rate measurement
     skip: tuple[str, ...] = ()  # few-label cells not to run ("c3-scratch/0.1"): "too slow"
@@ -382,12 +382,12 @@ def stage_layers(work: Path, data: Path, res: ResultsFile, settings: Settings) -
             knn, knn_s = timed_call(knn_classify, x_train, y_train, x_test, y_test,
                                ks=[settings.knn_k])
             lin, lin_s = timed_call(linear_probe, x_train, y_train, x_test, y_test,
-                               epochs=settings.linear_epochs)
+                               max_iter=settings.linear_max_iter)
             res.put("layers", key, {"rule": rule, "layer": f"block{block}",
                                     "dim": int(x_train.shape[1]),
                                     "knn_top1": knn["k"][settings.knn_k]["top1"],
                                     "linear_top1": lin["top1"],
-                                    "linear_weight_decay": lin["weight_decay"],
+                                    "linear_penalty": lin["penalty"],
                                     "knn_s": knn_s, "linear_s": lin_s})
             log.info("layers/%s: %s", key, res.get("layers", key))
             del x_train, x_test

@@ -89,14 +89,15 @@ class EpochBatches(Sampler[list[int]]):
 
 
 def held_out(labels: Sequence[int], fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """A seeded boolean mask of ``int(fraction · n_c)`` rows of every class c: held-out rows of a
-    training split, to choose settings on without touching test images."""
+    """A seeded boolean mask of ``round(fraction · n_c)`` rows of every class c, at least one and
+    never all (a class of one item stays wholly out of the mask): the test rows of a split
+    folder, the held-out rows of a training split to choose settings on (never test images)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), bool)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        mask[rng.permutation(rows)[: int(fraction * len(rows))]] = True
+        mask[rng.permutation(rows)[: min(max(1, round(fraction * len(rows))), len(rows) - 1)]] = True
     return mask
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.sampling import stratified_folds
+from ..data.sampling import held_out, stratified_folds
 from .features import (
     check_labeled,
     collection_stats,
@@ -26,11 +26,27 @@ from .features import (
 log = logging.getLogger(__name__)
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float,
-               max_iter: int = 100) -> torch.nn.Linear:
-    """Full-batch multinomial logistic regression from zero weights: mean cross-entropy +
-    penalty·‖W‖², L-BFGS (strong Wolfe line search) on one thread. x (N, D), y (N,) -> D -> C."""
-    head = torch.nn.Linear(x.shape[1], num_classes)
+class Rows(Protocol):
+    """(N, D) rows that can be sliced: a tensor, or features preprocessed on the fly."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice) -> torch.Tensor: ...
+
+
+CHUNK = 4096  # rows per forward/backward pass when the loss is summed in pieces
+
+
+def fit_logreg(x: Rows, y: torch.Tensor, num_classes: int, penalty: float,
+               max_iter: int = 100, chunk: int = CHUNK) -> torch.nn.Linear:
+    """Multinomial logistic regression from zero weights: mean cross-entropy over all rows +
+    penalty·‖W‖², minimised by full-batch L-BFGS (strong Wolfe line search) on one thread.
+
+    x (N, D) float rows (float16 are cast per chunk), y int64 (N,) -> a D -> C linear head.
+    Over ``chunk`` rows the loss is summed chunk by chunk, so x need not be one tensor in memory.
+    """
+    n = len(x)
+    head = torch.nn.Linear(x[0:1].shape[1], num_classes)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter,
@@ -38,9 +54,19 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: floa
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(head(x), y) + penalty * head.weight.pow(2).sum()
+        if n <= chunk:
+            loss = F.cross_entropy(head(x[0:n].float()), y) + penalty * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+        loss = penalty * head.weight.pow(2).sum()
         loss.backward()
-        return loss
+        total = loss.detach()
+        for i in range(0, n, chunk):
+            part = F.cross_entropy(head(x[i: i + chunk].float()), y[i: i + chunk],
+                                   reduction="sum") / n
+            part.backward()
+            total = total + part.detach()
+        return total
 
     with one_thread():
         opt.step(closure)
@@ -137,18 +163,20 @@ def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.nd
 
 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
-                 test_labels: np.ndarray, weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
-                 val_fraction: float = 0.1, epochs: int = 20, batch_size: int = 512,
-                 lr: float = 1e-3, seed: int = 0, memory_mb: int = 2048) -> dict[str, Any]:
-    """Multinomial logistic regression on frozen, L2-normalised, standardised features.
+                 test_labels: np.ndarray, penalties: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
+                 val_fraction: float = 0.1, max_iter: int = 100, seed: int = 0,
+                 memory_mb: int = 2048) -> dict[str, Any]:
+    """Multinomial logistic regression (:func:`fit_logreg`) on frozen, L2-normalised,
+    standardised features.
 
-    The L2 penalty is chosen on a class-stratified validation split carved from train (never on
-    test); the chosen value is then refit on all of train. Mini-batch Adam, so the features can
-    be a memory-mapped (N, D) array larger than RAM: the preprocessed features are held in memory
-    when they fit in ``memory_mb`` (float32, else float16), otherwise streamed every epoch.
+    The L2 penalty is chosen on a class-stratified validation split carved from train
+    (:func:`~hebbret.data.held_out`, never test); the chosen value is then refit on all of train.
+    The preprocessed features are held in memory when they fit in ``memory_mb`` (float32, else
+    float16), otherwise recomputed from ``train_feats`` (e.g. a memory-mapped (N, D) array
+    larger than RAM) at every L-BFGS evaluation.
 
     Returns:
-        {"top1", "top5", "weight_decay", "val_top1": {wd: %}, ...}
+        {"top1", "top5", "penalty", "val_top1": {penalty: %}, ...}
     """
     check_labeled(train_feats, train_labels, "train")
     check_labeled(test_feats, test_labels, "test")
@@ -160,79 +188,60 @@ def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
         raise ValueError(f"a linear probe needs at least 2 classes in the training embeddings; "
                          f"they hold only class {int(y[0])}")
     num_classes = int(y.max()) + 1
-    rng = np.random.default_rng(seed)
-    val = np.concatenate([  # classes with one item stay wholly in the fit split
-        rng.permutation(rows)[: min(max(1, round(val_fraction * len(rows))), len(rows) - 1)]
-        for rows in (np.flatnonzero(y == c) for c in np.unique(y))])
-    fit = np.setdiff1d(np.arange(len(y)), val)
-    if len(val) == 0:
-        raise ValueError("the linear probe needs at least 2 train items in some class to carve "
-                         "out a validation split")
+    val = held_out(y, val_fraction, seed)
+    if not val.any():
+        raise ValueError("the linear probe needs more train items per class to carve out a "
+                         f"validation split of {val_fraction:.0%}")
+    fit = np.flatnonzero(~val)
     mean, std = feature_stats(train_feats, fit)
     val_scores = {}
-    for wd in weight_decays:
-        model = _fit_logreg(train_feats, y, fit, mean, std, num_classes, wd, epochs, batch_size,
-                            lr, seed, memory_mb)
-        val_scores[wd] = _accuracy(model, train_feats[np.sort(val)], y[np.sort(val)], mean, std)[0]
-        log.info("linear probe: weight decay %g -> val top-1 %.2f%%", wd, val_scores[wd])
-    best = max(val_scores, key=lambda wd: (val_scores[wd], -wd))
+    for penalty in penalties:
+        model = fit_logreg(_standardized(train_feats, fit, mean, std, memory_mb),
+                           torch.from_numpy(y[fit]), num_classes, penalty, max_iter)
+        val_scores[penalty] = _accuracy(model, train_feats[val], y[val], mean, std)[0]
+        log.info("linear probe: penalty %g -> val top-1 %.2f%%", penalty, val_scores[penalty])
+    best = max(val_scores, key=lambda p: (val_scores[p], -p))
     everything = np.arange(len(y))
     mean, std = feature_stats(train_feats, everything)
-    model = _fit_logreg(train_feats, y, everything, mean, std, num_classes, best, epochs,
-                        batch_size, lr, seed, memory_mb)
+    model = fit_logreg(_standardized(train_feats, everything, mean, std, memory_mb),
+                       torch.from_numpy(y), num_classes, best, max_iter)
     top1, top5 = _accuracy(model, test_feats, np.asarray(test_labels), mean, std)
-    return {"top1": top1, "top5": top5, "weight_decay": best, "val_top1": val_scores,
-            "val_size": len(val), "epochs": epochs, "optimizer": f"Adam lr {lr}",
+    return {"top1": top1, "top5": top5, "penalty": best, "val_top1": val_scores,
+            "val_size": int(val.sum()), "max_iter": max_iter,
+            "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²",
             "features": "L2-normalised, standardised with train statistics"}
 
 
+class _OnTheFly:
+    """Rows of ``x`` L2-normalised and standardised when sliced (features too large to hold)."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray, mean: torch.Tensor,
+                 std: torch.Tensor) -> None:
+        self.x, self.rows, self.mean, self.std = x, rows, mean, std
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> torch.Tensor:
+        return (l2_normalized(self.x[self.rows[part]]) - self.mean) / self.std
+
+
 def _standardized(x: np.ndarray, rows: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-                  budget_mb: int, chunk: int = 4096) -> torch.Tensor | None:
-    """The L2-normalised, standardised rows of ``x`` held in memory (float32, or float16 when
-    that is what fits in ``budget_mb``), or None when even float16 does not fit."""
+                  budget_mb: int, chunk: int = CHUNK) -> Rows:
+    """The L2-normalised, standardised ``rows`` (sorted) of ``x``: held in memory (float32, or
+    float16 when that is what fits in ``budget_mb``), else computed when sliced."""
     for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
         if len(rows) * x.shape[1] * size <= budget_mb * 2**20:
             out = torch.empty(len(rows), x.shape[1], dtype=dtype)
             for i in range(0, len(rows), chunk):
                 out[i: i + chunk] = (l2_normalized(x[rows[i: i + chunk]]) - mean) / std
             return out
-    return None
-
-
-def _fit_logreg(x: np.ndarray, y: np.ndarray, rows: np.ndarray, mean: torch.Tensor,
-                std: torch.Tensor, num_classes: int, weight_decay: float, epochs: int,
-                batch_size: int, lr: float, seed: int, budget_mb: int = 2048) -> torch.nn.Linear:
-    rows = np.sort(rows)
-    held = _standardized(x, rows, mean, std, budget_mb)  # one pass over x instead of one per epoch
-    labels = torch.from_numpy(y[rows])
-    g = torch.Generator().manual_seed(seed)
-    model = torch.nn.Linear(x.shape[1], num_classes)
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    for _ in range(epochs):
-        perm = torch.randperm(len(rows), generator=g)
-        for i in range(0, len(perm), batch_size):
-            take = perm[i: i + batch_size]
-            if held is not None:
-                xb = held[take].float()
-            else:
-                idx = np.sort(rows[take.numpy()])
-                take = torch.from_numpy(np.searchsorted(rows, idx))
-                xb = (l2_normalized(x[idx]) - mean) / std
-            loss = F.cross_entropy(model(xb), labels[take])
-            loss = loss + weight_decay * model.weight.pow(2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sched.step()
-    return model
+    return _OnTheFly(x, rows, mean, std)
 
 
 @torch.no_grad()
 def _accuracy(model: torch.nn.Linear, x: np.ndarray, y: np.ndarray, mean: torch.Tensor,
-              std: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+              std: torch.Tensor, chunk: int = CHUNK) -> tuple[float, float]:
     top1 = top5 = 0
     for i in range(0, len(x), chunk):
         logits = model((l2_normalized(x[i: i + chunk]) - mean) / std)
