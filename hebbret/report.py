@@ -2,59 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ._io import write_bytes
-
 BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
-
-
-def publish(text: str, readme: str | os.PathLike | None, section: str) -> None:
-    """Print a benchmark's tables; with ``readme``, also put them in its ``section``."""
-    if readme:
-        fill_section(readme, section, text)
-    sys.stdout.write(text)
-
-
-def fill_section(path: str | os.PathLike, name: str, text: str) -> None:
-    """Replace what stands between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the
-    file ``path`` (a README) with ``text``, atomically; the markers must be there."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    old = Path(path).read_text()
-    if begin not in old or end not in old:
-        raise ValueError(f"{path} has no {begin} ... {end} section to fill")
-    head, rest = old.split(begin, 1)
-    write_bytes(path, (head + begin + "\n" + text + end + rest.split(end, 1)[1]).encode())
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    """A table cell: numbers with ``digits`` decimals, None as –, anything else as text."""
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def mean_std(summary: dict[str, Any] | None, digits: int = 2) -> str:
-    """``mean ± std`` of a :func:`hebbret.eval.features.summarize` record (– when missing)."""
-    if not summary:
-        return "–"
-    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2,
-                   align: str | None = None) -> str:
-    """A GitHub markdown table; ``align``: one of l/r per column (default: first l, rest r)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join(fmt(v, digits) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:

@@ -98,7 +98,7 @@ def test_a_cell_with_some_seeds_run_and_the_rest_skipped_says_both():
 
 
 def test_force_keeps_each_old_result_until_its_replacement_is_written(tmp_path):
-    from hebbret.runtime import ResultsFile
+    from _common.results import ResultsFile
 
     path = tmp_path / "r.json"
     res = ResultsFile(path, [], tmp_path)

@@ -129,7 +129,7 @@ def test_bad_rule_and_params_are_named():
 @pytest.mark.parametrize("rule", ["hpca", "swta", "softhebb"])
 def test_materialised_per_row_update_equals_the_fused_one(rule):
     """The method FastHebb replaced (one K×D update per row, summed) against the fused ΔW."""
-    from hebbret.hebb.materialised import materialised_delta
+    from _common.materialised import materialised_delta
 
     torch.manual_seed(0)
     conv = HebbConv2d(3, 6, 3, padding=1, padding_mode="reflect", rule=rule).double()

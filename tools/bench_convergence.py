@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common.results import ResultsFile, markdown_table, publish
 from hebbret.data import held_out, make_loader, native_format, open_dataset
 from hebbret.embed import Extractor
 from hebbret.eval import knn_classify, nearest_rows
 from hebbret.models import create_model
 from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_step, weight_drift
-from hebbret.report import markdown_table, publish
-from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_convergence")
 REPO = Path(__file__).resolve().parent.parent

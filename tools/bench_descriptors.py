@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common.results import ResultsFile, markdown_table
 from hebbret.data import held_out, make_loader, open_dataset
 from hebbret.embed import Extractor
 from hebbret.eval import knn_classify, retrieval_metrics
 from hebbret.models._base import fit_pca
-from hebbret.report import markdown_table
 from hebbret.runs import EmbeddingSpec, load_run
-from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_descriptors")
 REPO = Path(__file__).resolve().parent.parent

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from _common.folders import link_subset
+from _common.results import fill_section
 from hebbret._io import read_json, write_json
 from hebbret.embed import extract_embeddings
 from hebbret.pretraining import pretrain
-from hebbret.report import fill_section
 
 log = logging.getLogger("bench_gpu")
 REPO = Path(__file__).resolve().parent.parent

@@ -36,20 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from _common.materialised import materialised_delta
+from _common.results import machine_info
+from _common.timing import QuietWaiter, contention, timing_samples
 from hebbret._io import write_json
 from hebbret.hebb.layers import HebbConv2d, HebbLinear
-from hebbret.hebb.materialised import materialised_delta
 from hebbret.hebb.rules import divide
 from hebbret.models import create_model
 from hebbret.pretraining import hebbian_step
-from hebbret.runtime import (
-    QuietWaiter,
-    contention,
-    load_average,
-    machine_info,
-    memory_format,
-    timing_samples,
-)
+from hebbret.runtime import load_average, memory_format
 
 log = logging.getLogger("bench_hebb")
 

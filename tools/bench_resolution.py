@@ -32,12 +32,11 @@ from typing import Any
 
 from PIL import Image
 
+from _common.results import ResultsFile, markdown_table, publish
 from hebbret._io import read_json
 from hebbret.data import scan_image_folder
 from hebbret.pretraining import convergence, training_log
-from hebbret.report import markdown_table, publish
 from hebbret.runs import load_run
-from hebbret.runtime import ResultsFile
 
 log = logging.getLogger("bench_resolution")
 REPO = Path(__file__).resolve().parent.parent

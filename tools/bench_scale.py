@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from _common.results import ResultsFile, markdown_table, publish
 from hebbret._io import write_json, write_jsonl
 from hebbret.artifacts import EMBEDDINGS, ITEMS, META
-from hebbret.report import markdown_table, publish
 from hebbret.runs import read_card
-from hebbret.runtime import ResultsFile, load_average
+from hebbret.runtime import load_average
 
 log = logging.getLogger("bench_scale")
 REPO = Path(__file__).resolve().parent.parent

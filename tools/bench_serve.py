@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from hebbret.report import markdown_table, publish
-from hebbret.runtime import ResultsFile, load_average
+from _common.results import ResultsFile, markdown_table, publish
+from hebbret.runtime import load_average
 
 log = logging.getLogger("bench_serve")
 REPO = Path(__file__).resolve().parent.parent

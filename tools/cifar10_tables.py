@@ -9,8 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hebbret.report import fill_section
-from hebbret.report import fmt as _f
+from _common.results import fill_section
+from _common.results import fmt as _f
 
 STAGES = ("softhebb", "retrieval", "few-labels", "protocols", "variants", "layers", "speed")
 # Anchors measured on this machine with SoftHebb's own published demo (issue 5).

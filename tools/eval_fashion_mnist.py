@@ -16,9 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from _common.results import markdown_table, provenance
 from hebbret._io import write_json
-from hebbret.report import markdown_table
-from hebbret.runtime import provenance
 from hebbret.stages import BackboneStages
 
 log = logging.getLogger("eval_fashion_mnist")

@@ -13,8 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hebbret.report import fill_section
-from hebbret.runtime import git_commit
+from _common.results import fill_section, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -49,6 +49,8 @@ import torch
 from faiss.contrib.evaluation import knn_intersection_measure
 
 import hebbret
+from _common.results import ResultsFile
+from _common.timing import timed_call
 from hebbret.eval import (
     knn_classify,
     linear_probe,
@@ -60,7 +62,6 @@ from hebbret.eval.knn import cosine_blocks
 from hebbret.finetuning import evaluate_classifier
 from hebbret.index import build_index, load_index, search_index, transform_like_index
 from hebbret.runs import read_card
-from hebbret.runtime import ResultsFile, timed_call
 from hebbret.stages import BackboneStages
 
 log = logging.getLogger("reproduce_cifar10")

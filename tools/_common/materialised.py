@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layers import HebbConv2d, HebbLinear
-from .rules import divide
+from hebbret.hebb.layers import HebbConv2d, HebbLinear
+from hebbret.hebb.rules import divide
 
 
 @torch.no_grad()
