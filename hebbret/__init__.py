@@ -24,7 +24,7 @@ _LAZY = {  # public name -> the module that defines it
     "pretrain": "pretraining",
     "FinetuneConfig": "finetuning", "finetune": "finetuning",
     "extract_embeddings": "embed", "load_embeddings": "embed",
-    "build_index": "index", "search_index": "index", "search_by_image": "index",
+    "build_index": "index", "search_index": "index", "search_by_image": "search",
     "evaluate": "eval.embeddings",
     "FewShotConfig": "eval.fewshot",
     "RunConfig": "pipeline", "run_pipeline": "pipeline",

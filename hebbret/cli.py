@@ -11,11 +11,12 @@ from typing import Any
 
 from .config import PRECISIONS, TRAINING_MODES, PretrainConfig, load_config
 from .data import NAMED_DATASETS
-from .embed import DTYPES, EMBED_BATCH_SIZE, EXPORT_FORMATS, POOLS
+from .embed import DTYPES, EMBED_BATCH_SIZE, POOLS
 from .eval.embeddings import LINEAR_PROTOCOLS
 from .eval.fewshot import PROTOCOLS, FewShotConfig
 from .eval.knn import DEFAULT_KS, KNN_TEMPERATURE
 from .eval.retrieval import RETRIEVAL_KS
+from .export import EXPORT_FORMATS
 from .finetuning import FINETUNE_MODES
 from .hebb.rules import RULES
 from .index import METRICS
@@ -93,7 +94,8 @@ def _index_info(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from .index import format_results, search_by_image, search_index
+    from .index import search_index
+    from .search import format_results, search_by_image
 
     if args.image:
         found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
@@ -150,7 +152,7 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .embed import export_extractor
+    from .export import export_extractor
 
     print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool,
                            gem_p=args.gem_p, grid=args.grid, project=not args.no_pca))

@@ -14,9 +14,8 @@ import numpy as np
 
 from ._io import JsonLines, atomic_path, read_json, write_json
 from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
-from .embed import embed_images, load_embeddings, spec_of
+from .embed import load_embeddings
 from .models._base import fit_pca
-from .runs import load_run
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -371,47 +370,3 @@ def search_loaded(loaded: tuple[faiss.Index, list[dict], dict[str, Any]], querie
     k = min(k, index.ntotal)
     scores, ids = index.search(_as_float32(queries, meta["normalization"] == "l2"), k)
     return scores, ids, items, meta
-
-
-def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.PathLike],
-                    k: int = 10, run: str | os.PathLike | None = None, nprobe: int | None = None,
-                    ef_search: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
-    """Embed query images with the model the index was built from, then search.
-
-    ``run`` defaults to the run dir recorded in the index meta; its weights must have the sha256
-    the index records. Returns one {"query", "results": [{rank, score, path, label,
-    class_name}]} per image.
-    """
-    loaded = load_index(index_dir)
-    meta = loaded[2]
-    model, card = model_of_index(index_dir, meta, run)
-    queries = embed_images(model, card, list(image_paths), spec_of(meta), device)
-    return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
-                                        name=str(index_dir)), [str(p) for p in image_paths])
-
-
-def model_of_index(index_dir: str | os.PathLike, meta: dict[str, Any],
-                   run: str | os.PathLike | None = None) -> tuple[Any, Any]:
-    """(model, card) of ``run``, default the run the index records; its weights must have the
-    sha256 the index records (the queries must be embedded by the model that embedded it)."""
-    run = run or meta.get("model_run")
-    if not run:
-        raise ValueError(f"{index_dir} records no model run; pass the run dir that made it")
-    model, card = load_run(run)
-    if meta.get("model_sha256") and card.weights_sha256 != meta["model_sha256"]:
-        raise ValueError(f"{index_dir} was built from model sha256 {meta['model_sha256'][:12]}, "
-                         f"but {run} holds sha256 {card.weights_sha256[:12]}; embed the "
-                         f"queries with the same model as the index")
-    return model, card
-
-
-def format_results(found: tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]],
-                   names: list[str]) -> list[dict[str, Any]]:
-    """Ranked results per query from ``search_index``'s output."""
-    scores, ids, items, _ = found
-    out = []
-    for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
-        results = [{"rank": r + 1, "score": float(s), "row": int(i), **items[i]}
-                   for r, (s, i) in enumerate(zip(row_scores, row_ids, strict=True)) if i >= 0]
-        out.append({"query": name, "results": results})
-    return out

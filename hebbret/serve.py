@@ -27,8 +27,9 @@ from PIL import Image
 from .data import NAMED_DATASETS, open_dataset
 from .embed import embed_images, load_embeddings, spec_of
 from .eval.knn import KNN_TEMPERATURE, weighted_vote
-from .index import format_results, index_info, load_index, model_of_index, search_loaded
+from .index import index_info, load_index, search_loaded
 from .runtime import pick_device
+from .search import format_results, model_of_index
 
 log = logging.getLogger(__name__)
 

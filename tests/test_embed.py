@@ -11,15 +11,15 @@ from hebbret.data import ImageFolder
 from hebbret.embed import (
     Extractor,
     embed_batch,
-    export_extractor,
     extract_embeddings,
     global_pool,
     load_embeddings,
-    load_extractor,
 )
-from hebbret.index import build_index, search_by_image
+from hebbret.export import export_extractor, load_extractor
+from hebbret.index import build_index
 from hebbret.pretraining import pretrain
 from hebbret.runs import EmbeddingSpec, load_run
+from hebbret.search import search_by_image
 
 from .conftest import TINY_C3
 from .test_data import write_bad_files

@@ -1,0 +1,57 @@
+"""Search an index by image: the query images embedded by the model the index was built from
+(its weights checked against the sha256 the index records), then ranked results."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .embed import embed_images, spec_of
+from .index import load_index, search_loaded
+from .runs import load_run
+
+
+def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.PathLike],
+                    k: int = 10, run: str | os.PathLike | None = None, nprobe: int | None = None,
+                    ef_search: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    """Embed query images with the model the index was built from, then search.
+
+    ``run`` defaults to the run dir recorded in the index meta; its weights must have the sha256
+    the index records. Returns one {"query", "results": [{rank, score, path, label,
+    class_name}]} per image.
+    """
+    loaded = load_index(index_dir)
+    meta = loaded[2]
+    model, card = model_of_index(index_dir, meta, run)
+    queries = embed_images(model, card, list(image_paths), spec_of(meta), device)
+    return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
+                                        name=str(index_dir)), [str(p) for p in image_paths])
+
+
+def model_of_index(index_dir: str | os.PathLike, meta: dict[str, Any],
+                   run: str | os.PathLike | None = None) -> tuple[Any, Any]:
+    """(model, card) of ``run``, default the run the index records; its weights must have the
+    sha256 the index records (the queries must be embedded by the model that embedded it)."""
+    run = run or meta.get("model_run")
+    if not run:
+        raise ValueError(f"{index_dir} records no model run; pass the run dir that made it")
+    model, card = load_run(run)
+    if meta.get("model_sha256") and card.weights_sha256 != meta["model_sha256"]:
+        raise ValueError(f"{index_dir} was built from model sha256 {meta['model_sha256'][:12]}, "
+                         f"but {run} holds sha256 {card.weights_sha256[:12]}; embed the "
+                         f"queries with the same model as the index")
+    return model, card
+
+
+def format_results(found: tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]],
+                   names: list[str]) -> list[dict[str, Any]]:
+    """Ranked results per query from ``search_index``'s output."""
+    scores, ids, items, _ = found
+    out = []
+    for name, row_scores, row_ids in zip(names, scores, ids, strict=True):
+        results = [{"rank": r + 1, "score": float(s), "row": int(i), **items[i]}
+                   for r, (s, i) in enumerate(zip(row_scores, row_ids, strict=True)) if i >= 0]
+        out.append({"query": name, "results": results})
+    return out
