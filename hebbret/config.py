@@ -1,4 +1,9 @@
-"""Dataclass configs per stage. A TOML file gives defaults, explicit arguments override them."""
+"""Dataclass configs per stage, and the names and defaults the command line offers.
+
+A TOML file gives defaults, explicit arguments override them. This module imports nothing heavy
+(no torch, timm or FAISS): the CLI builds its parser from it alone, and the stages import their
+choices from here.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+
+# ----------------------------------------------------------------------- choices and defaults
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (also cuda:N)
+NAMED_DATASETS = ("fashion-mnist", "fashion-mnist-mini")
+MODEL_NAMES = ("hebb_softhebb_c3", "hebb_softhebb_c4", "hebb_softhebb_c5", "hebb_fasthebb_6l")
+RULE_NAMES = ("hpca", "none", "softhebb", "swta")  # hebbret.hebb.rules.RULES
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
+POOLS = ("flatten", "avg", "max", "gem")  # descriptor pooling
+EMBED_BATCH_SIZE = 256
+DTYPES = ("float32", "float16")  # of a written embeddings.npy
+EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
+METRIC_NAMES = ("ip", "l2")  # FAISS metrics: inner product (cosine on L2-normalised rows), L2
+KNN_TEMPERATURE = 0.07  # votes exp(cos / T), InstDisc / DINO's weighted kNN
+DEFAULT_KS = (10, 20, 100, 200)  # kNN evaluation
+RETRIEVAL_KS = (1, 10, 100)
+SEARCH_K = 10  # results per query of `hebbret search`
+LINEAR_READOUTS = ("logreg", "softhebb")  # `eval linear --readout`
 
 
 @dataclass
@@ -87,5 +108,150 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, section: st
     return cls(**values)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+FINETUNE_MODES = ("full", "linear")  # end to end / only the head on the frozen backbone
+
+
+@dataclass
+class FinetuneConfig:
+    """Supervised training of a run's backbone on (few) labels."""
+
+    run: str = ""  # parent run dir: its weights (or, with from_scratch, its architecture)
+    data: str = ""  # labeled image folder, or a named dataset: fashion-mnist
+    labels_per_class: int | None = None  # few labels: this many per class ...
+    label_fraction: float | None = None  # ... or this share of the set, class-balanced
+    mode: str = "full"  # full: end-to-end; linear: head only, frozen backbone
+    epochs: int = 20
+    lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # full: the backbone learns at lr × this, the head at lr
+    momentum: float = 0.9  # Nesterov
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    augment: bool = False  # random crops (reflect-padded by 1/8 of the size) and flips
+    from_scratch: bool = False  # same architecture, random weights, same protocol
+    out: str = "runs/finetune"
+    split: str = "train"
+    data_root: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in FINETUNE_MODES:
+            raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {self.mode!r}")
+        if self.labels_per_class is not None and self.label_fraction is not None:
+            raise ValueError("give labels_per_class or label_fraction, not both")
+        if self.backbone_lr_scale < 0:
+            raise ValueError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
+
+
+PROTOCOLS = ("knn", "linear", "propagate", "full")
+FROZEN_PROTOCOLS = ("knn", "linear", "propagate")
+
+
+@dataclass
+class FewShotConfig:
+    """Which protocols, label budget and seeds; the protocols' own settings."""
+
+    protocols: list[str] = field(default_factory=lambda: list(FROZEN_PROTOCOLS))
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    knn_k: int = 20
+    temperature: float = KNN_TEMPERATURE
+    standardize: bool = True  # knn, propagate: compare L2-normalised features standardised with
+    #                           the collection's statistics (no labels); linear chooses by CV
+    graph_k: int = 10  # neighbours per node of the propagation graph
+    graph_index: str = "Flat"  # FAISS factory the graph is searched with (inner product on the
+    #                            compared features); e.g. "PCA256,Flat" for very wide features
+    alpha: float | None = None  # diffusion strength; None: cross-validated on the labeled rows
+    prior_weight: float | None = None  # weight of the linear head's predictions in the
+    #                                    diffusion (0: plain label propagation); None: CV
+    gamma: float = 3.0  # affinity power
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.protocols) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(f"unknown few-label protocols {unknown}; choose from {list(PROTOCOLS)}")
+        if (self.labels_per_class is None) == (self.label_fraction is None):
+            raise ValueError("give exactly one of labels_per_class and label_fraction")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+
+
+@dataclass
+class ServeConfig:
+    """What `hebbret serve` serves and how."""
+
+    index: str
+    run: str | None = None  # the model that embeds uploads; None: the one the index records
+    host: str = "127.0.0.1"  # loopback only unless asked
+    port: int = 8000
+    k: int = 10  # default number of hits
+    max_k: int = 100
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000  # larger images are refused before they are decoded
+    thumb_px: int = 96  # thumbnails are at most this many pixels a side (small images: scaled up)
+    device: str = "auto"
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class RunConfig:
+    """Everything `hebbret run` does, in one place."""
+
+    data: str = "fashion-mnist-mini"  # named dataset with train/test splits, or DIR/{train,test}
+    data_root: str | None = None  # files of a named dataset
+    model: str | None = None  # None: the SoftHebb net that fits the input size (choose_inputs)
+    rule: str | None = None  # None: the backbone's default Hebbian rule
+    pretrain_epochs: int | None = None  # None: the backbone's default
+    pretrain_steps: int | None = None  # Hebbian steps (instead of epochs); None: default budget
+    pretrain_batch_size: int | None = None
+    pretrain_lr: list[float] | None = None  # one per Hebbian layer or one for all; None: default
+    in_chans: int | None = None
+    img_size: int | None = None  # None: chosen from the images (choose_inputs)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None  # descriptor; None: the backbone's (model card -> embedding)
+    pool: str | None = None
+    descriptor_dims: int = PretrainConfig.descriptor_dims  # its PCA after pretraining; 0: none
+    labels_per_class: int | None = 20  # the few labels (or label_fraction)
+    label_fraction: float | None = None
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # labeled subsets
+    finetune_epochs: int = 20
+    finetune_lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # full: the backbone learns at finetune_lr × this
+    finetune_batch_size: int = 64
+    augment: bool = False
+    knn_k: int = 20
+    retrieval_k: int = 100
+    linear_max_iter: int = 100  # L-BFGS iterations of the linear probe
+    embed_batch_size: int = 256
+    queries_shown: int = 6  # rows of retrieval.png
+    out: str = "runs/hebbret-run"
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.label_fraction is not None:  # a fraction replaces the per-class default
+            self.labels_per_class = None
+        if isinstance(self.pretrain_lr, (int, float)):
+            self.pretrain_lr = [float(self.pretrain_lr)]
+        FewShotConfig(protocols=self.protocols, labels_per_class=self.labels_per_class,
+                      label_fraction=self.label_fraction, seeds=self.seeds)  # validates
+
+
+def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunConfig:
+    """A shipped config by name (default, fashion-mnist, cifar10) or a user's TOML file."""
+    name = name_or_path or "default"
+    path = Path(name)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name}.toml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+            raise ValueError(f"no shipped config named {name!r}; choose one of {shipped} or "
+                             f"give a .toml file")
+    return load_config(RunConfig, path, section="run", **overrides)

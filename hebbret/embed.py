@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
+from .config import DTYPES, EMBED_BATCH_SIZE, POOLS
 from .data import (
     ImageDataset,
     SkippedFiles,
@@ -47,9 +48,6 @@ from .version import __version__
 
 log = logging.getLogger(__name__)
 
-POOLS = ("flatten", "avg", "max", "gem")
-EMBED_BATCH_SIZE = 256
-DTYPES = ("float32", "float16")
 
 
 def layer_names(model: HebbNet) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ._io import atomic_path
+from .config import EXPORT_FORMATS
 from .embed import Extractor, embedding_spec
 from .models import create_model
 from .runs import EmbeddingSpec, ModelCard, load_run
@@ -19,7 +20,6 @@ from .runs import EmbeddingSpec, ModelCard, load_run
 log = logging.getLogger(__name__)
 
 
-EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
 
 
 def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,54 +23,17 @@ import torch.nn.functional as F
 
 from ._io import write_json, write_jsonl
 from .artifacts import RUN_CONFIG, TRAIN_LOG, is_complete
+from .config import FewShotConfig, FinetuneConfig
 from .data import SkippedFiles, few_label_rows, make_loader, open_dataset
 from .embed import fit_descriptor_pca
 from .eval.embeddings import aligned_labels
 from .eval.features import summarize, top1_top5_hits
-from .eval.fewshot import FewShotConfig
 from .models import HebbNet, create_model
 from .progress import progress
 from .runs import load_run, read_card, save_run
 from .runtime import keep_freed_memory, pick_device, release_freed_memory
 
 log = logging.getLogger(__name__)
-
-
-FINETUNE_MODES = ("full", "linear")  # end to end / only the head on the frozen backbone
-
-
-@dataclass
-class FinetuneConfig:
-    """Supervised training of a run's backbone on (few) labels."""
-
-    run: str = ""  # parent run dir: its weights (or, with from_scratch, its architecture)
-    data: str = ""  # labeled image folder, or a named dataset: fashion-mnist
-    labels_per_class: int | None = None  # few labels: this many per class ...
-    label_fraction: float | None = None  # ... or this share of the set, class-balanced
-    mode: str = "full"  # full: end-to-end; linear: head only, frozen backbone
-    epochs: int = 20
-    lr: float = 1e-3
-    backbone_lr_scale: float = 1.0  # full: the backbone learns at lr × this, the head at lr
-    momentum: float = 0.9  # Nesterov
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    augment: bool = False  # random crops (reflect-padded by 1/8 of the size) and flips
-    from_scratch: bool = False  # same architecture, random weights, same protocol
-    out: str = "runs/finetune"
-    split: str = "train"
-    data_root: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in FINETUNE_MODES:
-            raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {self.mode!r}")
-        if self.labels_per_class is not None and self.label_fraction is not None:
-            raise ValueError("give labels_per_class or label_fraction, not both")
-        if self.backbone_lr_scale < 0:
-            raise ValueError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

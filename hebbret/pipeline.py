@@ -17,18 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._io import read_json, write_bytes, write_json
-from .config import PretrainConfig, load_config
-from .data import NAMED_DATASETS, Survey, held_out, scan_image_folder, survey
-from .embed import POOLS
+from .config import NAMED_DATASETS, POOLS, FewShotConfig, RunConfig
+from .data import Survey, held_out, scan_image_folder, survey
 from .eval.embeddings import evaluate_embeddings
-from .eval.fewshot import PROTOCOLS, FewShotConfig
 from .finetuning import evaluate_full
 from .models import FAMILIES, create_model
 from .report import results_table, verdict
@@ -39,67 +37,7 @@ from .viz import save_convergence, save_filters, save_retrieval_examples
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 VARIANTS = ("hebbian", "random")
-
-
-@dataclass
-class RunConfig:
-    """Everything `hebbret run` does, in one place."""
-
-    data: str = "fashion-mnist-mini"  # named dataset with train/test splits, or DIR/{train,test}
-    data_root: str | None = None  # files of a named dataset
-    model: str | None = None  # None: the SoftHebb net that fits the input size (choose_inputs)
-    rule: str | None = None  # None: the backbone's default Hebbian rule
-    pretrain_epochs: int | None = None  # None: the backbone's default
-    pretrain_steps: int | None = None  # Hebbian steps (instead of epochs); None: default budget
-    pretrain_batch_size: int | None = None
-    pretrain_lr: list[float] | None = None  # one per Hebbian layer or one for all; None: default
-    in_chans: int | None = None
-    img_size: int | None = None  # None: chosen from the images (choose_inputs)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    layer: str | None = None  # descriptor; None: the backbone's (model card -> embedding)
-    pool: str | None = None
-    descriptor_dims: int = PretrainConfig.descriptor_dims  # its PCA after pretraining; 0: none
-    labels_per_class: int | None = 20  # the few labels (or label_fraction)
-    label_fraction: float | None = None
-    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # labeled subsets
-    finetune_epochs: int = 20
-    finetune_lr: float = 1e-3
-    backbone_lr_scale: float = 1.0  # full: the backbone learns at finetune_lr × this
-    finetune_batch_size: int = 64
-    augment: bool = False
-    knn_k: int = 20
-    retrieval_k: int = 100
-    linear_max_iter: int = 100  # L-BFGS iterations of the linear probe
-    embed_batch_size: int = 256
-    queries_shown: int = 6  # rows of retrieval.png
-    out: str = "runs/hebbret-run"
-    seed: int = 0
-    device: str = "auto"
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.label_fraction is not None:  # a fraction replaces the per-class default
-            self.labels_per_class = None
-        if isinstance(self.pretrain_lr, (int, float)):
-            self.pretrain_lr = [float(self.pretrain_lr)]
-        FewShotConfig(protocols=self.protocols, labels_per_class=self.labels_per_class,
-                      label_fraction=self.label_fraction, seeds=self.seeds)  # validates
-
-
-def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunConfig:
-    """A shipped config by name (default, fashion-mnist, cifar10) or a user's TOML file."""
-    name = name_or_path or "default"
-    path = Path(name)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name}.toml"
-        if not path.is_file():
-            shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-            raise ValueError(f"no shipped config named {name!r}; choose one of {shipped} or "
-                             f"give a .toml file")
-    return load_config(RunConfig, path, section="run", **overrides)
 
 
 TEST_FRACTION = 0.2  # a single labeled folder: this share of every class becomes the test set

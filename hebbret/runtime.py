@@ -18,7 +18,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (also cuda:N)
 
 
 def pick_device(name: str) -> torch.device:

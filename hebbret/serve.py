@@ -17,16 +17,16 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .data import NAMED_DATASETS, open_dataset
+from .config import KNN_TEMPERATURE, NAMED_DATASETS, ServeConfig
+from .data import open_dataset
 from .embed import embed_images, load_embeddings, spec_of
-from .eval.knn import KNN_TEMPERATURE, weighted_vote
+from .eval.knn import weighted_vote
 from .index import index_info, load_index, search_loaded
 from .runtime import pick_device
 from .search import format_results, model_of_index
@@ -34,22 +34,6 @@ from .search import format_results, model_of_index
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "static" / "serve.html"
-
-
-@dataclass
-class ServeConfig:
-    """What `hebbret serve` serves and how."""
-
-    index: str
-    run: str | None = None  # the model that embeds uploads; None: the one the index records
-    host: str = "127.0.0.1"  # loopback only unless asked
-    port: int = 8000
-    k: int = 10  # default number of hits
-    max_k: int = 100
-    max_upload_mb: float = 10.0
-    max_pixels: int = 40_000_000  # larger images are refused before they are decoded
-    thumb_px: int = 96  # thumbnails are at most this many pixels a side (small images: scaled up)
-    device: str = "auto"
 
 
 class ClientError(ValueError):

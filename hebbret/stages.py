@@ -20,9 +20,9 @@ from typing import Any
 
 from ._io import read_json, write_json
 from .artifacts import META, TRAIN_STATE, is_complete
+from .config import FewShotConfig
 from .embed import extract_embeddings
 from .eval.embeddings import evaluate, evaluate_embeddings
-from .eval.fewshot import FewShotConfig
 from .finetuning import evaluate_full
 from .index import build_index
 from .pretraining import pretrain

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from hebbret import cli
+from hebbret.config import FewShotConfig
 from hebbret.data import few_label_rows
 from hebbret.eval.features import collection_stats, prepare
-from hebbret.eval.fewshot import FewShotConfig, evaluate_frozen, fewshot_knn
+from hebbret.eval.fewshot import evaluate_frozen, fewshot_knn
 from hebbret.eval.logreg import fewshot_linear, fit_logreg
 from hebbret.eval.propagate import knn_graph, propagate_labels
 from hebbret.pretraining import pretrain

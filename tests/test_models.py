@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 
-import hebbret  # noqa: F401  (registers the backbones with timm)
+import hebbret.models  # noqa: F401  (registers the backbones with timm)
 from hebbret.hebb import HebbConv2d, HebbLinear
 from hebbret.models import MODEL_NAMES, create_model
 
@@ -110,13 +110,13 @@ def test_bad_model_arguments_are_explained():
 
 
 def test_import_hebbret_is_light_and_exposes_the_api_lazily():
-    """`import hebbret; timm.create_model(...)` imports neither FAISS nor any stage; the public
-    names still resolve, and no hebbret module imports the package root."""
+    """`import hebbret.models; timm.create_model(...)` imports neither FAISS nor any stage; the
+    public names still resolve, and no hebbret module imports the package root."""
     import pathlib
     import subprocess
     import sys
 
-    code = ("import sys, timm, hebbret; timm.create_model('hebb_softhebb_c3'); "
+    code = ("import sys, timm, hebbret, hebbret.models; timm.create_model('hebb_softhebb_c3'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'faiss' or m in "
             "('hebbret.pipeline', 'hebbret.pretraining', 'hebbret.embed', 'hebbret.index', "
             "'hebbret.eval', 'hebbret.finetuning'))); "
@@ -131,3 +131,27 @@ def test_import_hebbret_is_light_and_exposes_the_api_lazily():
                  if "from . import __version__" in p.read_text()
                  or "from .. import __version__" in p.read_text()]
     assert offenders == []
+
+
+def test_the_command_line_parser_imports_no_torch_timm_or_faiss():
+    """`hebbret --help` (and any parse) stays light: the handlers import what they call."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hebbret.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['pretrain', 'DIR']); p.parse_args(['index', 'build', 'E', '--out', 'I']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'faiss', "
+            "'numpy', 'fastapi'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_the_config_names_match_what_the_library_registers():
+    from hebbret.config import METRIC_NAMES, MODEL_NAMES, RULE_NAMES
+    from hebbret.hebb.rules import RULES
+    from hebbret.index import METRICS
+
+    assert RULE_NAMES == tuple(sorted(RULES))
+    assert METRIC_NAMES == tuple(METRICS)
+    assert all(timm.is_model(name) for name in MODEL_NAMES)

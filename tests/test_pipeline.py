@@ -5,8 +5,9 @@ import numpy as np
 from PIL import Image
 
 from hebbret import cli
+from hebbret.config import RunConfig, load_run_config
 from hebbret.data import Survey, detail_lost, survey
-from hebbret.pipeline import RunConfig, choose_inputs, load_run_config, split_folder
+from hebbret.pipeline import choose_inputs, split_folder
 
 from .conftest import write_image_folder
 

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hebbret.config import ServeConfig
 from hebbret.embed import extract_embeddings, load_embeddings
 from hebbret.eval import weighted_vote
 from hebbret.index import build_index
 from hebbret.pretraining import pretrain
 from hebbret.search import search_by_image
-from hebbret.serve import ServeConfig, create_app
+from hebbret.serve import create_app
 
 from .conftest import TINY_C3, load_tool, write_image_folder
 

@@ -8,6 +8,7 @@
 - :mod:`.loader`: :func:`open_dataset` and :func:`make_loader`, the only module that sees all.
 """
 
+from ..config import NAMED_DATASETS
 from .folders import (
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -20,7 +21,7 @@ from .folders import (
     to_tensor,
 )
 from .loader import PackedLoader, make_loader, open_dataset
-from .named import NAMED_DATASETS, FashionMNIST
+from .named import FashionMNIST
 from .packed import PackedImages, cache_enabled, cache_root, open_packed, pack_folder
 from .sampling import (
     Batch,

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import NAMED_DATASETS
 from .folders import ImageDataset, ImageFolder
-from .named import NAMED_DATASETS, FashionMNIST
+from .named import FashionMNIST
 from .packed import cache_enabled, open_packed
 from .sampling import Batch, EpochBatches, EpochSampler, collate
 from .survey import native_format

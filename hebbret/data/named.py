@@ -16,7 +16,6 @@ from .folders import ImageDataset, Item
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-NAMED_DATASETS = ("fashion-mnist", "fashion-mnist-mini")
 MINI_FILE = Path(__file__).parent.parent / "datasets" / "fashion_mnist_mini.npz"
 
 

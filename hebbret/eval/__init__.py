@@ -12,13 +12,14 @@
 A fine-tuned run's own classifier is scored by :func:`hebbret.finetuning.evaluate_classifier`.
 """
 
+from ..config import DEFAULT_KS, FROZEN_PROTOCOLS, KNN_TEMPERATURE, PROTOCOLS, RETRIEVAL_KS, FewShotConfig
 from .embeddings import aligned_labels, evaluate, evaluate_embeddings, load_labeled_pair
-from .fewshot import FROZEN_PROTOCOLS, PROTOCOLS, FewShotConfig, evaluate_frozen
-from .knn import DEFAULT_KS, KNN_TEMPERATURE, knn_classify, nearest_rows, weighted_vote
+from .fewshot import evaluate_frozen
+from .knn import knn_classify, nearest_rows, weighted_vote
 from .logreg import fit_linear_head, fit_logreg, linear_probe
 from .propagate import knn_graph, propagate_labels
 from .readout import softhebb_readout
-from .retrieval import RETRIEVAL_KS, retrieval_metrics
+from .retrieval import retrieval_metrics
 
 __all__ = [
     "DEFAULT_KS", "FROZEN_PROTOCOLS", "KNN_TEMPERATURE", "PROTOCOLS", "RETRIEVAL_KS",

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from .._io import write_json
+from ..config import FewShotConfig
 from ..embed import load_embeddings
-from .fewshot import FewShotConfig, evaluate_frozen
+from .fewshot import evaluate_frozen
 from .knn import knn_classify
 from .logreg import linear_probe
 from .readout import softhebb_readout
@@ -20,7 +21,6 @@ from .retrieval import retrieval_metrics
 log = logging.getLogger(__name__)
 
 
-LINEAR_PROTOCOLS = ("logreg", "softhebb")  # `eval linear --protocol`
 
 
 def labels_of(items: list[dict]) -> np.ndarray:

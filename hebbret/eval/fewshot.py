@@ -24,14 +24,14 @@ The frozen-feature protocols work on embeddings (N, D) and share them across pro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import FROZEN_PROTOCOLS, KNN_TEMPERATURE, FewShotConfig
 from ..data.sampling import few_label_rows
 from .features import collection_stats, standardized, summarize
-from .knn import KNN_TEMPERATURE, knn_classify
+from .knn import knn_classify
 from .logreg import fewshot_linear
 from .propagate import fewshot_propagate, knn_graph
 
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
     import faiss
 
 log = logging.getLogger(__name__)
-
-
-PROTOCOLS = ("knn", "linear", "propagate", "full")
-FROZEN_PROTOCOLS = ("knn", "linear", "propagate")
 
 
 def fewshot_knn(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarray,
@@ -54,36 +50,6 @@ def fewshot_knn(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.ndarr
     used = max(res["k"])
     return {"top1": res["k"][used]["top1"], "top5": res["k"][used]["top5"], "k": used,
             "temperature": temperature}
-
-
-@dataclass
-class FewShotConfig:
-    """Which protocols, label budget and seeds; the protocols' own settings."""
-
-    protocols: list[str] = field(default_factory=lambda: list(FROZEN_PROTOCOLS))
-    labels_per_class: int | None = None
-    label_fraction: float | None = None
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    knn_k: int = 20
-    temperature: float = KNN_TEMPERATURE
-    standardize: bool = True  # knn, propagate: compare L2-normalised features standardised with
-    #                           the collection's statistics (no labels); linear chooses by CV
-    graph_k: int = 10  # neighbours per node of the propagation graph
-    graph_index: str = "Flat"  # FAISS factory the graph is searched with (inner product on the
-    #                            compared features); e.g. "PCA256,Flat" for very wide features
-    alpha: float | None = None  # diffusion strength; None: cross-validated on the labeled rows
-    prior_weight: float | None = None  # weight of the linear head's predictions in the
-    #                                    diffusion (0: plain label propagation); None: CV
-    gamma: float = 3.0  # affinity power
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.protocols) - set(PROTOCOLS))
-        if unknown:
-            raise ValueError(f"unknown few-label protocols {unknown}; choose from {list(PROTOCOLS)}")
-        if (self.labels_per_class is None) == (self.label_fraction is None):
-            raise ValueError("give exactly one of labels_per_class and label_fraction")
-        if not self.seeds:
-            raise ValueError("give at least one seed")
 
 
 def evaluate_frozen(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

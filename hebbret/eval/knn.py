@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import DEFAULT_KS, KNN_TEMPERATURE
 from .features import check_ks, check_labeled, l2_normalized, top1_top5_hits
-
-DEFAULT_KS = (10, 20, 100, 200)
-KNN_TEMPERATURE = 0.07  # votes exp(cos / T), InstDisc / DINO's weighted kNN
 
 
 def weighted_vote(scores: np.ndarray, labels: np.ndarray, temperature: float = KNN_TEMPERATURE

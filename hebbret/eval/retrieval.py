@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import RETRIEVAL_KS
 from .features import check_ks, check_labeled
 from .knn import cosine_blocks, mask_own, query_rows
-
-RETRIEVAL_KS = (1, 10, 100)
 
 
 def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: np.ndarray,

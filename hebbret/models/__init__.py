@@ -1,4 +1,5 @@
-"""Backbones, registered with timm: ``timm.create_model("hebb_softhebb_c3")`` after ``import hebbret``."""
+"""Backbones, registered with timm when this package is imported: ``import hebbret.models`` then
+``timm.create_model("hebb_softhebb_c3")``."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from typing import Any
 
 import timm
 
+from ..config import MODEL_NAMES
 from ._base import HebbNet, PatchWhitening, Triangle
 from .fasthebb import FastHebb6L, hebb_fasthebb_6l
 from .softhebb import FAMILIES, SoftHebbNet, hebb_softhebb_c3, hebb_softhebb_c4, hebb_softhebb_c5
-
-MODEL_NAMES = ("hebb_softhebb_c3", "hebb_softhebb_c4", "hebb_softhebb_c5", "hebb_fasthebb_6l")
 
 
 def create_model(name: str, **kwargs: Any) -> HebbNet:

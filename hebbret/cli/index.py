@@ -1,0 +1,99 @@
+"""`hebbret index build|info`, `search`, `serve`: FAISS indexes and queries against them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import METRIC_NAMES, SEARCH_K, ServeConfig
+from .common import device, search_params
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build or describe a FAISS index")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", parents=[search_params()],
+                        help="build a FAISS index from an embeddings dir")
+    b.add_argument("embeddings", help="embeddings dir")
+    b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
+    b.add_argument("--factory", default="Flat", help="any FAISS index_factory string")
+    b.add_argument("--metric", choices=METRIC_NAMES, default=METRIC_NAMES[0],
+                   help="ip: inner product on L2-normalised vectors (cosine)")
+    b.add_argument("--on-disk", action="store_true", help="IVF factories: add the vectors "
+                   "shard by shard and keep the inverted lists in index.ivfdata, memory-mapped "
+                   "by search (collections larger than RAM)")
+    b.add_argument("--shard-rows", type=int, default=262_144,
+                   help="--on-disk: vectors added per block (default %(default)s)")
+    b.set_defaults(func=build)
+    b = isub.add_parser("info", help="print an index's meta")
+    b.add_argument("index", help="index dir")
+    b.set_defaults(func=info)
+
+    p = sub.add_parser("search", parents=[search_params(), device("auto")],
+                       help="query an index by image or by embeddings")
+    p.add_argument("index", help="index dir")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", nargs="+", help="query image files")
+    q.add_argument("--embeddings", help="query embeddings, a (Q, D) .npy file")
+    p.add_argument("--k", type=int, default=SEARCH_K)
+    p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
+    p.add_argument("--json", action="store_true", help="machine-readable results")
+    p.set_defaults(func=search)
+
+    p = sub.add_parser("serve", parents=[device("auto")], help="search an index by image in the "
+                       "browser, with a JSON API (http://HOST:PORT/)")
+    p.add_argument("index", help="index dir")
+    p.add_argument("--host", default=ServeConfig.host, help="address to listen on (default "
+                   "%(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=ServeConfig.port)
+    p.add_argument("--run", help="run dir to embed uploads with (default: the one the index "
+                   "records)")
+    p.add_argument("--k", type=int, default=ServeConfig.k, help="default number of results")
+    p.add_argument("--max-upload-mb", type=float, default=ServeConfig.max_upload_mb)
+    p.set_defaults(func=serve)
+
+
+def build(args: argparse.Namespace) -> None:
+    from ..index import build_index
+
+    print(build_index(args.embeddings, args.out, factory=args.factory, metric=args.metric,
+                      nprobe=args.nprobe, ef_search=args.ef_search, on_disk=args.on_disk,
+                      shard_rows=args.shard_rows))
+
+
+def info(args: argparse.Namespace) -> None:
+    from ..index import index_info
+
+    print(json.dumps(index_info(args.index), indent=2))
+
+
+def search(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ..index import search_index
+    from ..search import format_results, search_by_image
+
+    if args.image:
+        found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
+                                ef_search=args.ef_search, device=args.device)
+    else:
+        queries = np.load(args.embeddings, mmap_mode="r")
+        names = [f"{args.embeddings}[{i}]" for i in range(len(queries))]
+        found = format_results(search_index(args.index, queries, args.k, args.nprobe,
+                                            args.ef_search), names)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    for q in found:
+        print(f"query {q['query']}")
+        print(f"{'rank':>4}  {'score':>7}  {'label':<16} path")
+        for r in q["results"]:
+            label = r.get("class_name") or r.get("label")
+            print(f"{r['rank']:>4}  {r['score']:>7.4f}  {label!s:<16} {r['path']}")
+
+
+def serve(args: argparse.Namespace) -> None:
+    from ..serve import serve
+
+    serve(ServeConfig(index=args.index, run=args.run, host=args.host, port=args.port, k=args.k,
+                      max_upload_mb=args.max_upload_mb, device=args.device))
