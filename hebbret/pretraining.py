@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
@@ -36,6 +37,7 @@ from .distributed import (
     union_rows,
 )
 from .embed import fit_descriptor_pca
+from .hebb.layers import HebbConv2d, HebbLinear
 from .hebb.rules import neuron_norms
 from .models import HebbNet, PatchWhitening, create_model
 from .progress import progress
@@ -103,41 +105,52 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
                 else:
                     sharded_forward(model, shards, reduce, upto=max(active))
             deltas = {i: layers[i].delta for i in active}
-            # NaN/inf anywhere propagate into the max
-            maxes = {i: d.abs().amax() for i, d in deltas.items()}
-            if ok is None:
-                maxes = {i: float(m) for i, m in maxes.items()}
-                for i, m in maxes.items():
-                    if not math.isfinite(m):
-                        raise NonFiniteUpdate(f"Hebbian layer {i} ({layers[i].rule.name}) "
-                                              f"produced a non-finite update")
-            else:
-                ok &= torch.stack([torch.isfinite(m) for m in maxes.values()]).all()
+            maxes = _update_sizes(deltas, layers, ok)
             for i in active:
                 direction = layers[i].update_direction(deltas[i]).neg_()
                 if ok is not None:  # where, not a product: NaN · 0 is NaN
                     direction = torch.where(ok, direction, torch.zeros_like(direction))
                 layers[i].weight.grad = direction
             optimizer.step()
-            stats = []
-            for i in active:
-                w = layers[i].weight
-                if ok is None and not torch.isfinite(w).all():
-                    raise NonFiniteUpdate(f"Hebbian layer {i} has non-finite weights")
-                if ok is not None:
-                    ok &= torch.isfinite(w).all()
-                s = {"layer": i, "max_delta": maxes[i], "norm_mean": neuron_norms(w).mean()}
-                if measure and layers[i].rule.distance is not None:
-                    s["distance"] = layers[i].rule.distance(w, deltas[i])
-                if ok is None:
-                    s = {k: v if isinstance(v, (int, float)) else float(v) for k, v in s.items()}
-                stats.append(s)
+            return [_layer_stats(i, layers[i], maxes[i], deltas[i], measure, ok) for i in active]
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
         for block in frozen:
             block.train()
-    return stats
+
+
+def _update_sizes(deltas: dict[int, Tensor], layers: list[HebbConv2d | HebbLinear], ok: Tensor | None
+                  ) -> dict[int, Any]:
+    """max|ΔW| per layer (NaN/inf anywhere propagate into it): floats, raising
+    NonFiniteUpdate on a non-finite one; with ``ok``: 0-d tensors, ``ok`` and-ed in place."""
+    maxes = {i: d.abs().amax() for i, d in deltas.items()}
+    if ok is not None:
+        ok &= torch.stack([torch.isfinite(m) for m in maxes.values()]).all()
+        return maxes
+    maxes = {i: float(m) for i, m in maxes.items()}
+    for i, m in maxes.items():
+        if not math.isfinite(m):
+            raise NonFiniteUpdate(f"Hebbian layer {i} ({layers[i].rule.name}) "
+                                  f"produced a non-finite update")
+    return maxes
+
+
+def _layer_stats(i: int, layer: HebbConv2d | HebbLinear, max_delta: Any, delta: Tensor, measure: bool,
+                 ok: Tensor | None) -> dict[str, Any]:
+    """What :func:`hebbian_step` returns for layer ``i`` after the update (floats without
+    ``ok``, raising on non-finite weights; with it, 0-d tensors and ``ok`` and-ed in place)."""
+    w = layer.weight
+    if ok is None and not torch.isfinite(w).all():
+        raise NonFiniteUpdate(f"Hebbian layer {i} has non-finite weights")
+    if ok is not None:
+        ok &= torch.isfinite(w).all()
+    s = {"layer": i, "max_delta": max_delta, "norm_mean": neuron_norms(w).mean()}
+    if measure and layer.rule.distance is not None:
+        s["distance"] = layer.rule.distance(w, delta)
+    if ok is None:
+        s = {k: v if isinstance(v, (int, float)) else float(v) for k, v in s.items()}
+    return s
 
 
 def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
@@ -231,8 +244,7 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
     if not cfg.data:
         raise ValueError("no data given: pass DATA (an image folder or fashion-mnist) or set "
                          "data in --config")
-    device = pick_device(cfg.device)
-    w, device = join(device)  # under torchrun: one process of a data-parallel job
+    w, device = join(pick_device(cfg.device))  # under torchrun: one process of a parallel job
     with main_first():  # rank 0 packs the image cache once for every rank
         resolved, dataset = _resolve(cfg)
     resolved["world_size"] = w.size
@@ -248,49 +260,74 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
         return out
     if cfg.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, in_chans=resolved["in_chans"], img_size=resolved["img_size"],
-                         rule=resolved["rule"], **cfg.model_kwargs)
-    if dataset.classes:
-        model.reset_classifier(len(dataset.classes))
-    model.to(device, memory_format=memory_format(cfg.channels_last)).train()
-    if resolved["rule"] == "none":  # nothing learns: the pass calibrates BatchNorm, exactly
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # cumulative average over the pass, not an EMA of its tail
+    model = _new_model(cfg, resolved, len(dataset.classes), device)
     layers = model.hebb_layers()
     optimizer = torch.optim.SGD([{"params": [layer.weight], "lr": lr}
                                  for layer, lr in zip(layers, resolved["lr"], strict=True)])
     skipped = SkippedFiles(dataset)
-    pos = {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, "images": 0, "seconds": 0.0}
-    # each layer's neuron directions at its last drift measurement (saved with the state)
-    marks = [directions(layer.weight.detach()) for layer in layers]
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        marks = [m.to(device) for m in state.get("marks") or
-                 [directions(layer.weight.detach()) for layer in layers]]
-        pos = state["position"]
-        skipped.rows = set(state["skipped_rows"])
-        if w.is_main:
-            _trim_log(out / TRAIN_LOG, pos["global_step"])
-        log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
-                 pos["step"])
+        pos, marks = _restore(state, model, optimizer, skipped, out, w, device)
     else:
+        pos = {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, "images": 0, "seconds": 0.0}
+        marks = [directions(layer.weight.detach()) for layer in layers]  # at the last drift
         _fit_stem(model, dataset, resolved, device)
         if w.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / RUN_CONFIG, resolved)
             write_jsonl(out / TRAIN_LOG, [])
-    phases = [list(range(len(layers)))] if cfg.mode == "consecutive" else [[i] for i in
-                                                                             range(len(layers))]
+    phases = ([list(range(len(layers)))] if cfg.mode == "consecutive"
+              else [[i] for i in range(len(layers))])
     _train(model, optimizer, dataset, phases, resolved, pos, skipped, device, out, w, marks)
     if pos["images"] == 0:
         raise ValueError(f"none of the {len(dataset)} image files under {dataset.root} could be "
                          f"decoded; nothing was trained and no model was written to {out}")
-    if not w.is_main:
-        barrier(long=True)  # returns once rank 0 has written the run dir
-        return out
+    if w.is_main:
+        _finish(cfg, resolved, model, dataset, out, pos, skipped, device)
+        _save_state(out, model, optimizer, pos, skipped, marks, finished=True)
+        del optimizer, marks
+        release_freed_memory()
+    barrier(long=True)  # the other ranks return once rank 0 has written the run dir
+    return out
+
+
+def _new_model(cfg: PretrainConfig, resolved: dict[str, Any], classes: int,
+               device: torch.device) -> HebbNet:
+    """The seeded backbone on ``device``, in training mode (rule none: BatchNorm calibrates
+    on the pass with a cumulative average, exactly, instead of an EMA of its tail)."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, in_chans=resolved["in_chans"], img_size=resolved["img_size"],
+                         rule=resolved["rule"], **cfg.model_kwargs)
+    if classes:
+        model.reset_classifier(classes)
+    model.to(device, memory_format=memory_format(cfg.channels_last)).train()
+    if resolved["rule"] == "none":
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = None
+    return model
+
+
+def _restore(state: dict[str, Any], model: HebbNet, optimizer: torch.optim.Optimizer,
+             skipped: SkippedFiles, out: Path, w: Any, device: torch.device
+             ) -> tuple[dict[str, Any], list[Tensor]]:
+    """Load a checkpoint into ``model`` and ``optimizer``; returns (position, drift marks)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    marks = [m.to(device) for m in state.get("marks") or
+             [directions(layer.weight.detach()) for layer in model.hebb_layers()]]
+    pos = state["position"]
+    skipped.rows = set(state["skipped_rows"])
+    if w.is_main:
+        _trim_log(out / TRAIN_LOG, pos["global_step"])
+    log.info("resuming %s at phase %d epoch %d step %d", out, pos["phase"], pos["epoch"],
+             pos["step"])
+    return pos, marks
+
+
+def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
+            dataset: ImageDataset, out: Path, pos: dict[str, Any], skipped: SkippedFiles,
+            device: torch.device) -> None:
+    """Rank 0 after training: convergence, the descriptor PCA, the run dir, warnings."""
     conv = convergence(training_log(out), model)
     pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
                               cfg.num_workers, cfg.quiet) if cfg.descriptor_dims else {"dims": 0})
@@ -299,10 +336,6 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
                "convergence": conv, "descriptor_pca": pca}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
-    _save_state(out, model, optimizer, pos, skipped, marks, finished=True)
-    del optimizer, marks
-    release_freed_memory()
-    barrier(long=True)
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:
         if not la["converged"]:
@@ -310,7 +343,6 @@ def pretrain(config: PretrainConfig | str, **overrides: Any) -> Path:
                         "peak speed (> %g); train longer (--steps)", la["layer"], la["rule"],
                         "unmeasured" if la["speed_ratio"] is None else f"{la['speed_ratio']:.0%}",
                         la["converged_below"])
-    return out
 
 
 def _fit_stem(model: HebbNet, dataset: ImageDataset, cfg: dict[str, Any],
@@ -442,16 +474,8 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     t0 = time.perf_counter()
                     phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
                     measure = phase_step % MEASURE_EVERY == 0 or phase_step == steps
-                    stats = []
-                    if len(batch.images) or reduce is not None:  # every rank joins every step
-                        x = batch.images.to(device).reshape(
-                            -1, *model.default_cfg["input_size"]).contiguous(memory_format=fmt)
-                        stats = hebbian_step(model, optimizer, x, active, autocast, measure,
-                                             ok=steplog.ok, reduce=reduce)
-                        if measure:
-                            for st in stats:
-                                st["drift"] = weight_drift(model.hebb_layers()[st["layer"]].weight,
-                                                           marks[st["layer"]])
+                    stats = _step_on(batch.images, model, optimizer, active, autocast,
+                                     measure, steplog.ok, reduce, marks, fmt)
                     pos["seconds"] += time.perf_counter() - t0
                     pos["step"] += 1
                     pos["global_step"] += 1
@@ -475,6 +499,22 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                 checkpoint()
             pos["phase"] += 1
             pos["epoch"] = 0
+
+
+def _step_on(images: Tensor, model: HebbNet, optimizer: torch.optim.Optimizer, active: list[int],
+             autocast: torch.dtype | None, measure: bool, ok: Tensor, reduce: ShardSum | None,
+             marks: list[Tensor], fmt: torch.memory_format) -> list[dict[str, Any]]:
+    """:func:`hebbian_step` on a loader batch (B, C, H, W) (none when this rank's piece is
+    empty, unless ranks must all join); with ``measure``, each layer's drift since its mark."""
+    if not len(images) and reduce is None:
+        return []
+    x = images.to(ok.device).reshape(-1, *model.default_cfg["input_size"]
+                                     ).contiguous(memory_format=fmt)
+    stats = hebbian_step(model, optimizer, x, active, autocast, measure, ok=ok, reduce=reduce)
+    if measure:
+        for st in stats:
+            st["drift"] = weight_drift(model.hebb_layers()[st["layer"]].weight, marks[st["layer"]])
+    return stats
 
 
 def directions(w: torch.Tensor) -> torch.Tensor:

@@ -195,28 +195,12 @@ class Collection:
 def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
     """The FastAPI app serving ``cfg.index``."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
+    from fastapi.responses import HTMLResponse, Response
 
     col = collection or Collection(cfg)
     app = FastAPI(title="hebbret", docs_url="/api/docs", redoc_url=None)
-    cap = int(cfg.max_upload_mb * 2**20)
+    _answer_errors_as_json(app)
     rng = np.random.default_rng()
-
-    @app.exception_handler(ClientError)
-    def _client_error(request: Request, e: ClientError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=e.status)
-
-    @app.exception_handler(HTTPException)
-    def _http_error(request: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                          for err in e.errors())
-        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -242,40 +226,68 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
 
     @app.post("/api/search")
     async def search(request: Request, k: int | None = None) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is None:
-            raise ClientError(411, "send a Content-Length with the request")
-        if int(length) > cap:
-            raise ClientError(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is "
-                                   f"{cfg.max_upload_mb:g} MB")
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=4)
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise ClientError(400, "send the image in a form field named 'image'")
-            data = await upload.read()
-            k = k if k is not None else form.get("k")
-            return await _run(col.search_image, data, k)
-        if kind.startswith("application/json"):
-            try:
-                body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                raise ClientError(400, "the body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise ClientError(400, 'send {"vector": [...]} or {"row": N}')
-            k = k if k is not None else body.get("k")
-            if "vector" in body:
-                return await _run(col.search_vector, body["vector"], k)
-            if "row" in body:
-                return await _run(col.search_row, body["row"], k)
-            raise ClientError(400, 'send {"vector": [...]} or {"row": N}')
-        if kind.startswith("image/") or kind == "application/octet-stream":
-            return await _run(col.search_image, await request.body(), k)
-        raise ClientError(415, "send an image (multipart field 'image', or the bytes with an "
-                               "image/* content type) or JSON {\"vector\": [...]} / {\"row\": N}")
+        return await _search(request, k, col, cfg.max_upload_mb)
 
     return app
+
+
+def _answer_errors_as_json(app: Any) -> None:
+    """Every refused request answers {"error": message} with its status code."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(ClientError)
+    def _client_error(request: Request, e: ClientError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    def _http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                          for err in e.errors())
+        return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
+
+
+ASK = "send {\"vector\": [...]} or {\"row\": N}"
+
+
+async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -> dict[str, Any]:
+    """POST /api/search: an image (multipart field ``image``, or the bytes with an image/*
+    content type) or JSON {"vector": [...]} / {"row": N}; ``k`` from the query or the body."""
+    length = request.headers.get("content-length")
+    if length is None:
+        raise ClientError(411, "send a Content-Length with the request")
+    if int(length) > max_upload_mb * 2**20:
+        raise ClientError(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is "
+                               f"{max_upload_mb:g} MB")
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ClientError(400, "send the image in a form field named 'image'")
+        return await _run(col.search_image, await upload.read(), k if k is not None
+                          else form.get("k"))
+    if kind.startswith("application/json"):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ClientError(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict) or not {"vector", "row"} & set(body):
+            raise ClientError(400, ASK)
+        k = k if k is not None else body.get("k")
+        if "vector" in body:
+            return await _run(col.search_vector, body["vector"], k)
+        return await _run(col.search_row, body["row"], k)
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        return await _run(col.search_image, await request.body(), k)
+    raise ClientError(415, "send an image (multipart field 'image', or the bytes with an "
+                           "image/* content type) or JSON {\"vector\": [...]} / {\"row\": N}")
 
 
 async def _run(fn: Any, *args: Any) -> Any:

@@ -6,6 +6,8 @@ import torch
 
 from .conftest import load_tool, write_image_folder
 
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke pass is the no-GPU path")
 def test_without_a_gpu_it_smoke_tests_on_the_cpu_and_writes_nothing(tmp_path, capsys, caplog):

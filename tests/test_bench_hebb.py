@@ -2,9 +2,13 @@
 
 import math
 
+import pytest
+
 from hebbret._io import read_json
 
 from .conftest import load_tool
+
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
 
 
 def load_bench():

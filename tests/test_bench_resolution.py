@@ -3,11 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hebbret.data import held_out
 
 from .conftest import load_tool, write_image_folder
+
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
 
 
 def test_convergence_bench_scores_held_out_training_rows_and_the_signal(tmp_path):

@@ -1,7 +1,11 @@
 """Smoke test of tools/bench_scale.py: both parts at toy sizes write a complete report."""
 
 
+import pytest
+
 from .conftest import load_tool, write_image_folder
+
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
 
 
 def load_bench():

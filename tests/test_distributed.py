@@ -30,6 +30,9 @@ from hebbret.runtime import memory_format
 
 from .conftest import TINY_C3, write_image_folder
 
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
+
+
 WORKER = Path(__file__).parent / "dist_worker.py"
 TINY_6L = {"widths": [4, 4, 4, 4, 8]}
 COMMON = dict(batch_size=7, steps=3, seed=5, img_size=24)  # 7 = shards of 4 and 3

@@ -7,6 +7,9 @@ import pytest
 
 from .conftest import TINY_C3, load_tool, write_image_folder
 
+pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
+
+
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "reproduce_cifar10.py"
 
 

@@ -4,7 +4,6 @@ Chromium (Debian's, driven by Playwright; skipped where it is not installed)."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import socket
 import subprocess
@@ -34,10 +33,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def collection(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
     images = write_image_folder(root / "images", classes=3, per_class=8, size=16)
-    os.environ.setdefault("HEBBRET_CACHE_DIR", str(root / "cache"))
-    run = pretrain(str(images), out=str(root / "run"), model_kwargs=TINY_C3, img_size=16,
-                   batch_size=4, epochs=1, descriptor_dims=8, quiet=True)
-    emb = extract_embeddings(run, images, root / "emb", quiet=True)
+    with pytest.MonkeyPatch.context() as m:  # the module's own cache, unset afterwards
+        m.setenv("HEBBRET_CACHE_DIR", str(root / "cache"))
+        run = pretrain(str(images), out=str(root / "run"), model_kwargs=TINY_C3, img_size=16,
+                       batch_size=4, epochs=1, descriptor_dims=8, quiet=True)
+        emb = extract_embeddings(run, images, root / "emb", quiet=True)
     return {"images": images, "run": run, "emb": emb,
             "index": build_index(emb, root / "index")}
 
@@ -175,6 +175,7 @@ def server(collection):
     proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
 def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
@@ -209,6 +210,7 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
             browser.close()
 
 
+@pytest.mark.slow
 def test_bench_serve_reports_latency_throughput_and_flat_memory(collection, tmp_path):
     bench = load_tool("bench_serve")
     readme = tmp_path / "README.md"

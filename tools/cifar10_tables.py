@@ -120,8 +120,18 @@ def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[flo
 def render(doc: dict[str, Any]) -> str:
     """Markdown tables for the README from the results document."""
     st = doc.get("stages", {})
-    out: list[str] = []
     sh, ret, few, prot, var, lay, spd = (st.get(k, {}) for k in STAGES)
+    heb = sh.get("hebbian")
+    out = softhebb_section(sh) + retrieval_section(ret)
+    few_lines, cells = few_labels_section(few)
+    out += few_lines + protocols_table(prot, cells) + variants_table(var, ret.get("hebbian"), heb)
+    out += layers_section(lay) + speed_section(spd, heb) + provenance_section(st)
+    return "\n".join(out)
+
+
+def softhebb_section(sh: dict[str, Any]) -> list[str]:
+    """Section 1: SoftHebb's readout protocol, with the anchor run of SoftHebb's code."""
+    out: list[str] = []
     heb, rnd = sh.get("hebbian"), sh.get("random")
     out += ["**1. SoftHebb protocol** (`hebb_softhebb_c3`, rule softhebb, 1 Hebbian epoch at batch "
             "10, fp32; SoftHebb's linear readout on the frozen 24,576-d features: dropout 0.5, "
@@ -150,7 +160,12 @@ def render(doc: dict[str, Any]) -> str:
         out.append(f"Convergence after the epoch ({heb['steps_per_phase']} steps per layer; "
                    f"SoftHebb distance mean |‖w‖ − 1|, converged ≤ 1.0): {dist}.")
     out.append("")
+    return out
 
+
+def retrieval_section(ret: dict[str, Any]) -> list[str]:
+    """Section 2: kNN and retrieval, raw and through FAISS PCA / PCA-whitening."""
+    out: list[str] = []
     out += ["**2. kNN and retrieval** (train = database, test = queries; cosine; kNN k = 20, "
             "T = 0.07; mAP over the whole database, mAP@100 normalised by min(R, 100)). PCA rows: "
             "a FAISS `PCA256,L2norm,Flat` index; PCA-whitening rows: `PCAW512,L2norm,Flat` (each "
@@ -175,7 +190,12 @@ def render(doc: dict[str, Any]) -> str:
                 f"{best}, {knn[best]:.2f}" + (f"; random init the same way {rnd:.2f}"
                                                 if rnd is not None else "") + ")."]
     out.append("")
+    return out
 
+
+def few_labels_section(few: dict[str, Any]) -> tuple[list[str], dict[tuple[str, float], list[float]]]:
+    """Section 3: fine-tuning with few labels against scratch; also the per-cell top-1 lists."""
+    out: list[str] = []
     out += ["**3. Few labels** (FastHebb's protocol, `hebbret finetune --mode full`: dropout 0.5 + "
             "linear head, SGD Nesterov lr 1e-3, wd 5e-4, 20 epochs, lr halved every epoch of the "
             "second half; class-balanced label subsets; test top-1, mean ± std over seeds (n))",
@@ -218,10 +238,12 @@ def render(doc: dict[str, Any]) -> str:
     out += ["", "Target Hebbian ≥ scratch + 5 points at both 1% and 5%, for at least one rule: "
             f"{'not settled: 3 seeds per cell still to run' if met is None else _verdict(met)} "
             f"({detail or 'no pairs yet'}).", ""]
+    return out, cells
 
-    out += protocols_table(prot, cells)
-    out += variants_table(var, ret.get("hebbian"), heb)
 
+def layers_section(lay: dict[str, Any]) -> list[str]:
+    """Section 4: kNN and linear probe per layer of the 6-layer net."""
+    out: list[str] = []
     out += ["**4. Per layer** (`hebb_fasthebb_6l`, 1 Hebbian epoch; flattened block outputs; kNN "
             "k = 20; linear probe = `hebbret eval linear`)", "",
             "| rule | layer | dim | kNN top-1 | linear top-1 |", "|---|---|---:|---:|---:|"]
@@ -231,7 +253,12 @@ def render(doc: dict[str, Any]) -> str:
     if not lay:
         out.append("| not run yet | | | | |")
     out.append("")
+    return out
 
+
+def speed_section(spd: dict[str, Any], heb: dict[str, Any] | None) -> list[str]:
+    """Section 5: epoch and step speed against SoftHebb's own code."""
+    out: list[str] = []
     rates, bf16 = spd.get("step_rates"), spd.get("bf16_epoch")
     out += ["**5. Speed** (`hebb_softhebb_c3`, batch 10, 50,000 images; anchor: SoftHebb's own "
             f"code on this machine, {ANCHOR['hebbian_epoch_s']:.0f} s)", "",
@@ -275,12 +302,18 @@ def render(doc: dict[str, Any]) -> str:
                     f"{_f(fp32)}%, same readout seed, {gap:+.2f} points)")
     out += ["", f"Target fp32 epoch ≤ 620 s: {_verdict(fp32_ok)}{fp32_txt}. Target bf16 epoch "
             f"≤ 370 s with the readout within 0.5 points: {_verdict(bf16_ok)}{bf16_txt}."]
+    return out
+
+
+def provenance_section(st: dict[str, Any]) -> list[str]:
+    """The commits and machines behind every row."""
+    out: list[str] = []
     commits = sorted({r.get("git_commit", "?") for s in st.values() for r in s.values()}
                      | {c["git_commit"] for r in st.get("protocols", {}).values()
                         for c in r.values() if isinstance(c, dict) and c.get("git_commit")})
     machines = sorted({r.get("machine", "?") for s in st.values() for r in s.values()})
     out += ["", f"Produced by `tools/reproduce_cifar10.py` (commits {', '.join(commits) or '–'}; "
             f"{'; '.join(machines) or '–'}); raw numbers in `tools/results/cifar10.json`.", ""]
-    return "\n".join(out)
+    return out
 
 

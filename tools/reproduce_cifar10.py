@@ -331,7 +331,8 @@ def stage_variants(work: Path, data: Path, res: ResultsFile, settings: Settings)
 # ---------------------------------------------------------------- stage 3b: frozen protocols
 def stage_protocols(work: Path, data: Path, res: ResultsFile, settings: Settings) -> None:
     """knn / linear / propagate on the cached stage-1 features, every budget and seed."""
-    from hebbret.eval.fewshot import FROZEN_PROTOCOLS, FewShotConfig, evaluate_frozen
+    from hebbret.config import FROZEN_PROTOCOLS, FewShotConfig
+    from hebbret.eval.fewshot import evaluate_frozen
 
     for variant in C3_VARIANTS:
         todo = [b for b in settings.budgets if not res.get("protocols", f"{variant}/{b:g}")]
@@ -515,16 +516,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings or Settings()
-    if args.skip is not None:
-        settings.skip = tuple(args.skip)
-    if args.budgets:
-        settings.budgets = tuple(args.budgets)
-    if args.seeds is not None:
-        settings.seeds = tuple(args.seeds)
-    if args.archs:
-        settings.archs = tuple(args.archs)
-    if args.protocols:
-        settings.protocols = tuple(args.protocols)
+    for name in ("skip", "budgets", "seeds", "archs", "protocols"):  # given on the command line
+        if getattr(args, name) is not None:
+            setattr(settings, name, tuple(getattr(args, name)))
     res = ResultsFile(args.results, ["python", "tools/reproduce_cifar10.py", *argv], REPO,
                       header={"dataset": "CIFAR-10 (JPEG q75 copy)"})
     write_readme = _readme_writer() if args.readme else None
