@@ -33,7 +33,7 @@ from hebbret.pretraining import MEASURE_EVERY, convergence, directions, hebbian_
 
 log = logging.getLogger("bench_convergence")
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "convergence-signal"  # README markers
+SECTION = "convergence-signal"  # docs/results.md markers
 MILESTONES = (25, 50, 100, 200, 400, 800, 1600, 3200)
 
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "convergence.json")
     p.add_argument("--table", type=Path, help="also write the table to this markdown file")
     p.add_argument("--readme", type=Path, help=f"also put the table(s) in this file's "
-                   f"'{SECTION}' section (README.md)")
+                   f"'{SECTION}' section (docs/results.md)")
     p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
                    "table of the rows already in --results")
     args = p.parse_args(argv)

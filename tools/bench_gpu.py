@@ -6,7 +6,7 @@ Measures, with ``hebb_softhebb_c3`` on ``DATA_ROOT/train``: a Hebbian epoch at b
 cold packed cache (the packing included) and warm (fp32, then bf16), at batch 256 (fp32, bf16);
 embedding train + test; ``hebbret run`` on the embedded default (when FAISS is importable).
 Writes ``tools/results/gpu.json`` (wall and in-step seconds, GPU name, torch version) and the
-README table between the gpu-results markers. Without a GPU it says so, runs the same
+docs/results.md table between the gpu-results markers. Without a GPU it says so, runs the same
 sequence as a smoke pass on a few hundred images on the CPU, writes nothing and exits 0.
 """
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_root", type=Path, help="folder with train/ and test/")
     parser.add_argument("--results", type=Path, default=REPO / "tools/results/gpu.json")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", type=Path, default=REPO / "docs" / "results.md")
     parser.add_argument("--smoke-steps", type=int, default=20,
                         help="Hebbian steps per row of the CPU smoke pass")
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ from hebbret.runs import load_run
 
 log = logging.getLogger("bench_resolution")
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "resolution"  # README markers
+SECTION = "resolution"  # docs/results.md markers
 STAGES = ("solar", "upscaled", "default")
 SIZES = (32, 64, 96, 128)
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, default=REPO / "tools" / "results" / "resolution.json")
     p.add_argument("--table", type=Path, help="also write the tables to this markdown file")
     p.add_argument("--readme", type=Path, help=f"also put the table(s) in this file's "
-                   f"'{SECTION}' section (README.md)")
+                   f"'{SECTION}' section (docs/results.md)")
     p.add_argument("--table-only", action="store_true", help="run nothing: print (and write) the "
                    "tables of the rows already in --results")
     args = p.parse_args(argv)

@@ -1,8 +1,8 @@
 """Scaling out on this machine: data-parallel pretraining under torchrun, and a FAISS index of a
-million vectors built and searched on disk. Results JSON + README table.
+million vectors built and searched on disk. Results JSON + a docs/results.md table.
 
     python tools/bench_scale.py --pretrain-data data/cifar10-5k/train \\
-        --vectors runs/cifar10-repro/c3-hebbian/index_pca256 --readme README.md
+        --vectors runs/cifar10-repro/c3-hebbian/index_pca256 --readme docs/results.md
 
 - ``pretrain``: Hebbian steps/s of ``hebb_softhebb_c3`` at one global batch, as 1 process
   (all threads), 1 process (1 thread) and 2 gloo processes (1 thread each), each a real
@@ -39,7 +39,7 @@ from hebbret.runtime import load_average
 
 log = logging.getLogger("bench_scale")
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "scale-results"  # README markers <!-- scale-results:begin/end -->
+SECTION = "scale-results"  # docs/results.md markers <!-- scale-results:begin/end -->
 
 
 def memory() -> dict[str, float]:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", nargs="*", choices=["pretrain", "index"],
-                        default=["pretrain", "index"], help="none: only rewrite the README")
+                        default=["pretrain", "index"], help="none: only rewrite the results page")
     parser.add_argument("--pretrain-data", help="image folder for the pretraining rows")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="global batch")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--query-batch", type=int, default=100)
     parser.add_argument("--work", default=tempfile.gettempdir() + "/hebbret-scale")
     parser.add_argument("--results", default=str(REPO / "tools/results/scale.json"))
-    parser.add_argument("--readme", default="", help="rewrite this README's scale section")
+    parser.add_argument("--readme", default="", help="rewrite this file's scale section (docs/results.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     res = ResultsFile(args.results, ["python", "tools/bench_scale.py", *argv], REPO,)

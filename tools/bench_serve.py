@@ -1,7 +1,7 @@
 """Load test of `hebbret serve`: N concurrent clients search for a bounded time.
 
     python tools/bench_serve.py runs/hebbret-run/hebbian/index --clients 4 --seconds 30 \\
-        --readme README.md
+        --readme docs/results.md
 
 Starts ``python -m hebbret serve INDEX`` on a free localhost port, fetches query images from the
 server itself (thumbnails of random rows, so any collection works, files or not), then
@@ -32,7 +32,7 @@ from hebbret.runtime import load_average
 
 log = logging.getLogger("bench_serve")
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "serve-results"  # README markers <!-- serve-results:begin/end -->
+SECTION = "serve-results"  # docs/results.md markers <!-- serve-results:begin/end -->
 
 
 def rss_mib(pid: int) -> float:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=50, help="distinct query images")
     parser.add_argument("--results", default=str(REPO / "tools/results/serve.json"))
-    parser.add_argument("--readme", default="", help="rewrite this README's serve section")
+    parser.add_argument("--readme", default="", help="rewrite this file's serve section (docs/results.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     res = ResultsFile(args.results, ["python", "tools/bench_serve.py", *argv], REPO,)

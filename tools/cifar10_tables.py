@@ -1,6 +1,6 @@
-"""README tables of ``tools/reproduce_cifar10.py``: markdown rendered from its results JSON.
+"""docs/results.md tables of ``tools/reproduce_cifar10.py``: markdown rendered from its results JSON.
 
-    python tools/reproduce_cifar10.py --readme-only --readme README.md   # rewrite them
+    python tools/reproduce_cifar10.py --readme-only --readme docs/results.md   # rewrite them
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ FEW_LABEL_ROWS = ("6l-hpca", "6l-swta", "c3-softhebb", "6l-scratch", "c3-scratch
 
 
 def write_readme(readme: Path, doc: dict[str, Any]) -> None:
-    """Replace README's cifar10-results section with tables made from ``doc``."""
+    """Replace the cifar10-results section of ``readme`` (docs/results.md) with tables made from ``doc``."""
     fill_section(readme, "cifar10-results", render(doc))
 
 
@@ -118,7 +118,7 @@ def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[flo
 
 
 def render(doc: dict[str, Any]) -> str:
-    """Markdown tables for the README from the results document."""
+    """Markdown tables for docs/results.md from the results document."""
     st = doc.get("stages", {})
     sh, ret, few, prot, var, lay, spd = (st.get(k, {}) for k in STAGES)
     heb = sh.get("hebbian")

@@ -26,8 +26,8 @@ git commit, machine and wall times, and is skipped when it is already there: the
 completed across several runs (``--force`` redoes a stage, replacing each result as its new
 one is written). ``--budgets``, ``--seeds`` and
 ``--archs`` narrow the few-label cells a session runs; ``--skip ARCH/BUDGET`` records a cell as
-too slow for this CPU. With ``--readme README.md`` its CIFAR-10 section is rewritten from the JSON
-after each stage by ``tools/cifar10_tables.py`` (``--readme-only --readme README.md`` just rewrites
+too slow for this CPU. With ``--readme docs/results.md`` its CIFAR-10 section is rewritten from the JSON
+after each stage by ``tools/cifar10_tables.py`` (``--readme-only --readme docs/results.md`` just rewrites
 it); without it, no file but the JSON is touched.
 """
 
@@ -498,8 +498,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     parser.add_argument("--work", default="runs/cifar10-repro", help="runs and cached features")
     parser.add_argument("--results", default=str(REPO / "tools/results/cifar10.json"))
     parser.add_argument("--readme", default="",
-                        help="also rewrite this README's CIFAR-10 section from the results "
-                             "(tools/cifar10_tables.py), e.g. README.md")
+                        help="also rewrite this file's CIFAR-10 section from the results "
+                             "(tools/cifar10_tables.py), e.g. docs/results.md")
     parser.add_argument("--force", action="store_true", help="redo the chosen stages")
     parser.add_argument("--readme-only", action="store_true")
     parser.add_argument("--skip", nargs="*", metavar="ARCH/BUDGET",

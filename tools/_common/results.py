@@ -77,7 +77,7 @@ class ResultsFile:
     as missing while keeping each in the file until its replacement is written."""
 
     def __init__(self, path: str | os.PathLike, command: Sequence[str], repo: str | os.PathLike,
-                 ignore: Sequence[str] = ("tools/results", "README.md"),
+                 ignore: Sequence[str] = ("tools/results", "README.md", "docs"),
                  header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.doc = read_json(self.path) if self.path.exists() else {**(header or {}),
@@ -111,7 +111,7 @@ def publish(text: str, readme: str | os.PathLike | None, section: str) -> None:
 
 def fill_section(path: str | os.PathLike, name: str, text: str) -> None:
     """Replace what stands between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the
-    file ``path`` (a README) with ``text``, atomically; the markers must be there."""
+    file ``path`` (docs/results.md, the README) with ``text``, atomically; the markers must be there."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     old = Path(path).read_text()
     if begin not in old or end not in old:
