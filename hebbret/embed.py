@@ -215,14 +215,13 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
                                mean=spec.mean, std=spec.std)
     model.to(dev).eval()
     out = Path(out)
-    if w.is_main:
+    if w.is_main:  # meta.json is written last: it marks a complete dir
         out.mkdir(parents=True, exist_ok=True)
-        (out / META).unlink(missing_ok=True)  # written last: marks a complete dir
+        (out / META).unlink(missing_ok=True)
     check_same_data(getattr(dataset, "items", []), str(data))
-    n = len(dataset)
-    batches = -(-n // batch_size)
-    first, last = shard_bounds(batches, w.rank, w.size)  # whole batches: the same batches as
-    mine = range(first * batch_size, min(last * batch_size, n))  # one process would run
+    n = len(dataset)  # whole batches per rank: the same batches as one process would run
+    first, last = shard_bounds(-(-n // batch_size), w.rank, w.size)
+    mine = range(first * batch_size, min(last * batch_size, n))
     target = out if w.size == 1 else out / SHARDS / f"rank-{w.rank:05d}-of-{w.size:05d}"
     target.mkdir(parents=True, exist_ok=True)
     rows, skipped = _embed_rows(model, dataset, mine, target / EMBEDDINGS, batch_size, dtype, dev,
@@ -240,22 +239,29 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     if not rows:
         (out / EMBEDDINGS).unlink(missing_ok=True)
         raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
-    write_jsonl(out / ITEMS, [
-        {"path": dataset.items[r].path, "label": dataset.items[r].label,
-         "class_name": dataset.items[r].class_name} for r in rows])
-    meta = {
-        "count": len(rows), "dim": int(np.load(out / EMBEDDINGS, mmap_mode="r").shape[1]),
+    meta = _write_items_and_meta(out, dataset, rows, {
         "dtype": dtype, **asdict(desc), "normalization": "none",
         "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
         "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
         "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
-        "skipped_paths": skipped.paths, "hebbret_version": __version__, "world_size": w.size,
-    }
-    write_json(out / META, meta)
+        "skipped_paths": skipped.paths, "hebbret_version": __version__, "world_size": w.size})
     barrier(long=True)
     log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
              skipped.count)
     return out
+
+
+def _write_items_and_meta(out: Path, dataset: ImageDataset, rows: list[int],
+                          meta: dict[str, Any]) -> dict[str, Any]:
+    """``items.jsonl`` (one line per embedded row, in order) and, last, ``meta.json`` with the
+    count and dimension of ``embeddings.npy`` added to ``meta``; returns the meta."""
+    write_jsonl(out / ITEMS, [
+        {"path": dataset.items[r].path, "label": dataset.items[r].label,
+         "class_name": dataset.items[r].class_name} for r in rows])
+    meta = {"count": len(rows), "dim": int(np.load(out / EMBEDDINGS, mmap_mode="r").shape[1]),
+            **meta}
+    write_json(out / META, meta)
+    return meta
 
 
 SHARDS = ".shards"  # per-rank pieces of an embeddings dir being written under torchrun

@@ -117,21 +117,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
 def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
            device: torch.device) -> list[dict[str, Any]]:
     linear = cfg.mode == "linear" and not cfg.from_scratch
-    head = list(model.get_classifier().parameters())
-    backbone = [] if linear else [p for p in model.parameters()
-                                  if all(p is not q for q in head)]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in head + backbone:
-        p.requires_grad_(True)
-    groups = [{"params": head}]
-    if backbone:
-        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale})
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
-    half = max(1, cfg.epochs // 2)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(range(half, cfg.epochs)),
-                                                 gamma=0.5)
+    opt, sched = _optimizer(model, cfg, linear)
     gen = torch.Generator().manual_seed(cfg.seed)
     skipped = SkippedFiles(dataset)
     history = []
@@ -180,6 +166,28 @@ def _train(model: HebbNet, dataset, rows: np.ndarray, cfg: FinetuneConfig,
     for p in model.parameters():
         p.requires_grad_(True)
     return history
+
+
+def _optimizer(model: HebbNet, cfg: FinetuneConfig, linear: bool
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD (Nesterov) over the head, and the backbone at lr × backbone_lr_scale unless
+    ``linear``; the others frozen. The rate halves every epoch of the second half."""
+    head = list(model.get_classifier().parameters())
+    backbone = [] if linear else [p for p in model.parameters()
+                                  if all(p is not q for q in head)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head + backbone:
+        p.requires_grad_(True)
+    groups = [{"params": head}]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale})
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    half = max(1, cfg.epochs // 2)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(range(half, cfg.epochs)),
+                                                 gamma=0.5)
+    return opt, sched
 
 
 @torch.no_grad()

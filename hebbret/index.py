@@ -171,17 +171,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
     search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
     recall, held_out = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed,
                                         train_rows) if "Flat" != factory.strip() else (1.0, False)
-    if on_disk:  # record the lists' final place (read back relative to index.faiss anyway)
-        ivf = faiss.extract_index_ivf(index)
-        faiss.downcast_InvertedLists(ivf.invlists).filename = str((out / IVFDATA).resolve())
-        faiss.write_index(index, str(build / INDEX))
-        os.replace(build / IVFDATA, out / IVFDATA)
-        os.replace(build / INDEX, out / INDEX)
-        shutil.rmtree(build)
-    else:
-        (out / IVFDATA).unlink(missing_ok=True)
-        with atomic_path(out / INDEX) as tmp:
-            faiss.write_index(index, str(tmp))
+    _write_index(index, out, build, on_disk)
     with atomic_path(out / ITEMS) as tmp:
         shutil.copyfile(Path(emb_dir) / ITEMS, tmp)
     write_json(out / META, {
@@ -193,16 +183,29 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "on_disk": on_disk,
         "ivfdata_bytes": (out / IVFDATA).stat().st_size if on_disk else None,
         "ivfdata_path": str((out / IVFDATA).resolve()) if on_disk else None,
-        "embeddings": str(Path(emb_dir).resolve()),
-        "model_run": emb_meta.get("model_run"), "model_sha256": emb_meta.get("model_sha256"),
-        "layer": emb_meta.get("layer"), "pool": emb_meta.get("pool"),
-        "gem_p": emb_meta.get("gem_p"), "grid": emb_meta.get("grid"),
-        "dims": emb_meta.get("dims"),
-        "data_root": emb_meta.get("data_root"), "hebbret_version": __version__,
+        "embeddings": str(Path(emb_dir).resolve()), "hebbret_version": __version__,
+        **{k: emb_meta.get(k) for k in ("model_run", "model_sha256", "layer", "pool", "gem_p",
+                                        "grid", "dims", "data_root")},
     })
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,
              recall)
     return out
+
+
+def _write_index(index: faiss.Index, out: Path, build: Path, on_disk: bool) -> None:
+    """``out/index.faiss`` atomically; on disk, the merged lists ``build/index.ivfdata`` move
+    beside it first (the index records their final place; read back relative to it anyway)."""
+    if not on_disk:
+        (out / IVFDATA).unlink(missing_ok=True)
+        with atomic_path(out / INDEX) as tmp:
+            faiss.write_index(index, str(tmp))
+        return
+    ivf = faiss.extract_index_ivf(index)
+    faiss.downcast_InvertedLists(ivf.invlists).filename = str((out / IVFDATA).resolve())
+    faiss.write_index(index, str(build / INDEX))
+    os.replace(build / IVFDATA, out / IVFDATA)
+    os.replace(build / INDEX, out / INDEX)
+    shutil.rmtree(build)
 
 
 def _fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk: int,

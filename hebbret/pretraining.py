@@ -442,8 +442,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     steps and before every checkpoint (:class:`_StepLog`). Under torchrun (``w``) every rank
     reads its piece of each global batch and takes part in every step; rank 0 writes."""
     steps, batch_size = cfg["steps"], cfg["batch_size"]
-    low = PRECISIONS[cfg["precision"]]
-    autocast = getattr(torch, low) if low else None
+    autocast = {"bfloat16": torch.bfloat16}.get(PRECISIONS[cfg["precision"]])  # None: fp32
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total = len(phases) * steps * batch_size
     done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
@@ -453,10 +452,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     fmt = memory_format(cfg["channels_last"])
 
     def checkpoint() -> None:
-        t0 = time.perf_counter()
-        steplog.flush()
-        pos["seconds"] += time.perf_counter() - t0  # the device catching up
-        pos["images"] = steplog.images
+        _sync(steplog, pos)
         if w.is_main:
             _save_state(out, model, optimizer, pos, skipped, marks)
 
@@ -488,10 +484,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     if pos["global_step"] % cfg["checkpoint_every"] == 0:
                         checkpoint()
                     elif pos["global_step"] % LOG_EVERY == 0:
-                        t0 = time.perf_counter()
-                        steplog.flush()
-                        pos["images"] = steplog.images
-                        pos["seconds"] += time.perf_counter() - t0
+                        _sync(steplog, pos)
                 if (pos["step"] >= steps_per_epoch
                         or pos["epoch"] * steps_per_epoch + pos["step"] >= steps):
                     pos["epoch"] += 1
@@ -499,6 +492,15 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                 checkpoint()
             pos["phase"] += 1
             pos["epoch"] = 0
+
+
+def _sync(steplog: _StepLog, pos: dict[str, Any]) -> None:
+    """Wait for the device: write the pending log lines (raising on a non-finite step) and
+    count the wait in the training time and the images seen."""
+    t0 = time.perf_counter()
+    steplog.flush()
+    pos["seconds"] += time.perf_counter() - t0
+    pos["images"] = steplog.images
 
 
 def _step_on(images: Tensor, model: HebbNet, optimizer: torch.optim.Optimizer, active: list[int],

@@ -222,36 +222,17 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
     affinities = graph_affinities(graph, gamma)
     s = graph_operator(graph, gamma, affinities)
     lin = fit_linear_head(head_x, y, rows, seed, stats=stats)
-    zq = lin.project(head_x)  # (N, L); every fold's head lives in this basis too
-    num_classes = lin.head.out_features
-    with torch.no_grad():
-        prior = torch.softmax(lin.head(zq), 1)
-
-    def fold_prior(fit: np.ndarray) -> torch.Tensor:
-        head = fit_logreg(zq[fit], torch.from_numpy(y[fit]), num_classes, lin.penalty)
-        with torch.no_grad():
-            return torch.softmax(head(zq), 1)
-
-    cv: dict[str, float] = {}
-    if alpha is None or prior_weight is None:
-        chosen_alpha, chosen_weight, cv = choose_diffusion(
-            s, y, rows, alphas=[alpha] if alpha is not None else PROPAGATION_ALPHAS, gamma=gamma,
-            seed=seed, prior=fold_prior,
-            prior_weights=[prior_weight] if prior_weight is not None else PRIOR_WEIGHTS)
-        alpha = chosen_alpha if alpha is None else alpha
-        prior_weight = chosen_weight if prior_weight is None else prior_weight
+    prior, alpha, prior_weight, cv = _choose(s, lin, head_x, y, rows, alpha, prior_weight, gamma,
+                                             seed)
     prop = propagate_labels(s, y, rows, alpha, gamma,
                             prior=prior * prior_weight if prior_weight else None)
     u = torch.from_numpy(prop.scores) * inverse_sqrt_degrees(affinities[1]).unsqueeze(1)
     top1 = top5 = 0
     for part, sims, nbrs in nearest_rows(test_x, x, graph_k, index=index):
-        a = sims.clamp_min(0) ** gamma
-        a_sum = a.sum(1, keepdim=True).clamp_min(1e-12)
-        score = alpha * (a.unsqueeze(2) * u[nbrs]).sum(1) / a_sum
-        if prior_weight:
-            own = torch.softmax(lin.logits(head_test_x[part]), 1)
-            score += prior_weight * own / (2 * a_sum).sqrt()
-        h1, h5 = top1_top5_hits(score, torch.from_numpy(np.asarray(test_y[part])))
+        own = (torch.softmax(lin.logits(head_test_x[part]), 1) * prior_weight
+               if prior_weight else None)
+        h1, h5 = top1_top5_hits(leaf_scores(sims, nbrs, u, alpha, gamma, own),
+                                torch.from_numpy(np.asarray(test_y[part])))
         top1, top5 = top1 + h1, top5 + h5
     unlabeled = np.setdiff1d(np.arange(len(x)), rows)
     known = y[unlabeled] >= 0
@@ -263,3 +244,41 @@ def fewshot_propagate(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np
             "prior": f"linear ({lin.preprocessing}, penalty {lin.penalty:g})",
             "pseudo_label_accuracy": pseudo_acc,
             "mean_certainty": float(prop.certainty[unlabeled].mean()) if len(unlabeled) else None}
+
+
+def _choose(s: torch.Tensor, lin: Any, head_x: np.ndarray, y: np.ndarray, rows: np.ndarray,
+            alpha: float | None, prior_weight: float | None, gamma: float, seed: int
+            ) -> tuple[torch.Tensor, float, float, dict[str, float]]:
+    """The linear head's class probabilities (N, C) over the collection, and α and λ: as
+    given, or cross-validated on the labeled rows with the head refitted per fold."""
+    zq = lin.project(head_x)  # (N, L); every fold's head lives in this basis too
+    num_classes = lin.head.out_features
+    with torch.no_grad():
+        prior = torch.softmax(lin.head(zq), 1)
+
+    def fold_prior(fit: np.ndarray) -> torch.Tensor:
+        head = fit_logreg(zq[fit], torch.from_numpy(y[fit]), num_classes, lin.penalty)
+        with torch.no_grad():
+            return torch.softmax(head(zq), 1)
+
+    if alpha is not None and prior_weight is not None:
+        return prior, alpha, prior_weight, {}
+    chosen_alpha, chosen_weight, cv = choose_diffusion(
+        s, y, rows, alphas=[alpha] if alpha is not None else PROPAGATION_ALPHAS, gamma=gamma,
+        seed=seed, prior=fold_prior,
+        prior_weights=[prior_weight] if prior_weight is not None else PRIOR_WEIGHTS)
+    return (prior, chosen_alpha if alpha is None else alpha,
+            chosen_weight if prior_weight is None else prior_weight, cv)
+
+
+def leaf_scores(sims: torch.Tensor, nbrs: torch.Tensor, u: torch.Tensor, alpha: float,
+                gamma: float, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Class scores (B, C) of B test images joined to the graph as leaves: α Σ_j a_tj u_j /
+    Σ_j a_tj (+ prior_t / √d_t), a_tj = max(cos, 0)^γ to its neighbours ``nbrs`` (B, k) at
+    cosine ``sims`` (B, k), u = D^-½ Z (N, C), d_t = 2 Σ_j a_tj; ``prior`` (B, C): λ P_t."""
+    a = sims.clamp_min(0) ** gamma
+    a_sum = a.sum(1, keepdim=True).clamp_min(1e-12)
+    score = alpha * (a.unsqueeze(2) * u[nbrs]).sum(1) / a_sum
+    if prior is not None:
+        score += prior / (2 * a_sum).sqrt()
+    return score

@@ -42,15 +42,7 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
     held = torch.from_numpy(np.array(train_feats))
     labels = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
     g = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(held.shape[1], int(labels.max()) + 1)
-    with torch.no_grad():
-        if init_scale is None:
-            bound = held.shape[1] ** -0.5
-            head.weight.uniform_(-bound, bound, generator=g)
-            head.bias.uniform_(-bound, bound, generator=g)
-        else:
-            head.weight.copy_(init_scale * torch.rand(head.weight.shape, generator=g))
-            head.bias.zero_()
+    head = _initial_head(held.shape[1], int(labels.max()) + 1, init_scale, g)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.5)
     correct = seen = 0
@@ -74,17 +66,39 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
             correct += int((logits.argmax(1) == labels[take]).sum())
             seen += len(take)
         sched.step()
-    top1 = top5 = 0
-    truth = np.asarray(test_labels)
-    with torch.no_grad():
-        for i in range(0, len(test_feats), 4096):
-            logits = head(torch.from_numpy(np.array(test_feats[i: i + 4096], dtype=np.float32)))
-            h1, h5 = top1_top5_hits(logits, torch.from_numpy(truth[i: i + 4096]))
-            top1, top5 = top1 + h1, top5 + h5
-    return {"top1": 100.0 * top1 / len(test_feats), "top5": 100.0 * top5 / len(test_feats),
+    top1, top5 = _accuracy(head, test_feats, np.asarray(test_labels))
+    return {"top1": top1, "top5": top5,
             "train_top1_last_epoch": 100.0 * correct / max(seen, 1),
             "train_loss_last_epoch": total_loss / max(seen, 1), "epochs": epochs,
             "batch_size": batch_size, "optimizer": f"Adam lr {lr}", "dropout": dropout,
             "lr_halved_at": list(milestones), "features": "as extracted (no normalisation)",
             "init": ("U(±1/√D), nn.Linear's default" if init_scale is None
                      else f"{init_scale}·U(0, 1), bias 0")}
+
+
+def _initial_head(dim: int, classes: int, init_scale: float | None,
+                  g: torch.Generator) -> torch.nn.Linear:
+    """dim -> classes; weights init_scale·U(0, 1) and bias 0 (SoftHebb's demo), or U(±1/√D)
+    for both (nn.Linear's default, SoftHebb's full code) when ``init_scale`` is None."""
+    head = torch.nn.Linear(dim, classes)
+    with torch.no_grad():
+        if init_scale is None:
+            bound = dim ** -0.5
+            head.weight.uniform_(-bound, bound, generator=g)
+            head.bias.uniform_(-bound, bound, generator=g)
+        else:
+            head.weight.copy_(init_scale * torch.rand(head.weight.shape, generator=g))
+            head.bias.zero_()
+    return head
+
+
+@torch.no_grad()
+def _accuracy(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, chunk: int = 4096
+              ) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) of ``head`` on features x (N, D) as they come."""
+    top1 = top5 = 0
+    for i in range(0, len(x), chunk):
+        logits = head(torch.from_numpy(np.array(x[i: i + chunk], dtype=np.float32)))
+        h1, h5 = top1_top5_hits(logits, torch.from_numpy(y[i: i + chunk]))
+        top1, top5 = top1 + h1, top5 + h5
+    return 100.0 * top1 / len(x), 100.0 * top5 / len(x)

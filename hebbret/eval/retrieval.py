@@ -56,15 +56,7 @@ def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: 
             keep = total_rel > 0
             rel, total_rel = rel[keep], total_rel[keep]
             counted += int(keep.sum())
-            hits = rel.cumsum(dim=1)
-            prec = hits / ranks[: rel.shape[1]]
-            sums["ap"] += float(((prec * rel).sum(1) / total_rel).sum())
-            for k in ks:
-                kk = min(k, rel.shape[1])
-                sums[f"ap@{k}"] += float(((prec[:, :kk] * rel[:, :kk]).sum(1)
-                                          / total_rel.clamp(max=k)).sum())
-                sums[f"p@{k}"] += float((hits[:, kk - 1] / k).sum())
-                sums[f"r@{k}"] += float((hits[:, kk - 1] > 0).float().sum())
+            _add_ranked(sums, rel, total_rel, ranks, ks)
     if counted == 0:
         raise ValueError("no query has a relevant item (same label) in the database")
     pct = {key: 100.0 * v / counted for key, v in sums.items()}
@@ -81,3 +73,18 @@ def retrieval_metrics(db_feats: np.ndarray, db_labels: np.ndarray, query_feats: 
                         "Recall@k": "queries with >= 1 relevant item in the top k / queries"},
         "similarity": "cosine", "relevance": "same label",
     }
+
+
+def _add_ranked(sums: dict[str, float], rel: torch.Tensor, total_rel: torch.Tensor,
+                ranks: torch.Tensor, ks: list[int]) -> None:
+    """Add to ``sums`` the AP, AP@k, P@k and hit@k of queries whose ranked relevance is ``rel``
+    (Q, N) (1 = same label), with ``total_rel`` (Q,) relevant items each; ranks = 1..N."""
+    hits = rel.cumsum(dim=1)
+    prec = hits / ranks[: rel.shape[1]]
+    sums["ap"] += float(((prec * rel).sum(1) / total_rel).sum())
+    for k in ks:
+        kk = min(k, rel.shape[1])
+        sums[f"ap@{k}"] += float(((prec[:, :kk] * rel[:, :kk]).sum(1)
+                                  / total_rel.clamp(max=k)).sum())
+        sums[f"p@{k}"] += float((hits[:, kk - 1] / k).sum())
+        sums[f"r@{k}"] += float((hits[:, kk - 1] > 0).float().sum())
