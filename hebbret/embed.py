@@ -207,8 +207,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p, grid, project)
-    spec = card.input
+    desc, spec = embedding_spec(card, layer, pool, gem_p, grid, project), card.input
     w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
         dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,

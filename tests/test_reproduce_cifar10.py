@@ -91,7 +91,7 @@ def test_every_stage_runs_merges_its_results_and_fills_the_readme(tmp_path):
 
 
 def test_a_cell_with_some_seeds_run_and_the_rest_skipped_says_both():
-    tables = load_script(SCRIPT.parent / "cifar10_tables.py")
+    from _common import cifar10_tables as tables
     rows = {"c3-scratch/0.1/seed0": {"arch": "c3-scratch", "budget": 0.1, "seed": 0, "top1": 60.0},
             "c3-scratch/0.1/seed1": {"arch": "c3-scratch", "budget": 0.1, "seed": 1,
                                      "skipped": "too slow for this CPU (--skip)"}}

@@ -107,3 +107,19 @@ def test_the_checks_see_a_cycle_and_a_private_import(tmp_path, monkeypatch):
         test_no_import_cycle()
     with pytest.raises(AssertionError, match="hebbret.a imports hebbret.b._hidden"):
         test_no_private_name_imported_from_another_module()
+
+
+def test_functions_stay_short_and_tools_are_wiring():
+    """No function of the library or the tools over 60 lines; every tools/*.py script ≤ 250
+    lines (what they share lives in tools/_common)."""
+    root = PACKAGE.parent
+    long = []
+    for path in [*PACKAGE.rglob("*.py"), *(root / "tools").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "functions over 60 lines:\n" + "\n".join(long)
+    scripts = {p.name: len(p.read_text().splitlines()) for p in (root / "tools").glob("*.py")}
+    assert scripts and max(scripts.values()) <= 250, scripts

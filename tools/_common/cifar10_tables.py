@@ -56,8 +56,7 @@ def variants_table(var: dict[str, Any], base: dict[str, Any] | None,
 
 def protocols_table(prot: dict[str, Any], full: dict[tuple[str, float], list[float]]
                     ) -> list[str]:
-    """Section 3b: every few-label protocol at every budget, Hebbian vs random init, with the
-    ``full`` cells of section 3 (random-init ``full`` = from scratch) and the 1% targets."""
+    """Section 3b: every few-label protocol and budget, Hebbian vs random init, with ``full``."""
     out = ["**3b. Every few-label protocol** (`hebbret fewshot` on the section-1 features; knn: "
            "the labeled items as database, k = 20; linear: L-BFGS logistic regression, "
            "preprocessing and penalty by 5-fold CV on the labeled items; propagate: Zhou "
