@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from hebbret import cli
-from hebbret.data import few_label_rows
+from hebbret.data import few_label_rows, open_dataset
 from hebbret.finetuning import evaluate_classifier, finetune
 from hebbret.pretraining import pretrain
+from hebbret.runs import load_run
 
 from .conftest import TINY_C3, write_image_folder
 
@@ -48,7 +49,12 @@ def test_full_finetune_lowers_loss_and_writes_a_loadable_run(parent, tmp_path):
     card = json.loads((out / "model.json").read_text())
     assert card["training"]["parent_run"] == str(run.resolve())
     acc = evaluate_classifier(out, str(data), split="train")
-    assert acc["count"] == 30 and 0 <= acc["top1"] <= 100
+    model, card = load_run(out)  # the same accuracy, image by image
+    ds = open_dataset(str(data), "train", card.input.in_chans, card.input.img_size,
+                      mean=card.input.mean, std=card.input.std)
+    with torch.no_grad():
+        hits = sum(int(model.eval()(ds[i][0][None]).argmax(1)) == ds[i][1] for i in range(len(ds)))
+    assert acc["count"] == 30 and acc["top1"] == pytest.approx(100.0 * hits / 30)
     # lr halved every epoch in the second half
     assert log[-1]["lr"] == pytest.approx(0.01 * 0.5 ** 4)
 
