@@ -22,14 +22,18 @@ from hebbret.pretraining import pretrain
 from hebbret.runs import EmbeddingSpec, load_run
 from hebbret.search import search_by_image
 
-from .conftest import TINY_C3
+from .conftest import TINY_C3, write_image_folder
 from .test_data import write_bad_files
 
 
-@pytest.fixture
-def run_dir(image_folder, tmp_path):
-    return pretrain(str(image_folder), out=str(tmp_path / "run"), model_kwargs=TINY_C3,
-                    img_size=16, batch_size=4, epochs=1, quiet=True)
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny run for the module, trained on the same seeded images as ``image_folder``."""
+    root = tmp_path_factory.mktemp("embed-run")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HEBBRET_CACHE_DIR", str(root / "cache"))
+        return pretrain(str(write_image_folder(root / "images")), out=str(root / "run"),
+                        model_kwargs=TINY_C3, img_size=16, batch_size=4, epochs=1, quiet=True)
 
 
 def test_embeddings_rows_match_items_and_the_model(run_dir, image_folder, tmp_path):

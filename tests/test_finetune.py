@@ -30,11 +30,15 @@ def test_few_label_rows_are_balanced_seeded_and_short_classes_warn(caplog):
         few_label_rows(labels)
 
 
-@pytest.fixture
-def parent(tmp_path):
-    data = write_image_folder(tmp_path / "imgs", classes=3, per_class=10)
-    run = pretrain(str(data), out=str(tmp_path / "hebb"), model_kwargs=TINY_C3, img_size=16,
-                   batch_size=5, epochs=1, quiet=True)
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """One tiny Hebbian run for the module's fine-tunings (which only read it)."""
+    root = tmp_path_factory.mktemp("finetune-parent")
+    data = write_image_folder(root / "imgs", classes=3, per_class=10)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HEBBRET_CACHE_DIR", str(root / "cache"))
+        run = pretrain(str(data), out=str(root / "hebb"), model_kwargs=TINY_C3, img_size=16,
+                       batch_size=5, epochs=1, quiet=True)
     return data, run
 
 
