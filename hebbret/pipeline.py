@@ -1,10 +1,7 @@
 """The main job: pretrain -> embed -> index -> evaluate with all labels and with few labels, for a
 Hebbian backbone against the same network with random weights, ending in one report.
 
-Backbones of the report:
-- ``hebbian``: Hebbian pretraining on the unlabeled train split.
-- ``random``: the same network with random weights (BatchNorm statistics calibrated by one
-  pass over the train split).
+Backbones of the report: :data:`BACKBONES` (Hebbian, and the same net with random weights).
 With all labels, each backbone's frozen features are scored by kNN, a linear probe and retrieval
 (train = database, test = queries). With few labels, every protocol of :mod:`hebbret.eval.fewshot`
 (knn, linear, propagate on frozen features; full = end-to-end fine-tuning) runs on the same
@@ -38,6 +35,10 @@ from .viz import save_convergence, save_filters, save_retrieval_examples
 log = logging.getLogger(__name__)
 
 VARIANTS = ("hebbian", "random")
+BACKBONES = {  # each row of the report, as results.json defines it
+    "hebbian": "Hebbian pretraining on the unlabeled train split",
+    "random": "the same network with random weights (BatchNorm statistics calibrated by one pass "
+              "over the train split)"}
 
 
 TEST_FRACTION = 0.2  # a single labeled folder: this share of every class becomes the test set
@@ -193,7 +194,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     log.info("inputs: %s", "; ".join(inputs.reasons))
     rows = {v: _run_variant(cfg, inputs, v, out, train, test) for v in VARIANTS}
     results = {"config": asdict(cfg), "inputs": asdict(inputs), "rows": rows,
-               "definitions": __doc__.split("Backbones")[1],
+               "definitions": BACKBONES,
                "data": {"train": train[0], "test": test[0], "split": split},
                "verdict": verdict(rows)}
     report = out / "report"

@@ -580,11 +580,10 @@ def convergence(rows: list[dict[str, Any]], model: HebbNet) -> dict[str, Any]:
             recent = v[-max(1, round(RECENT_FRACTION * len(v))):].mean()
             peak = np.convolve(v, np.ones(3) / 3, mode="valid").max() if len(v) >= 3 else v.max()
             ratio = float(recent / peak) if peak > 0 else 0.0
-        doc = (rule.distance.__doc__ or "").split(":")[0].strip() if rule.distance else None
         layers.append({"layer": i, "rule": rule.name, "speed_ratio": ratio,
                        "converged_below": CONVERGED_SPEED,
                        "converged": ratio is not None and ratio <= CONVERGED_SPEED,
-                       "distance": distance.get(i), "distance_measure": doc})
+                       "distance": distance.get(i), "distance_measure": rule.distance_measure})
     return {"layers": layers, "converged": all(la["converged"] for la in layers),
             "measure": "recent turning speed of the neurons / its peak",
             "measured_every_steps": MEASURE_EVERY}

@@ -11,17 +11,13 @@ from .conftest import load_tool
 pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
 
 
-def load_bench():
-    return load_tool("bench_hebb")
-
-
 def positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def test_quick_benchmark_writes_finite_positive_ratios(tmp_path, capsys):
     out = tmp_path / "b.json"
-    load_bench().main(["--quick", "--out", str(out)])
+    load_tool("bench_hebb").main(["--quick", "--out", str(out)])
     res = read_json(out)
 
     assert {"command", "config", "machine", "gemm_gflops", "layers", "steps", "ratios",

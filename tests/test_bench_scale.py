@@ -8,15 +8,11 @@ from .conftest import load_tool, write_image_folder
 pytestmark = pytest.mark.slow  # subprocesses / tool smoke runs: CI's second step
 
 
-def load_bench():
-    return load_tool("bench_scale")
-
-
 def test_toy_scale_benchmark_reports_rates_memory_and_recall(tmp_path):
     data = write_image_folder(tmp_path / "images", classes=2, per_class=8, size=32)
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- scale-results:begin -->\nold\n<!-- scale-results:end -->\ny\n")
-    doc = load_bench().main([
+    doc = load_tool("bench_scale").main([
         "--pretrain-data", str(data), "--steps", "2", "--batch", "4", "--widths", "4", "8", "8",
         "--n", "4000", "--dim", "16", "--factory", "IVF16,SQ8", "--nprobe", "2", "16",
         "--queries", "40", "--query-batch", "20", "--work", str(tmp_path / "work"),

@@ -163,14 +163,16 @@ def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.nd
 
 
 def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
-                 test_labels: np.ndarray, penalties: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
+                 test_labels: np.ndarray, penalties: Sequence[float] = LINEAR_PENALTIES,
                  val_fraction: float = 0.1, max_iter: int = 100, seed: int = 0,
                  memory_mb: int = 2048) -> dict[str, Any]:
     """Multinomial logistic regression (:func:`fit_logreg`) on frozen, L2-normalised,
     standardised features.
 
     The L2 penalty is chosen on a class-stratified validation split carved from train
-    (:func:`~hebbret.data.held_out`, never test); the chosen value is then refit on all of train.
+    (:func:`~hebbret.data.held_out`, never test) among the few-label head's ``LINEAR_PENALTIES``
+    (not 0: without a penalty a full-batch solver has no finite optimum on separable
+    features); the chosen value is then refit on all of train.
     The preprocessed features are held in memory when they fit in ``memory_mb`` (float32, else
     float16), otherwise recomputed from ``train_feats`` (e.g. a memory-mapped (N, D) array
     larger than RAM) at every L-BFGS evaluation.

@@ -165,6 +165,7 @@ class Rule:
     init_radius: float = 1.0  # expected ‖w_k‖ at init: weights ~ N(0, radius² / fan_in)
     # distance from the rule's fixed point: (weights, latest raw ΔW) -> scalar; None: not measured
     distance: Callable[[Tensor, Tensor], Tensor] | None = None
+    distance_measure: str | None = None  # that distance as a formula, for logs and model cards
     # per-row decay coefficients (rows of Y, rows of U) -> (N, K); see softhebb_row_decay
     row_decay: Callable[[Tensor, Tensor], Tensor] | None = None
     cumulative_decay: bool = False  # M is lower-triangular: row k decays by Σ_{j≤k} c_nj w_j
@@ -172,13 +173,14 @@ class Rule:
 
 RULES: dict[str, Rule] = {
     "hpca": Rule("hpca", hpca_terms, distance=hpca_distance,
-                 row_decay=hpca_row_decay, cumulative_decay=True),
+                 distance_measure="‖W Wᵀ − I‖_F / √K", row_decay=hpca_row_decay,
+                 cumulative_decay=True),
     "swta": Rule("swta", swta_terms, {"temperature": 0.02}, needs_x_norm=True,
                  output=output_normalized, distance=swta_distance,
-                 row_decay=swta_row_decay),
+                 distance_measure="‖ΔW‖_F / ‖W‖_F", row_decay=swta_row_decay),
     "softhebb": Rule("softhebb", softhebb_terms, {"t_inv": 1.0}, step_scale=softhebb_step_scale,
                      init_radius=25.0,  # SoftHebb starts far from the unit sphere it converges to
-                     distance=softhebb_distance,
+                     distance=softhebb_distance, distance_measure="mean_k |‖w_k‖ − 1|",
                      row_decay=softhebb_row_decay),
     "none": Rule("none", None),
 }
