@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ._io import read_json, write_bytes, write_json
 from .config import NAMED_DATASETS, POOLS, FewShotConfig, RunConfig
@@ -172,7 +173,9 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
         reasons.append(f"widths {kwargs['widths']} (a quarter of SoftHebb's, for a CPU)")
     if cfg.pool and cfg.pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
-    probe = create_model(model, in_chans=cfg.in_chans or seen.in_chans, img_size=size, **kwargs)
+    with torch.device("meta"):  # its config, and its arguments checked, without its weights
+        probe = create_model(model, in_chans=cfg.in_chans or seen.in_chans, img_size=size,
+                             **kwargs)
     emb = probe.default_cfg["embedding"]
     layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
     cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""

@@ -101,9 +101,4 @@ def evaluate(kind: str, train_emb: str, test_emb: str, out: str | None = None,
 def evaluate_embeddings(train_emb: str | os.PathLike, test_emb: str | os.PathLike,
                         cfg: FewShotConfig) -> dict[str, Any]:
     """:func:`evaluate_frozen` on two embeddings dirs: the collection and the test images."""
-
-    x, items, meta = load_embeddings(train_emb)
-    tx, titems, tmeta = load_embeddings(test_emb)
-    y = np.array([it["label"] for it in items], dtype=np.int64)
-    ty = aligned_labels(titems, tmeta.get("classes"), meta.get("classes"), str(test_emb))
-    return evaluate_frozen(x, y, tx, ty, cfg)
+    return evaluate_frozen(*load_labeled_pair(train_emb, test_emb), cfg)
