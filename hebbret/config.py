@@ -255,3 +255,42 @@ def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunCon
             raise ValueError(f"no shipped config named {name!r}; choose one of {shipped} or "
                              f"give a .toml file")
     return load_config(RunConfig, path, section="run", **overrides)
+
+
+SSL_METHODS = ("simclr",)  # self-supervised backprop baselines (lightly); BYOL / DINO to come
+
+
+@dataclass
+class SSLConfig:
+    """A self-supervised backprop baseline: the same backbone trained end to end with lightly's
+    SimCLR for a wall-clock budget (settings: lightly's SimCLR example — SGD lr 0.06, momentum
+    0.9, NT-Xent at temperature 0.5, projection head 512 -> 128, SimCLR augmentations)."""
+
+    data: str = ""  # image folder (labels, if any, are not used)
+    method: str = "simclr"
+    model: str = "hebb_softhebb_c3"  # a hebbret backbone, trained here by backprop
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    img_size: int | None = None  # None: the folder's own when square and ≤ 64, else 32
+    in_chans: int | None = None  # None: the folder's own
+    budget_s: float = 60.0  # wall-clock seconds of training steps (data loading included)
+    batch_size: int = 128
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 0.5
+    descriptor_dims: int = 1024  # the embedding PCA fitted after training, as pretrain does
+    num_workers: int = 0
+    checkpoint_every_s: float = 60.0  # resume checkpoints at most this far apart
+    out: str = "runs/ssl"
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in SSL_METHODS:
+            raise ValueError(f"method must be one of {SSL_METHODS}, got {self.method!r}")
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (pairs of views), got {self.batch_size}")

@@ -11,7 +11,7 @@ fi
 # torch's CPU/CUDA wheel first, pinned to a release every supported machine has; then hebbret.
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || \
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev,ssl]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import hebbret, faiss, timm; print('hebbret', hebbret.__version__, 'ready in .venv')"
 # Fashion-MNIST (MIT licence, Zalando) from Debian, for the examples; tests do not need it.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

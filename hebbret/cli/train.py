@@ -10,9 +10,11 @@ from ..config import (
     NAMED_DATASETS,
     PRECISIONS,
     RULE_NAMES,
+    SSL_METHODS,
     TRAINING_MODES,
     FinetuneConfig,
     PretrainConfig,
+    SSLConfig,
     load_config,
 )
 from .common import DESCRIPTOR_DIMS, budget, dataset, device, image, json_object, quiet
@@ -66,6 +68,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file of defaults (top level or a [finetune] table)")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=finetune)
+    add_ssl_parser(sub)
+
+
+def add_ssl_parser(sub: argparse._SubParsersAction) -> None:
+    ssl = SSLConfig()
+    p = sub.add_parser("ssl", parents=[device(), quiet()],
+                       help="a self-supervised backprop baseline (SimCLR, lightly) of the same "
+                       "backbone for a wall-clock budget; needs pip install 'hebbret[ssl]'")
+    p.add_argument("data", help="image folder (labels are not used)")
+    p.add_argument("--method", choices=SSL_METHODS, default=ssl.method)
+    p.add_argument("--model", choices=MODEL_NAMES, default=ssl.model)
+    p.add_argument("--model-kwargs", type=json_object, metavar="JSON")
+    p.add_argument("--img-size", type=int, help="default: the folder's own when square and "
+                   "≤ 64, else 32")
+    p.add_argument("--in-chans", type=int, choices=[1, 3])
+    p.add_argument("--budget-s", type=float, default=ssl.budget_s,
+                   help="wall-clock seconds of training (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=ssl.batch_size)
+    p.add_argument("--lr", type=float, default=ssl.lr)
+    p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=ssl.seed)
+    p.add_argument("--out", default=ssl.out, help="run dir to write (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=train_ssl)
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -99,3 +126,15 @@ def finetune(args: argparse.Namespace) -> None:
                       data_root=args.data_root, device=args.device, seed=args.seed,
                       quiet=args.quiet or None)
     print(finetune(cfg))
+
+
+def train_ssl(args: argparse.Namespace) -> None:
+    from ..ssl import train_ssl
+
+    given = {k: getattr(args, k) for k in ("model_kwargs", "img_size", "in_chans",
+                                           "descriptor_dims") if getattr(args, k) is not None}
+    print(train_ssl(SSLConfig(data=args.data, method=args.method, model=args.model,
+                              budget_s=args.budget_s, batch_size=args.batch_size, lr=args.lr,
+                              num_workers=args.num_workers, seed=args.seed, out=args.out,
+                              device=args.device or "auto", resume=args.resume,
+                              quiet=args.quiet, **given)))

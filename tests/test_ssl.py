@@ -1,0 +1,66 @@
+"""The self-supervised backprop baseline: a real SimCLR run (lightly) for a budget, saved as an
+ordinary run dir, resumed after a kill."""
+
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from hebbret import cli
+from hebbret.embed import extract_embeddings, load_embeddings
+from hebbret.runs import load_run
+
+from .conftest import TINY_C3, write_image_folder
+
+ssl = pytest.importorskip("hebbret.ssl")
+pytest.importorskip("lightly")
+pytestmark = pytest.mark.slow  # real training for a wall-clock budget: CI's second step
+
+
+def test_simclr_trains_for_its_budget_and_writes_a_run_dir(tmp_path):
+    data = write_image_folder(tmp_path / "imgs", classes=3, per_class=8, size=16)
+    (data / "class_1" / "broken.png").write_bytes(b"not a png")  # skipped, not fatal
+    run = ssl.train_ssl(str(data), model_kwargs=TINY_C3, budget_s=2.0, batch_size=8,
+                        descriptor_dims=8, out=str(tmp_path / "ssl"), quiet=True)
+    model, card = load_run(run)
+    t = card.training
+    assert (t["kind"], t["method"], t["img_size"], t["in_chans"]) == ("ssl", "simclr", 16, 3)
+    assert t["train_seconds"] >= 2.0 and t["steps"] >= 1
+    assert t["images_seen"] <= 8 * t["steps"] and np.isfinite(t["loss_last"])
+    assert card.embedding.dims == 8 and card.rule == "none"
+    x, items, meta = load_embeddings(extract_embeddings(run, data, tmp_path / "emb", quiet=True))
+    assert x.shape == (24, 8) and meta["skipped_files"] == 1  # embed/index treat it as any run
+
+
+def test_a_killed_run_resumes_and_trains_to_its_budget(tmp_path, monkeypatch):
+    data = write_image_folder(tmp_path / "imgs", classes=2, per_class=8, size=16)
+    out = tmp_path / "ssl"
+    opts = dict(model_kwargs=TINY_C3, batch_size=8, descriptor_dims=0, out=str(out), quiet=True)
+    real = ssl._save_state
+
+    def save_then_die(*args):
+        real(*args)
+        raise KeyboardInterrupt  # killed right after its first checkpoint
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(ssl, "_save_state", save_then_die)
+        ssl.train_ssl(str(data), budget_s=30.0, checkpoint_every_s=0.0, **opts)
+    assert (out / "state.pt").exists() and not (out / "model.json").exists()
+    run = ssl.train_ssl(str(data), budget_s=1.0, resume=True, **opts)
+    t = load_run(run)[1].training
+    assert t["steps"] >= 2 and t["train_seconds"] >= 1.0
+
+
+def test_the_command_line_runs_it_and_names_a_missing_extra(tmp_path, monkeypatch, caplog):
+    data = write_image_folder(tmp_path / "imgs", classes=2, per_class=6, size=16)
+    assert cli.main(["ssl", str(data), "--model-kwargs", json.dumps(TINY_C3), "--budget-s", "1",
+                     "--batch-size", "6", "--descriptor-dims", "0", "--out",
+                     str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "model.json").exists()
+    monkeypatch.setitem(sys.modules, "lightly", None)  # as if the extra were not installed
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["ssl", str(data), "--out", str(tmp_path / "other"), "--quiet"]) == 2
+    assert "pip install 'hebbret[ssl]'" in caplog.text
+    assert not (tmp_path / "other").exists()
