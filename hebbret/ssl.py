@@ -74,7 +74,7 @@ def _pairs(batch: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor] |
     return torch.stack([g[0] for g in good]), torch.stack([g[1] for g in good])
 
 
-def _views(cfg: SSLConfig, in_chans: int, size: int, mean: Any, std: Any) -> Any:
+def _views(in_chans: int, size: int, mean: Any, std: Any) -> Any:
     """lightly's SimCLR augmentations at ``size``; no blur on small images, no colour on gray."""
     _, _, transforms = _lightly()
     gray = {"cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0} if in_chans == 1 else {}
@@ -113,8 +113,7 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
         log.info("resuming %s after %.1f s of its %.0f s budget", out, pos["seconds"], cfg.budget_s)
     out.mkdir(parents=True, exist_ok=True)
     cfg_json = model.default_cfg
-    views = TwoViews(cfg.data, in_chans, _views(cfg, in_chans, size, cfg_json["mean"],
-                                                cfg_json["std"]))
+    views = TwoViews(cfg.data, in_chans, _views(in_chans, size, cfg_json["mean"], cfg_json["std"]))
     _train(cfg, model, head, opt, loss_mod.NTXentLoss(temperature=cfg.temperature), views, pos,
            device, out)
     if pos["steps"] == 0:

@@ -56,8 +56,9 @@ def edges() -> dict[str, set[str]]:
             if target not in mods:
                 continue
             subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in mods]
-            graph[m].update(subs or [target])
-            graph[m].update(t for t in [target] if len(subs) < len(names))
+            graph[m].update(subs)
+            if len(subs) < len(names) or not names:  # a name defined in the module itself
+                graph[m].add(target)
             graph[m].discard(m)
     return graph
 

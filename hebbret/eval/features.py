@@ -4,7 +4,7 @@ a collection's statistics, top-k hits, per-seed summaries."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,19 @@ def check_ks(ks: Sequence[int]) -> list[int]:
     if not ks or ks[0] <= 0:
         raise ValueError(f"k must be positive, got {list(ks)}")
     return ks
+
+
+@torch.no_grad()
+def accuracy(logits_of: Callable[[np.ndarray], torch.Tensor], x: np.ndarray, y: np.ndarray,
+             chunk: int = 4096) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) of a classifier over features x (N, D) with labels y (N,),
+    ``logits_of`` mapping a chunk of rows of x to logits (n, C)."""
+    top1 = top5 = 0
+    for i in range(0, len(x), chunk):
+        h1, h5 = top1_top5_hits(logits_of(x[i: i + chunk]),
+                                torch.from_numpy(np.asarray(y[i: i + chunk])))
+        top1, top5 = top1 + h1, top5 + h5
+    return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
 
 
 def top1_top5_hits(scores: torch.Tensor, truth: torch.Tensor) -> tuple[int, int]:

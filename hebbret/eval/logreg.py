@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from ..data.sampling import held_out, stratified_folds
 from .features import (
+    accuracy,
     check_labeled,
     collection_stats,
     feature_stats,
     l2_normalized,
     one_thread,
     prepare,
-    top1_top5_hits,
 )
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,8 @@ def fewshot_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, test_x: np.nd
                    stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """The ``linear`` protocol: :func:`fit_linear_head` on the labeled ``rows``, tested."""
     lin = fit_linear_head(x, y, rows, seed, preprocessing, penalties, folds, stats)
-    top1 = top5 = 0
-    for i in range(0, len(test_x), 4096):
-        h1, h5 = top1_top5_hits(lin.logits(test_x[i: i + 4096]),
-                                torch.from_numpy(np.asarray(test_y[i: i + 4096])))
-        top1, top5 = top1 + h1, top5 + h5
-    return {"top1": 100.0 * top1 / len(test_x), "top5": 100.0 * top5 / len(test_x),
+    top1, top5 = accuracy(lin.logits, test_x, test_y)
+    return {"top1": top1, "top5": top5,
             "preprocessing": lin.preprocessing, "penalty": lin.penalty,
             "cv_folds": lin.cv_folds, "cv_top1": lin.cv_top1,
             "solver": "L-BFGS, full batch, mean CE + penalty·‖W‖²"}
@@ -241,12 +237,7 @@ def _standardized(x: np.ndarray, rows: np.ndarray, mean: torch.Tensor, std: torc
     return _OnTheFly(x, rows, mean, std)
 
 
-@torch.no_grad()
 def _accuracy(model: torch.nn.Linear, x: np.ndarray, y: np.ndarray, mean: torch.Tensor,
-              std: torch.Tensor, chunk: int = CHUNK) -> tuple[float, float]:
-    top1 = top5 = 0
-    for i in range(0, len(x), chunk):
-        logits = model((l2_normalized(x[i: i + chunk]) - mean) / std)
-        h1, h5 = top1_top5_hits(logits, torch.from_numpy(np.asarray(y[i: i + chunk])))
-        top1, top5 = top1 + h1, top5 + h5
-    return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
+              std: torch.Tensor) -> tuple[float, float]:
+    """Top-1 / top-5 (%) of the probe on rows of x standardised with the fit's ``mean``, ``std``."""
+    return accuracy(lambda part: model((l2_normalized(part) - mean) / std), x, y, CHUNK)

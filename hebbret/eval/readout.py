@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .features import check_labeled, top1_top5_hits
+from .features import accuracy, check_labeled
 
 SOFTHEBB_MILESTONES = (10, 17, 25, 30, 35, 40, 45)
 
@@ -66,7 +66,8 @@ def softhebb_readout(train_feats: np.ndarray, train_labels: np.ndarray, test_fea
             correct += int((logits.argmax(1) == labels[take]).sum())
             seen += len(take)
         sched.step()
-    top1, top5 = _accuracy(head, test_feats, np.asarray(test_labels))
+    top1, top5 = accuracy(lambda part: head(torch.from_numpy(np.array(part, dtype=np.float32))),
+                          test_feats, test_labels)
     return {"top1": top1, "top5": top5,
             "train_top1_last_epoch": 100.0 * correct / max(seen, 1),
             "train_loss_last_epoch": total_loss / max(seen, 1), "epochs": epochs,
@@ -90,15 +91,3 @@ def _initial_head(dim: int, classes: int, init_scale: float | None,
             head.weight.copy_(init_scale * torch.rand(head.weight.shape, generator=g))
             head.bias.zero_()
     return head
-
-
-@torch.no_grad()
-def _accuracy(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, chunk: int = 4096
-              ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) of ``head`` on features x (N, D) as they come."""
-    top1 = top5 = 0
-    for i in range(0, len(x), chunk):
-        logits = head(torch.from_numpy(np.array(x[i: i + chunk], dtype=np.float32)))
-        h1, h5 = top1_top5_hits(logits, torch.from_numpy(y[i: i + chunk]))
-        top1, top5 = top1 + h1, top5 + h5
-    return 100.0 * top1 / len(x), 100.0 * top5 / len(x)
