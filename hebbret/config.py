@@ -257,14 +257,17 @@ def load_run_config(name_or_path: str | None = None, **overrides: Any) -> RunCon
     return load_config(RunConfig, path, section="run", **overrides)
 
 
-SSL_METHODS = ("simclr",)  # self-supervised backprop baselines (lightly); BYOL / DINO to come
+# Self-supervised backprop baselines (lightly). BYOL is the non-contrastive one: lightly's CIFAR-10
+# benchmark (ResNet-18, batch 128, 200 epochs) gives kNN 0.869 for BYOL, 0.840 DINO, 0.847 SimCLR.
+SSL_METHODS = ("simclr", "byol")
 
 
 @dataclass
 class SSLConfig:
     """A self-supervised backprop baseline: the same backbone trained end to end with lightly's
-    SimCLR for a wall-clock budget (settings: lightly's SimCLR example — SGD lr 0.06, momentum
-    0.9, NT-Xent at temperature 0.5, projection head 512 -> 128, SimCLR augmentations)."""
+    SimCLR or BYOL for a wall-clock budget (settings: lightly's CIFAR-10 benchmark — SGD lr 0.06,
+    momentum 0.9, wd 5e-4, SimCLR augmentations without blur; SimCLR: NT-Xent at temperature
+    0.5, projection head 512 -> 128; BYOL: heads 1024 -> 256, momentum 0.99 -> 1 cosine)."""
 
     data: str = ""  # image folder (labels, if any, are not used)
     method: str = "simclr"
@@ -277,7 +280,7 @@ class SSLConfig:
     lr: float = 0.06
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    temperature: float = 0.5
+    temperature: float = 0.5  # SimCLR only
     descriptor_dims: int = 1024  # the embedding PCA fitted after training, as pretrain does
     num_workers: int = 0
     checkpoint_every_s: float = 60.0  # resume checkpoints at most this far apart

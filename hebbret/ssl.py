@@ -1,5 +1,6 @@
 """Self-supervised backprop baselines (issue 23): the same backbone a Hebbian run trains, trained
-end to end with lightly's SimCLR (its loss, projection head and augmentations) for a wall-clock
+end to end with lightly's SimCLR or BYOL (its losses, heads, momentum utilities and
+augmentations) for a wall-clock
 budget, then saved as an ordinary run dir (model card, safetensors, the descriptor PCA), so
 embed / index / eval / serve treat it like any backbone.
 
@@ -10,6 +11,7 @@ order and augmentations after a resume are freshly seeded, not a replay).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -83,8 +85,8 @@ def _views(in_chans: int, size: int, mean: Any, std: Any) -> Any:
 
 
 def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
-    """Train ``cfg.model`` with SimCLR on the images of ``cfg.data`` for ``cfg.budget_s``
-    seconds of training steps; returns the run dir (written as ``hebbret pretrain`` writes)."""
+    """Train ``cfg.model`` with ``cfg.method`` (SimCLR or BYOL) on the images of ``cfg.data`` for
+    ``cfg.budget_s`` seconds of training steps; returns the run dir (as ``hebbret pretrain``)."""
     cfg = SSLConfig(data=config, **overrides) if isinstance(config, str) else config
     loss_mod, modules, _ = _lightly()
     out = Path(cfg.out)
@@ -97,25 +99,25 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_chans=in_chans, img_size=size, rule="none",
                          **cfg.model_kwargs)
-    head = modules.SimCLRProjectionHead(model.num_features, 512, 128)
+    nets = _networks(cfg.method, model, modules)
     device = pick_device(cfg.device)
     model.to(device).train()
-    head.to(device).train()
-    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=cfg.lr,
-                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    nets.to(device).train()
+    trained = [q for q in (*model.parameters(), *nets.parameters()) if q.requires_grad]
+    opt = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
     pos = {"seconds": 0.0, "steps": 0, "images": 0, "epoch": 0, "loss_first": None, "loss": None}
     if cfg.resume and (out / TRAIN_STATE).exists():
         state = torch.load(out / TRAIN_STATE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
+        nets.load_state_dict(state["nets"])
         opt.load_state_dict(state["optimizer"])
         pos = state["position"]
         log.info("resuming %s after %.1f s of its %.0f s budget", out, pos["seconds"], cfg.budget_s)
     out.mkdir(parents=True, exist_ok=True)
     cfg_json = model.default_cfg
     views = TwoViews(cfg.data, in_chans, _views(in_chans, size, cfg_json["mean"], cfg_json["std"]))
-    _train(cfg, model, head, opt, loss_mod.NTXentLoss(temperature=cfg.temperature), views, pos,
-           device, out)
+    _train(cfg, model, nets, opt, _criterion(cfg, loss_mod), views, pos, device, out)
     if pos["steps"] == 0:
         raise ValueError(f"no batch of two decodable images under {cfg.data}; nothing trained")
     model.eval()
@@ -127,13 +129,35 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
         "kind": "ssl", "method": cfg.method, "config": asdict(cfg), "in_chans": in_chans,
         "img_size": size, "train_seconds": round(pos["seconds"], 2), "steps": pos["steps"],
         "images_seen": pos["images"], "loss_first": pos["loss_first"], "loss_last": pos["loss"],
-        "descriptor_pca": pca, "settings": "lightly's SimCLR example (see SSLConfig)"})
+        "descriptor_pca": pca, "settings": "lightly's CIFAR-10 benchmark (see SSLConfig)"})
     release_freed_memory()
     log.info("wrote %s (%s, %d steps, %.1f s)", out, cfg.method, pos["steps"], pos["seconds"])
     return out
 
 
-def _train(cfg: SSLConfig, model: HebbNet, head: nn.Module, opt: torch.optim.Optimizer,
+def _networks(method: str, model: HebbNet, modules: Any) -> nn.ModuleDict:
+    """The method's heads around ``model``: SimCLR's projection head (D -> 512 -> 128); BYOL's
+    projection (D -> 1024 -> 256) and prediction heads, plus momentum copies of the backbone and
+    projection head that get no gradients (lightly's CIFAR-10 benchmark sizes)."""
+    from lightly.models.utils import deactivate_requires_grad
+
+    if method == "simclr":
+        return nn.ModuleDict({"head": modules.SimCLRProjectionHead(model.num_features, 512, 128)})
+    nets = nn.ModuleDict({"head": modules.BYOLProjectionHead(model.num_features, 1024, 256),
+                          "predictor": modules.BYOLPredictionHead(256, 1024, 256)})
+    nets["model_m"], nets["head_m"] = copy.deepcopy(model), copy.deepcopy(nets["head"])
+    deactivate_requires_grad(nets["model_m"])
+    deactivate_requires_grad(nets["head_m"])
+    return nets
+
+
+def _criterion(cfg: SSLConfig, loss_mod: Any) -> nn.Module:
+    if cfg.method == "simclr":
+        return loss_mod.NTXentLoss(temperature=cfg.temperature)
+    return loss_mod.NegativeCosineSimilarity()
+
+
+def _train(cfg: SSLConfig, model: HebbNet, nets: nn.ModuleDict, opt: torch.optim.Optimizer,
            criterion: nn.Module, views: TwoViews, pos: dict[str, Any], device: torch.device,
            out: Path) -> None:
     """Epochs of shuffled batches until ``pos["seconds"]`` (wall time of the steps, loading
@@ -149,7 +173,7 @@ def _train(cfg: SSLConfig, model: HebbNet, head: nn.Module, opt: torch.optim.Opt
             t0 = time.perf_counter()
             for pair in loader:
                 if pair is not None:
-                    loss = _step(model, head, opt, criterion, pair, device)
+                    loss = _step(cfg, model, nets, opt, criterion, pair, pos, device)
                     pos["loss_first"] = loss if pos["loss_first"] is None else pos["loss_first"]
                     pos["loss"], pos["steps"] = loss, pos["steps"] + 1
                     pos["images"] += len(pair[0])
@@ -160,29 +184,48 @@ def _train(cfg: SSLConfig, model: HebbNet, head: nn.Module, opt: torch.optim.Opt
                 if pos["seconds"] >= cfg.budget_s:
                     break
                 if pos["seconds"] - saved >= cfg.checkpoint_every_s:
-                    _save_state(out, model, head, opt, pos)
+                    _save_state(out, model, nets, opt, pos)
                     saved = pos["seconds"]
             else:
                 pos["epoch"] += 1
-    _save_state(out, model, head, opt, pos)
+    _save_state(out, model, nets, opt, pos)
 
 
-def _step(model: HebbNet, head: nn.Module, opt: torch.optim.Optimizer, criterion: nn.Module,
-          pair: tuple[Tensor, Tensor], device: torch.device) -> float:
-    """One SimCLR step on two views (B, C, S, S) of the same B images; returns the loss."""
-    z = [head(model.forward_head(model.forward_features(v.to(device)), pre_logits=True))
-         for v in pair]
-    loss = criterion(z[0], z[1])
+def _embed(model: HebbNet, x: Tensor) -> Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def _step(cfg: SSLConfig, model: HebbNet, nets: nn.ModuleDict, opt: torch.optim.Optimizer,
+          criterion: nn.Module, pair: tuple[Tensor, Tensor], pos: dict[str, Any],
+          device: torch.device) -> float:
+    """One step of ``cfg.method`` on two views (B, C, S, S) of the same B images; returns the
+    loss. BYOL's momentum follows lightly's cosine schedule 0.99 -> 1 over the budget."""
+    v = [x.to(device) for x in pair]
+    if cfg.method == "simclr":
+        z = [nets["head"](_embed(model, x)) for x in v]
+        loss = criterion(z[0], z[1])
+    else:
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        m = cosine_schedule(min(int(pos["seconds"] * 1000), int(cfg.budget_s * 1000)),
+                            int(cfg.budget_s * 1000), 0.99, 1.0)
+        update_momentum(model, nets["model_m"], m)
+        update_momentum(nets["head"], nets["head_m"], m)
+        p = [nets["predictor"](nets["head"](_embed(model, x))) for x in v]
+        with torch.no_grad():
+            z = [nets["head_m"](_embed(nets["model_m"], x)) for x in v]
+        loss = 0.5 * (criterion(p[0], z[1]) + criterion(p[1], z[0]))
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"the SimCLR loss became {loss.item()}; try a lower --lr")
+        raise FloatingPointError(f"the {cfg.method} loss became {loss.item()}; try a lower --lr")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return float(loss.detach())
 
 
-def _save_state(out: Path, model: HebbNet, head: nn.Module, opt: torch.optim.Optimizer,
+def _save_state(out: Path, model: HebbNet, nets: nn.ModuleDict, opt: torch.optim.Optimizer,
                 pos: dict[str, Any]) -> None:
     with atomic_path(out / TRAIN_STATE) as tmp:
-        torch.save({"model": model.state_dict(), "head": head.state_dict(),
+        torch.save({"model": model.state_dict(), "nets": nets.state_dict(),
                     "optimizer": opt.state_dict(), "position": pos}, tmp)

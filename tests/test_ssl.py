@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from hebbret import cli
 from hebbret.embed import extract_embeddings, load_embeddings
@@ -34,10 +35,12 @@ def test_simclr_trains_for_its_budget_and_writes_a_run_dir(tmp_path):
     assert x.shape == (24, 8) and meta["skipped_files"] == 1  # embed/index treat it as any run
 
 
-def test_a_killed_run_resumes_and_trains_to_its_budget(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_a_killed_run_resumes_and_trains_to_its_budget(tmp_path, monkeypatch, method):
     data = write_image_folder(tmp_path / "imgs", classes=2, per_class=8, size=16)
     out = tmp_path / "ssl"
-    opts = dict(model_kwargs=TINY_C3, batch_size=8, descriptor_dims=0, out=str(out), quiet=True)
+    opts = dict(method=method, model_kwargs=TINY_C3, batch_size=8, descriptor_dims=0,
+                out=str(out), quiet=True)
     real = ssl._save_state
 
     def save_then_die(*args):
@@ -48,9 +51,16 @@ def test_a_killed_run_resumes_and_trains_to_its_budget(tmp_path, monkeypatch):
         m.setattr(ssl, "_save_state", save_then_die)
         ssl.train_ssl(str(data), budget_s=30.0, checkpoint_every_s=0.0, **opts)
     assert (out / "state.pt").exists() and not (out / "model.json").exists()
-    run = ssl.train_ssl(str(data), budget_s=1.0, resume=True, **opts)
+    state = torch.load(out / "state.pt", weights_only=True)
+    nets, first = state["nets"], state["position"]["seconds"]
+    teacher = {k: v.clone() for k, v in nets.items() if k.startswith("model_m.")}
+    assert bool(teacher) == (method == "byol")  # BYOL's momentum networks are checkpointed
+    run = ssl.train_ssl(str(data), budget_s=first + 1.0, resume=True, **opts)
     t = load_run(run)[1].training
-    assert t["steps"] >= 2 and t["train_seconds"] >= 1.0
+    assert t["steps"] >= 2 and t["train_seconds"] >= first + 1.0 and t["method"] == method
+    after = torch.load(out / "state.pt", weights_only=True)["nets"]
+    moved = [not torch.equal(after[k], v) for k, v in teacher.items() if v.is_floating_point()]
+    assert any(moved) == (method == "byol")  # the teacher resumed and kept moving
 
 
 def test_the_command_line_runs_it_and_names_a_missing_extra(tmp_path, monkeypatch, caplog):

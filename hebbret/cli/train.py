@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_ssl_parser(sub: argparse._SubParsersAction) -> None:
     ssl = SSLConfig()
     p = sub.add_parser("ssl", parents=[device(), quiet()],
-                       help="a self-supervised backprop baseline (SimCLR, lightly) of the same "
+                       help="a self-supervised backprop baseline (SimCLR or BYOL, lightly) of the same "
                        "backbone for a wall-clock budget; needs pip install 'hebbret[ssl]'")
     p.add_argument("data", help="image folder (labels are not used)")
     p.add_argument("--method", choices=SSL_METHODS, default=ssl.method)
