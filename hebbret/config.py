@@ -21,6 +21,7 @@ C = TypeVar("C")
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (also cuda:N)
 NAMED_DATASETS = ("fashion-mnist", "fashion-mnist-mini")
 MODEL_NAMES = ("hebb_softhebb_c3", "hebb_softhebb_c4", "hebb_softhebb_c5", "hebb_fasthebb_6l")
+BACKPROP_MODEL_NAMES = ("resnet18_small",)  # standard backbones, trained only by `hebbret ssl`
 RULE_NAMES = ("hpca", "none", "softhebb", "swta")  # hebbret.hebb.rules.RULES
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)

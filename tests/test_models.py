@@ -155,3 +155,17 @@ def test_the_config_names_match_what_the_library_registers():
     assert RULE_NAMES == tuple(sorted(RULES))
     assert METRIC_NAMES == tuple(METRICS)
     assert all(timm.is_model(name) for name in MODEL_NAMES)
+
+
+@pytest.mark.parametrize("chans,size", [(1, 28), (3, 32)])
+def test_the_small_resnet_is_a_backbone_like_the_hebbian_ones(chans, size):
+    torch.manual_seed(0)
+    model = create_model("resnet18_small", in_chans=chans, img_size=size, num_classes=7).eval()
+    x = torch.randn(2, chans, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 512, size // 8 + (size % 8 > 0), size // 8 + (size % 8 > 0))
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 512) == (2, model.num_features)
+        assert model(x).shape == (2, 7) and model.hebb_layers() == []
+    with pytest.raises(ValueError, match="no Hebbian layers"):
+        create_model("resnet18_small", rule="softhebb")

@@ -74,3 +74,25 @@ def test_the_command_line_runs_it_and_names_a_missing_extra(tmp_path, monkeypatc
         assert cli.main(["ssl", str(data), "--out", str(tmp_path / "other"), "--quiet"]) == 2
     assert "pip install 'hebbret[ssl]'" in caplog.text
     assert not (tmp_path / "other").exists()
+
+
+def test_a_byol_resnet_run_is_embedded_indexed_and_evaluated_like_any_run(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "imgs", classes=2, per_class=6, size=16)
+    run, emb, idx = tmp_path / "run", tmp_path / "emb", tmp_path / "idx"
+    assert cli.main(["ssl", str(data), "--method", "byol", "--model", "resnet18_small",
+                     "--budget-s", "1", "--batch-size", "6", "--out", str(run), "--quiet"]) == 0
+    model, card = load_run(run)  # rebuilt from its card like a Hebbian run
+    assert (card.architecture, card.num_features, card.rule) == ("resnet18_small", 512, "none")
+    assert card.embedding.pool == "avg" and card.training["method"] == "byol"
+    for argv in (["embed", str(run), str(data), "--out", str(emb), "--quiet"],
+                 ["index", "build", str(emb), "--out", str(idx)],
+                 ["eval", "knn", str(emb), str(emb), "--k", "3", "--out", str(tmp_path / "k.json")]):
+        assert cli.main(argv) == 0, argv
+    x, items, _ = load_embeddings(emb)
+    assert x.shape == (12, card.embedding.dims) and np.isfinite(x).all() and x.std(0).max() > 0
+    knn = json.loads((tmp_path / "k.json").read_text())
+    assert 0 <= knn["k"]["3"]["top1"] <= 100
+    capsys.readouterr()
+    assert cli.main(["search", str(idx), "--image", str(data / "class_0" / "img_1.png"),
+                     "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["results"][0]["path"] == "class_0/img_1.png"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import (
+    BACKPROP_MODEL_NAMES,
     FINETUNE_MODES,
     MODEL_NAMES,
     NAMED_DATASETS,
@@ -78,7 +79,7 @@ def add_ssl_parser(sub: argparse._SubParsersAction) -> None:
                        "backbone for a wall-clock budget; needs pip install 'hebbret[ssl]'")
     p.add_argument("data", help="image folder (labels are not used)")
     p.add_argument("--method", choices=SSL_METHODS, default=ssl.method)
-    p.add_argument("--model", choices=MODEL_NAMES, default=ssl.model)
+    p.add_argument("--model", choices=MODEL_NAMES + BACKPROP_MODEL_NAMES, default=ssl.model)
     p.add_argument("--model-kwargs", type=json_object, metavar="JSON")
     p.add_argument("--img-size", type=int, help="default: the folder's own when square and "
                    "≤ 64, else 32")
