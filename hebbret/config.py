@@ -62,6 +62,8 @@ class PretrainConfig:
     precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers instead of unmapping them
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
+    budget_s: float | None = None  # also stop after this much wall clock of training (loading
+    #                               included), as `hebbret ssl` does; None: the step budget only
     resume: bool = False  # continue the run in `out` from its last checkpoint
     quiet: bool = False  # no progress bar
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
@@ -70,6 +72,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in TRAINING_MODES:
             raise ValueError(f"mode must be one of {TRAINING_MODES}, got {self.mode!r}")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget_s must be positive, got {self.budget_s}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.lr, (int, float)):

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,7 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
                               cfg.num_workers, cfg.quiet) if cfg.descriptor_dims else {"dims": 0})
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
+               "wall_seconds": round(pos.get("wall_s", 0.0), 2),
                "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
                "convergence": conv, "descriptor_pca": pca}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
@@ -460,12 +461,12 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
         steplog = _StepLog(logf, device, out, pos["images"], skipped)
         while pos["phase"] < len(phases):
             active = phases[pos["phase"]]
-            while pos["epoch"] * steps_per_epoch + pos["step"] < steps:
+            while pos["epoch"] * steps_per_epoch + pos["step"] < steps and not pos.get("spent"):
                 loader = make_loader(dataset, batch_size, cfg["seed"],
                                      epoch=pos["phase"] * cfg["epochs"] + pos["epoch"],
                                      skip_batches=pos["step"], num_workers=cfg["num_workers"],
                                      device=device, shard=(w.rank, w.size))
-                for batch in loader:
+                for batch in _within_budget(loader, cfg, pos, w):
                     skipped.add(batch.skipped)
                     t0 = time.perf_counter()
                     phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
@@ -492,6 +493,23 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                 checkpoint()
             pos["phase"] += 1
             pos["epoch"] = 0
+
+
+def _within_budget(loader: Iterable[Any], cfg: dict[str, Any], pos: dict[str, Any], w: World
+                   ) -> Iterator[Any]:
+    """The loader's batches while ``cfg["budget_s"]`` (None: no budget) is not spent; adds the
+    wall clock (data loading included) to ``pos["wall_s"]`` and sets ``pos["spent"]`` when it
+    runs out. One process only: the ranks of a torchrun job would stop apart."""
+    if cfg.get("budget_s") and w.size > 1:
+        raise ValueError("budget_s is for one process: the ranks of a torchrun job would stop apart")
+    tick = time.perf_counter()
+    for batch in loader:
+        yield batch
+        now = time.perf_counter()
+        pos["wall_s"], tick = pos.get("wall_s", 0.0) + now - tick, now
+        if cfg.get("budget_s") and pos["wall_s"] >= cfg["budget_s"]:
+            pos["spent"] = True  # a complete run, cut short at its wall clock
+            return
 
 
 def _sync(steplog: _StepLog, pos: dict[str, Any]) -> None:

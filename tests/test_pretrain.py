@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -351,3 +352,22 @@ def test_a_whitening_stem_is_fitted_on_the_training_images_before_hebbian_learni
         after = torch.corrcoef(model.stem(x).permute(1, 0, 2, 3).reshape(3, -1))
     off = ~torch.eye(3, dtype=torch.bool)
     assert before[off].abs().max() > 0.8 and after[off].abs().max() < 0.5 * before[off].abs().max()
+
+
+def test_a_wall_clock_budget_stops_training_cleanly_with_a_complete_run(image_folder, tmp_path,
+                                                                         monkeypatch):
+    real = pretrain_mod._step_on
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.05)  # a step of known length: ~6 fit into the 0.3 s budget
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_mod, "_step_on", slow_step)
+    out = pretrain(str(image_folder), out=str(tmp_path / "run"), steps=1000, budget_s=0.3, **TINY)
+    t = load_run(out)[1].training
+    assert 1 <= t["steps"] < 50 and t["wall_seconds"] >= 0.3 and t["budget_s"] == 0.3
+    assert len(training_log(out)) == t["steps"]  # every step taken is logged, none after
+    assert pretrain(str(image_folder), out=str(tmp_path / "run"), steps=1000, budget_s=0.3,
+                    resume=True, **TINY) == out  # a spent budget is a finished run
+    with pytest.raises(ValueError, match="budget_s must be positive"):
+        pretrain(str(image_folder), out=str(tmp_path / "bad"), budget_s=0.0, **TINY)
