@@ -198,8 +198,13 @@ class ServeConfig:
     max_pixels: int = 40_000_000  # larger images are refused before they are decoded
     thumb_px: int = 96  # thumbnails are at most this many pixels a side (small images: scaled up)
     device: str = "auto"
+    token: str | None = None  # required on every route when set (Bearer header or cookie)
+    public: bool = False  # serve a non-loopback host without a token (logs a warning)
+    rate_limit: float = 30.0  # requests per second per client IP (token bucket); 0: no limit
+    rate_burst: int = 60  # bucket size: requests a client may send at once
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 

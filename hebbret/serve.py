@@ -5,6 +5,12 @@ One FastAPI app over one index dir: the page (``static/serve.html``, no build st
 ``hebbret search --json`` and, for a labeled collection, the weighted kNN vote of ``eval knn``),
 ``GET /api/info``, ``GET /api/random``, ``GET /thumb/<row>`` and ``GET /healthz``.
 
+Who gets in: with ``cfg.token`` set every route answers 401 unless the request carries the token,
+as ``Authorization: Bearer TOKEN`` or the ``hebbret_token`` cookie; opening the page once as
+``/?token=TOKEN`` sets that cookie (HttpOnly, SameSite=Strict), so the page's fetches and its
+``<img>`` thumbnails carry it without any script seeing it. Each client IP gets a token bucket of
+``rate_limit`` requests/s (``rate_burst`` at once); past it, 429.
+
 Only rows of the index are ever read from disk: no path from a request reaches the file system.
 Uploads are capped (``max_upload_mb``); anything that is not a decodable image, a wrong-sized
 vector, a bad k or row is a 4xx with ``{"error": message}``, and never stops the server.
@@ -12,18 +18,20 @@ vector, a bad k or row is a 4xx with ``{"error": message}``, and never stops the
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
 import functools
+import hmac
 import io
 import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .config import KNN_TEMPERATURE, NAMED_DATASETS, ServeConfig
+from .config import KNN_TEMPERATURE, LOOPBACK, NAMED_DATASETS, ServeConfig
 from .data import open_dataset
 from .embed import embed_images, load_embeddings, spec_of
 from .eval.knn import weighted_vote
@@ -200,6 +208,7 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
     col = collection or Collection(cfg)
     app = FastAPI(title="hebbret", docs_url="/api/docs", redoc_url=None)
     _answer_errors_as_json(app)
+    _guard(app, cfg)
     rng = np.random.default_rng()
 
     @app.get("/", response_class=HTMLResponse)
@@ -229,6 +238,77 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
         return await _search(request, k, col, cfg.max_upload_mb)
 
     return app
+
+
+COOKIE = "hebbret_token"
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests/s refill, ``burst`` at most."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, max(1, burst)
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
+        self.lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            if len(self.buckets) > 10_000:  # forget idle clients (full buckets)
+                self.buckets = {c: b for c, b in self.buckets.items()
+                                if b[0] + (now - b[1]) * self.rate < self.burst}
+            tokens, last = self.buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            ok = tokens >= 1.0
+            self.buckets[client] = (tokens - 1.0 if ok else tokens, now)
+        return ok
+
+
+def _token_of(request: Any) -> str:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(COOKIE, "")
+
+
+def _guard(app: Any, cfg: ServeConfig) -> None:
+    """The token check (constant-time) and the per-client rate limit, before every route."""
+    from fastapi.responses import JSONResponse
+
+    limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit > 0 else None
+    expected = (cfg.token or "").encode()
+
+    @app.middleware("http")
+    async def _check(request: Any, call_next: Any) -> Any:
+        client = request.client.host if request.client else "?"
+        if limiter is not None and not limiter.allow(client):
+            return JSONResponse({"error": "too many requests; slow down"}, status_code=429,
+                                headers={"Retry-After": "1"})
+        if cfg.token:
+            given = _token_of(request).encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "this server needs a token: send 'Authorization: "
+                                     "Bearer TOKEN', or open the page once as /?token=TOKEN"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response = await call_next(request)
+        if cfg.token and request.query_params.get("token"):
+            response.set_cookie(COOKIE, cfg.token, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https")
+        return response
+
+
+def check_access(cfg: ServeConfig) -> None:
+    """Refuse (ValueError) a non-loopback host without a token or ``public``."""
+    if cfg.host in LOOPBACK:
+        return
+    if cfg.token:
+        return
+    if not cfg.public:
+        raise ValueError(f"refusing to serve on {cfg.host} without a token: anyone who can reach "
+                         "it could search the collection and see its images; pass --token TOKEN "
+                         "(or set HEBBRET_TOKEN), or --public to serve it open")
+    log.warning("serving on %s with --public: anyone who can reach this address can search the "
+                "collection and see its images", cfg.host)
 
 
 def _answer_errors_as_json(app: Any) -> None:
@@ -301,10 +381,8 @@ def serve(cfg: ServeConfig) -> None:
     """Load the collection and serve it until interrupted."""
     import uvicorn
 
+    check_access(cfg)
     app = create_app(cfg)
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach this address can search the "
-                    "collection and see its images", cfg.host)
     log.info("serving %s at http://%s:%d/", cfg.index, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 workers=1, limit_concurrency=int(os.environ.get("HEBBRET_SERVE_CONCURRENCY", 64)))

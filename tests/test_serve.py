@@ -149,6 +149,65 @@ def test_paths_in_urls_never_reach_the_file_system(client, url):
     assert "root:" not in r.text and "error" in r.json()
 
 
+TOKEN = "s3cret-token"
+ROUTES = [("get", "/", {}), ("get", "/healthz", {}), ("get", "/api/info", {}),
+          ("get", "/api/random", {}), ("get", "/thumb/3", {}),
+          ("post", "/api/search", {"json": {"row": 1, "k": 2}})]
+
+
+@pytest.fixture(scope="module")
+def guarded(collection):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(ServeConfig(index=str(collection["index"]), device="cpu",
+                                             token=TOKEN, rate_limit=0)))
+
+
+@pytest.mark.parametrize("method,url,kwargs", ROUTES)
+def test_every_route_needs_the_token(guarded, method, url, kwargs):
+    guarded.cookies.clear()
+    call = getattr(guarded, method)
+    assert call(url, **kwargs).status_code == 401
+    assert call(url, headers={"Authorization": "Bearer wrong"}, **kwargs).status_code == 401
+    ok = call(url, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)
+    assert ok.status_code == 200, ok.text
+
+
+def test_the_page_url_token_sets_a_cookie_that_lets_thumbnails_in(guarded):
+    guarded.cookies.clear()
+    assert guarded.get("/thumb/2").status_code == 401
+    page = guarded.get(f"/?token={TOKEN}")
+    assert page.status_code == 200 and "httponly" in page.headers["set-cookie"].lower()
+    assert guarded.get("/thumb/2").status_code == 200  # the cookie, no header
+    guarded.cookies.clear()
+
+
+def test_rate_limit_answers_429_past_the_burst(collection):
+    from fastapi.testclient import TestClient
+
+    c = TestClient(create_app(ServeConfig(index=str(collection["index"]), device="cpu",
+                                          rate_limit=0.01, rate_burst=3)))
+    codes = [c.get("/healthz").status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+
+
+@pytest.mark.parametrize("extra,refused", [([], True), (["--public"], False)])
+def test_an_open_host_without_token_refuses_to_start(collection, monkeypatch, caplog, extra,
+                                                     refused):
+    from hebbret import serve as serve_module
+    from hebbret.cli import main
+
+    monkeypatch.delenv("HEBBRET_TOKEN", raising=False)
+    started = []
+    monkeypatch.setattr(serve_module, "create_app", lambda cfg: started.append(cfg))
+    monkeypatch.setitem(sys.modules, "uvicorn", type(sys)("uvicorn"))
+    sys.modules["uvicorn"].run = lambda *a, **k: None
+    rc = main(["serve", str(collection["index"]), "--host", "0.0.0.0", *extra])
+    assert (rc == 2) == refused and bool(started) != refused
+    assert ("refusing to serve on 0.0.0.0" in caplog.text) == refused
+    assert ("--public" in caplog.text)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,12 +218,13 @@ def free_port() -> int:
 def server(collection):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "hebbret", "serve", str(collection["index"]),
-                             "--port", str(port), "--device", "cpu"],
+                             "--port", str(port), "--device", "cpu", "--token", TOKEN],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
+            urllib.request.urlopen(urllib.request.Request(
+                url + "/healthz", headers={"Authorization": f"Bearer {TOKEN}"}), timeout=1)
             break
         except OSError:
             if proc.poll() is not None:
@@ -188,7 +248,7 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
                                     args=["--no-sandbox"])
         try:
             page = browser.new_page()
-            page.goto(server)
+            page.goto(f"{server}/?token={TOKEN}")  # once: the cookie carries it from then on
             expect(page.locator("#info")).to_contain_text("24 images")
             page.fill("#k", "6")
             page.set_input_files("#file", str(query))

@@ -56,7 +56,8 @@ def post_image(url: str, png: bytes, k: int) -> float:
 
 def start_server(index: str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "hebbret", "serve", index, "--port", str(port),
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--device", "cpu", "--rate-limit", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)

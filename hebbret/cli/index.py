@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..config import METRIC_NAMES, SEARCH_K, ServeConfig
 from .common import device, search_params
@@ -50,6 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "records)")
     p.add_argument("--k", type=int, default=ServeConfig.k, help="default number of results")
     p.add_argument("--max-upload-mb", type=float, default=ServeConfig.max_upload_mb)
+    p.add_argument("--token", default=os.environ.get("HEBBRET_TOKEN"),
+                   help="required on every request (Bearer header, or open /?token=TOKEN once "
+                   "in the browser); default: $HEBBRET_TOKEN. Needed for a non-loopback --host")
+    p.add_argument("--public", action="store_true", help="serve a non-loopback --host without "
+                   "a token (anyone who reaches it can search and see the images)")
+    p.add_argument("--rate-limit", type=float, default=ServeConfig.rate_limit,
+                   help="requests/s per client IP (default %(default)s; 0: no limit)")
     p.set_defaults(func=serve)
 
 
@@ -96,4 +104,6 @@ def serve(args: argparse.Namespace) -> None:
     from ..serve import serve
 
     serve(ServeConfig(index=args.index, run=args.run, host=args.host, port=args.port, k=args.k,
-                      max_upload_mb=args.max_upload_mb, device=args.device))
+                      max_upload_mb=args.max_upload_mb, device=args.device, token=args.token,
+                      public=args.public, rate_limit=args.rate_limit,
+                      rate_burst=max(1, int(2 * args.rate_limit))))
