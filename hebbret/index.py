@@ -341,22 +341,43 @@ def index_info(index_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def search_index(index_dir: str | os.PathLike, queries: np.ndarray, k: int = 10,
-                 nprobe: int | None = None, ef_search: int | None = None
+                 nprobe: int | None = None, ef_search: int | None = None,
+                 rows: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]]:
     """k nearest database rows of each query (Q, D).
 
     Returns scores float32 (Q, k'), ids int64 (Q, k') with k' = min(k, index size), the index's
     items and meta. Queries are normalised the way the database was.
     """
-    return search_loaded(load_index(index_dir), queries, k, nprobe, ef_search, str(index_dir))
+    return search_loaded(load_index(index_dir), queries, k, nprobe, ef_search, str(index_dir),
+                         rows)
+
+
+def selector_params(index: faiss.Index, rows: np.ndarray) -> faiss.SearchParameters:
+    """Search parameters that restrict ``index``'s search to ``rows`` (int64 (R,)) inside FAISS
+    (an ``IDSelectorBatch``), carrying the nprobe / efSearch now set on it (parameters passed
+    to a search replace the index's own). The selector lives as long as the parameters."""
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(index.index if isinstance(
+        faiss.downcast_index(index), faiss.IndexPreTransform) else index)
+    if ivf is not None:
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(ivf.nprobe))
+    elif hasattr(inner, "hnsw"):
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch))
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    params.keep_selector_alive = sel  # the SWIG object holds only a pointer
+    return params
 
 
 def search_loaded(loaded: tuple[faiss.Index, list[dict], dict[str, Any]], queries: np.ndarray,
                   k: int = 10, nprobe: int | None = None, ef_search: int | None = None,
-                  name: str = "the index") -> tuple[np.ndarray, np.ndarray, list[dict],
-                                                    dict[str, Any]]:
+                  name: str = "the index", rows: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[dict], dict[str, Any]]:
     """:func:`search_index` on an index already opened by :func:`load_index` (one search at a
-    time per index object: the search parameters are set on it)."""
+    time per index object: the search parameters are set on it). ``rows`` (int64 (R,)): search
+    only these rows of the collection, filtered inside FAISS (fewer than k hits: id -1)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     index, items, meta = loaded
@@ -371,5 +392,7 @@ def search_loaded(loaded: tuple[faiss.Index, list[dict], dict[str, Any]], querie
                               "efSearch": ef_search} if (nprobe or ef_search) else
                       meta.get("search_params", {}))
     k = min(k, index.ntotal)
-    scores, ids = index.search(_as_float32(queries, meta["normalization"] == "l2"), k)
+    params = None if rows is None else selector_params(index, rows)
+    scores, ids = index.search(_as_float32(queries, meta["normalization"] == "l2"), k,
+                               params=params)
     return scores, ids, items, meta

@@ -15,7 +15,8 @@ from .runs import load_run
 
 def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.PathLike],
                     k: int = 10, run: str | os.PathLike | None = None, nprobe: int | None = None,
-                    ef_search: int | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+                    ef_search: int | None = None, device: str = "cpu",
+                    rows: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Embed query images with the model the index was built from, then search.
 
     ``run`` defaults to the run dir recorded in the index meta; its weights must have the sha256
@@ -27,7 +28,33 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
     model, card = model_of_index(index_dir, meta, run)
     queries = embed_images(model, card, list(image_paths), spec_of(meta), device)
     return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
-                                        name=str(index_dir)), [str(p) for p in image_paths])
+                                        name=str(index_dir), rows=rows),
+                          [str(p) for p in image_paths])
+
+
+def select_rows(items: Any, path_prefix: str | None = None, label: str | None = None,
+                rows: list[int] | None = None) -> np.ndarray | None:
+    """int64 (R,): the rows of the collection (``items``, one dict per row) whose path starts
+    with ``path_prefix``, whose label or class name is ``label`` and that are in ``rows`` (all
+    given conditions at once); None when no condition is given (search everything)."""
+    if path_prefix is None and label is None and rows is None:
+        return None
+    keep = np.ones(len(items), dtype=bool)
+    if rows is not None:
+        wanted = np.asarray(rows, dtype=np.int64)
+        bad = wanted[(wanted < 0) | (wanted >= len(items))]
+        if len(bad):
+            raise ValueError(f"rows {bad[:5].tolist()} are not in the collection (rows "
+                             f"0..{len(items) - 1})")
+        keep[:] = False
+        keep[wanted] = True
+    if path_prefix is not None or label is not None:
+        for row, it in enumerate(items):
+            if path_prefix is not None and not str(it.get("path", "")).startswith(path_prefix):
+                keep[row] = False
+            elif label is not None and label not in (str(it.get("label")), it.get("class_name")):
+                keep[row] = False
+    return np.flatnonzero(keep).astype(np.int64)
 
 
 def model_of_index(index_dir: str | os.PathLike, meta: dict[str, Any],

@@ -1,7 +1,8 @@
 """``hebbret serve INDEX``: search a collection by image in the browser, and a JSON API.
 
 One FastAPI app over one index dir: the page (``static/serve.html``, no build step),
-``POST /api/search`` (an uploaded image, a JSON vector or a row of the collection -> the hits of
+``POST /api/search`` (an uploaded image, a JSON vector or a row of the collection, optionally
+with ``filter`` {"path_prefix", "label", "rows"} applied inside FAISS -> the hits of
 ``hebbret search --json`` and, for a labeled collection, the weighted kNN vote of ``eval knn``),
 ``GET /api/info``, ``GET /api/random``, ``GET /thumb/<row>`` and ``GET /healthz``.
 
@@ -37,7 +38,7 @@ from .embed import embed_images, load_embeddings, spec_of
 from .eval.knn import weighted_vote
 from .index import index_info, load_index, search_loaded
 from .runtime import pick_device
-from .search import format_results, model_of_index
+from .search import format_results, model_of_index, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,33 @@ class Collection:
             raise ClientError(404, f"no row {row}: the collection has rows 0..{len(self.items) - 1}")
         return row
 
-    def search_vector(self, vector: Any, k: Any = None, query: str = "vector") -> dict[str, Any]:
+    def rows_of(self, where: Any) -> np.ndarray | None:
+        """The rows a request's ``filter`` ({"path_prefix", "label", "rows"}, any of them)
+        allows; None: all of them."""
+        if where is None:
+            return None
+        if isinstance(where, str):
+            try:
+                where = json.loads(where)
+            except (json.JSONDecodeError, RecursionError):
+                raise ClientError(400, "filter is not valid JSON") from None
+        if not isinstance(where, dict) or set(where) - {"path_prefix", "label", "rows"}:
+            raise ClientError(400, 'filter must be {"path_prefix": str, "label": str, '
+                                   '"rows": [N, ...]} (any of them)')
+        prefix, label, rows = where.get("path_prefix"), where.get("label"), where.get("rows")
+        if (prefix is not None and not isinstance(prefix, str)) or (
+                rows is not None and not (isinstance(rows, list)
+                                          and all(isinstance(r, int) for r in rows))):
+            raise ClientError(400, "filter: path_prefix must be a string, rows a list of ints")
+        try:
+            return select_rows(self.items, prefix, None if label is None else str(label), rows)
+        except ValueError as e:
+            raise ClientError(400, f"filter: {e}") from None
+
+    def search_vector(self, vector: Any, k: Any = None, query: str = "vector",
+                      where: Any = None) -> dict[str, Any]:
         k = self._k(k)
+        rows = self.rows_of(where)
         try:
             v = np.asarray(vector, dtype=np.float32)
         except (TypeError, ValueError):
@@ -119,7 +145,7 @@ class Collection:
         if not np.isfinite(v).all():
             raise ClientError(400, "vector holds NaN or inf")
         with self.lock:
-            found = search_loaded(self.loaded, v[None], k, name=str(self.index_dir))
+            found = search_loaded(self.loaded, v[None], k, name=str(self.index_dir), rows=rows)
         hits = format_results(found, [query])[0]
         scores = np.array([h["score"] for h in hits["results"]])
         rows = np.array([h["row"] for h in hits["results"]], dtype=np.int64)
@@ -132,7 +158,7 @@ class Collection:
                           "votes": {self.class_names.get(c, str(c)): v for c, v in votes.items()}}
         return {**hits, "k": k, "prediction": prediction}
 
-    def search_image(self, data: bytes, k: Any = None) -> dict[str, Any]:
+    def search_image(self, data: bytes, k: Any = None, where: Any = None) -> dict[str, Any]:
         if not data:
             raise ClientError(400, "the upload is empty; send an image file")
         try:  # the header only: refuse huge images before decoding them
@@ -151,12 +177,12 @@ class Collection:
                                    self.device)[0]
         except ValueError as e:
             raise ClientError(415, f"not an image this server can read ({e})") from None
-        return self.search_vector(vec, k, query="upload")
+        return self.search_vector(vec, k, query="upload", where=where)
 
-    def search_row(self, row: Any, k: Any = None) -> dict[str, Any]:
+    def search_row(self, row: Any, k: Any = None, where: Any = None) -> dict[str, Any]:
         row = self._row(row)
         out = self.search_vector(np.asarray(self.vectors[row], dtype=np.float32), k,
-                                 query=f"row {row}")
+                                 query=f"row {row}", where=where)
         return {**out, "query_row": row, "query_item": self.items[row]}
 
     # ------------------------------------------------------------------------- thumbnails
@@ -352,7 +378,7 @@ async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -
         if upload is None or isinstance(upload, str):
             raise ClientError(400, "send the image in a form field named 'image'")
         return await _run(col.search_image, await upload.read(), k if k is not None
-                          else form.get("k"))
+                          else form.get("k"), form.get("filter"))
     if kind.startswith("application/json"):
         try:
             body = json.loads(await request.body())
@@ -362,8 +388,8 @@ async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -
             raise ClientError(400, ASK)
         k = k if k is not None else body.get("k")
         if "vector" in body:
-            return await _run(col.search_vector, body["vector"], k)
-        return await _run(col.search_row, body["row"], k)
+            return await _run(col.search_vector, body["vector"], k, "vector", body.get("filter"))
+        return await _run(col.search_row, body["row"], k, body.get("filter"))
     if kind.startswith("image/") or kind == "application/octet-stream":
         return await _run(col.search_image, await request.body(), k)
     raise ClientError(415, "send an image (multipart field 'image', or the bytes with an "

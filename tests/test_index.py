@@ -210,3 +210,58 @@ def test_on_disk_index_with_missing_or_truncated_lists_is_named(clustered, tmp_p
     data.unlink()
     with pytest.raises(FileNotFoundError, match="inverted lists .* missing"):
         load_index(out)
+
+
+@pytest.mark.parametrize("factory,on_disk", [("Flat", False), ("IVF8,Flat", False),
+                                             ("IVF8,Flat", True), ("HNSW8", False)])
+def test_filtered_search_equals_exact_search_over_the_subset(clustered, tmp_path, factory,
+                                                             on_disk):
+    """Restricted inside FAISS (IDSelectorBatch): every query gets its full k hits from the
+    subset, the same as brute force over the subset (IVF visits every list here)."""
+    from hebbret.search import select_rows
+
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "idx", factory=factory, on_disk=on_disk,
+                      nprobe=8 if "IVF" in factory else None,
+                      ef_search=256 if "HNSW" in factory else None)
+    rows = np.sort(np.random.default_rng(2).choice(len(x), 150, replace=False))
+    q = np.random.default_rng(3).normal(size=(10, 24)).astype(np.float32)
+    scores, ids, _, _ = search_index(out, q, k=9, rows=rows)
+    xn = x[rows] / np.linalg.norm(x[rows], axis=1, keepdims=True)
+    brute = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ xn.T
+    expected = rows[np.argsort(-brute, axis=1)[:, :9]]
+    if "HNSW" in factory:  # a graph walk: approximate, but all k hits come from the subset
+        assert np.isin(ids, rows).all()
+        assert np.mean([len(set(a) & set(b)) / 9 for a, b in zip(ids, expected, strict=True)]) >= 0.9
+        return
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :9], rtol=1e-4)
+    # by label and by path prefix: only those rows come back
+    items = load_index(out)[1]
+    by_label = select_rows(items, label="3")
+    assert set(search_index(out, q, k=5, rows=by_label)[1].ravel()) <= set(by_label.tolist())
+    assert select_rows(items, path_prefix="img14").tolist() == [14] + list(range(140, 150)) + \
+        list(range(1400, 1500))
+    assert select_rows(items) is None
+    with pytest.raises(ValueError, match="not in the collection"):
+        select_rows(items, rows=[0, 5000])
+
+
+def test_search_cli_filters_by_rows_file_and_names_bad_rows(clustered, tmp_path, capsys,
+                                                            caplog):
+    from hebbret.cli import main
+
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "idx")
+    np.save(tmp_path / "q.npy", x[:2])
+    (tmp_path / "rows.txt").write_text("7\n11, 500\n")
+    assert main(["search", str(out), "--embeddings", str(tmp_path / "q.npy"), "--k", "5",
+                 "--rows", str(tmp_path / "rows.txt"), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [sorted(h["row"] for h in q["results"]) for q in found] == [[7, 11, 500]] * 2
+    assert main(["search", str(out), "--embeddings", str(tmp_path / "q.npy"), "--label", "3",
+                 "--json"]) == 0
+    assert {h["label"] for q in json.loads(capsys.readouterr().out) for h in q["results"]} == {3}
+    assert main(["search", str(out), "--embeddings", str(tmp_path / "q.npy"),
+                 "--rows", "1,x"]) == 2
+    assert "--rows '1,x'" in caplog.text

@@ -93,6 +93,27 @@ def test_vector_and_row_search_info_random_thumbs_and_health(client, collection)
     assert "search the collection" in client.get("/").text
 
 
+def test_filter_by_label_prefix_or_rows_in_json_and_multipart(client, collection):
+    r = client.post("/api/search", json={"row": 0, "k": 5, "filter": {"label": "class_2"}})
+    assert r.status_code == 200, r.text
+    assert [h["class_name"] for h in r.json()["results"]] == ["class_2"] * 5
+    rows = client.post("/api/search", json={"row": 0, "k": 5, "filter": {"rows": [3, 9, 20]}})
+    assert sorted(h["row"] for h in rows.json()["results"]) == [3, 9, 20]
+    path = load_embeddings(collection["emb"])[1][4]["path"]
+    start = path[: path.rindex("/") + 1]  # row 4's folder
+    by_prefix = client.post("/api/search", json={"row": 0, "k": 30,
+                                                  "filter": {"path_prefix": start}}).json()
+    assert by_prefix["results"] and all(h["path"].startswith(start)
+                                        for h in by_prefix["results"])
+    query = collection["images"] / "class_1" / "img_3.png"
+    up = client.post("/api/search?k=4", files={"image": ("q.png", png_bytes(query), "image/png")},
+                     data={"filter": '{"label": "class_0"}'})
+    assert [h["class_name"] for h in up.json()["results"]] == ["class_0"] * 4
+    for bad in ({"rows": [99]}, {"rows": "1"}, {"colour": "red"}, "{x"):
+        r = client.post("/api/search", json={"row": 0, "filter": bad})
+        assert r.status_code == 400 and "filter" in r.json()["error"], r.text
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims width × height pixels (and holds none): decoding it would be a bomb."""
     import struct
@@ -265,6 +286,10 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
             expect(page.locator("#querytext")).to_contain_text(f"row {row}")
             expect(cards).to_have_count(6)
             assert cards.first.get_attribute("data-row") == row  # a row finds itself first
+            page.select_option("#label", "class_0")  # the filter control: one label only
+            page.click("#random")
+            expect(cards.locator(".label").first).to_have_text("class_0")
+            assert set(cards.locator(".label").all_inner_texts()) == {"class_0"}
             assert page.locator("#error").inner_text() == ""
         finally:
             browser.close()

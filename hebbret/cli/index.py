@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from ..config import METRIC_NAMES, SEARCH_K, ServeConfig
 from .common import device, search_params
@@ -38,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--embeddings", help="query embeddings, a (Q, D) .npy file")
     p.add_argument("--k", type=int, default=SEARCH_K)
     p.add_argument("--run", help="run dir to embed images with (default: the one the index records)")
+    p.add_argument("--path-prefix", help="search only rows whose path starts with this")
+    p.add_argument("--label", help="search only rows of this label (number or class name)")
+    p.add_argument("--rows", help="search only these rows: N,N,... or a text file of row numbers")
     p.add_argument("--json", action="store_true", help="machine-readable results")
     p.set_defaults(func=search)
 
@@ -78,17 +82,21 @@ def info(args: argparse.Namespace) -> None:
 def search(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from ..index import search_index
-    from ..search import format_results, search_by_image
+    from ..index import load_index, search_index
+    from ..search import format_results, search_by_image, select_rows
 
+    rows = None
+    if args.path_prefix is not None or args.label is not None or args.rows is not None:
+        rows = select_rows(load_index(args.index)[1], args.path_prefix, args.label,
+                           _rows(args.rows))
     if args.image:
         found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
-                                ef_search=args.ef_search, device=args.device)
+                                ef_search=args.ef_search, device=args.device, rows=rows)
     else:
         queries = np.load(args.embeddings, mmap_mode="r")
         names = [f"{args.embeddings}[{i}]" for i in range(len(queries))]
         found = format_results(search_index(args.index, queries, args.k, args.nprobe,
-                                            args.ef_search), names)
+                                            args.ef_search, rows=rows), names)
     if args.json:
         print(json.dumps(found, indent=2))
         return
@@ -98,6 +106,18 @@ def search(args: argparse.Namespace) -> None:
         for r in q["results"]:
             label = r.get("class_name") or r.get("label")
             print(f"{r['rank']:>4}  {r['score']:>7.4f}  {label!s:<16} {r['path']}")
+
+
+def _rows(spec: str | None) -> list[int] | None:
+    """--rows: N,N,... or a file of row numbers (whitespace or commas)."""
+    if spec is None:
+        return None
+    text = Path(spec).read_text() if os.path.isfile(spec) else spec
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--rows {spec!r}: expected row numbers N,N,... or a file of "
+                         f"them") from None
 
 
 def serve(args: argparse.Namespace) -> None:
