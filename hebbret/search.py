@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._io import atomic_path
+from .data import IMAGE_EXTENSIONS
 from .embed import embed_images, spec_of
 from .index import load_index, search_loaded
+from .progress import progress
 from .runs import load_run
 
 
@@ -82,3 +88,64 @@ def format_results(found: tuple[np.ndarray, np.ndarray, list[dict], dict[str, An
                    for r, (s, i) in enumerate(zip(row_scores, row_ids, strict=True)) if i >= 0]
         out.append({"query": name, "results": results})
     return out
+
+
+def query_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files under ``folder`` (recursive, sorted; hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"query folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def search_folder(index_dir: str | os.PathLike, folder: str | os.PathLike,
+                  out: str | os.PathLike, k: int = 10, run: str | os.PathLike | None = None,
+                  nprobe: int | None = None, ef_search: int | None = None, device: str = "cpu",
+                  rows: np.ndarray | None = None, batch_size: int = 256,
+                  quiet: bool = False) -> dict[str, int]:
+    """Search with every image under ``folder``, embedded ``batch_size`` at a time: one JSON
+    line per query into ``out`` ({"query", "results"}, or {"query", "error"} for a file that
+    cannot be read), written batch by batch into a temporary file beside ``out`` and renamed
+    onto it at the end (a killed run leaves no half file). Returns {"queries", "errors"}."""
+    paths = query_images(folder)
+    loaded = load_index(index_dir)
+    model, card = model_of_index(index_dir, loaded[2], run)
+    embed = functools.partial(embed_images, model, card, desc=spec_of(loaded[2]), device=device)
+    counts = {"queries": 0, "errors": 0}
+    bar = progress(total=len(paths), desc="search", unit="img", quiet=quiet)
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        for start in range(0, len(paths), batch_size):
+            batch = [str(p) for p in paths[start: start + batch_size]]
+            vecs, good, lines = _embed_each(embed, batch)
+            if good:
+                found = search_loaded(loaded, vecs, k, nprobe, ef_search, str(index_dir), rows)
+                lines.update(zip(good, format_results(found, good), strict=True))
+            for name in batch:
+                f.write(json.dumps(lines[name]) + "\n")
+                counts["errors" if "error" in lines[name] else "queries"] += 1
+            f.flush()
+            bar.update(len(batch))
+    bar.close()
+    return counts
+
+
+def _embed_each(embed: Any, batch: list[str]) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """(vectors of the readable files, their names, {name: error line} of the others): the
+    batch at once, file by file only when one of them fails."""
+    try:
+        return embed(batch), batch, {}
+    except (OSError, ValueError) as e:
+        if len(batch) == 1:
+            return np.zeros((0, 0), np.float32), [], {batch[0]: {"query": batch[0],
+                                                                 "error": str(e)}}
+    vecs, good, errors = [], [], {}
+    for name in batch:
+        v, g, err = _embed_each(embed, [name])
+        vecs += [v] if g else []
+        good += g
+        errors.update(err)
+    return (np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)), good, errors

@@ -158,7 +158,8 @@ class Collection:
                           "votes": {self.class_names.get(c, str(c)): v for c, v in votes.items()}}
         return {**hits, "k": k, "prediction": prediction}
 
-    def search_image(self, data: bytes, k: Any = None, where: Any = None) -> dict[str, Any]:
+    def _check_image(self, data: bytes) -> None:
+        """Refuse an empty, unreadable or too large upload from its header (never decoded)."""
         if not data:
             raise ClientError(400, "the upload is empty; send an image file")
         try:  # the header only: refuse huge images before decoding them
@@ -171,13 +172,35 @@ class Collection:
         if pixels > self.cfg.max_pixels:
             raise ClientError(413, f"the image has {pixels:,} pixels; the limit is "
                                    f"{self.cfg.max_pixels:,}")
+
+    def _embed(self, blobs: list[bytes]) -> np.ndarray:
         try:
             with self.lock:
-                vec = embed_images(self.model, self.card, [io.BytesIO(data)], spec_of(self.meta),
-                                   self.device)[0]
+                return embed_images(self.model, self.card, [io.BytesIO(b) for b in blobs],
+                                    spec_of(self.meta), self.device)
         except ValueError as e:
             raise ClientError(415, f"not an image this server can read ({e})") from None
-        return self.search_vector(vec, k, query="upload", where=where)
+
+    def search_image(self, data: bytes, k: Any = None, where: Any = None) -> dict[str, Any]:
+        self._check_image(data)
+        return self.search_vector(self._embed([data])[0], k, query="upload", where=where)
+
+    def search_images(self, uploads: list[tuple[str, bytes]], k: Any = None,
+                      where: Any = None) -> dict[str, Any]:
+        """Several uploads ((name, bytes) each) embedded in one batch: {"queries": [the answer
+        of :meth:`search_image` per upload, or {"query", "error", "status"}]}."""
+        answers: dict[int, dict[str, Any]] = {}
+        good = []
+        for i, (name, data) in enumerate(uploads):
+            try:
+                self._check_image(data)
+                good.append(i)
+            except ClientError as e:
+                answers[i] = {"query": name, "error": str(e), "status": e.status}
+        vecs = self._embed([uploads[i][1] for i in good]) if good else []
+        for i, v in zip(good, vecs, strict=True):
+            answers[i] = self.search_vector(v, k, query=uploads[i][0], where=where)
+        return {"queries": [answers[i] for i in range(len(uploads))]}
 
     def search_row(self, row: Any, k: Any = None, where: Any = None) -> dict[str, Any]:
         row = self._row(row)
@@ -262,6 +285,10 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
     @app.post("/api/search")
     async def search(request: Request, k: int | None = None) -> dict[str, Any]:
         return await _search(request, k, col, cfg.max_upload_mb)
+
+    @app.post("/api/search/batch")
+    async def search_batch(request: Request, k: int | None = None) -> dict[str, Any]:
+        return await _search_batch(request, k, col, cfg.max_upload_mb)
 
     return app
 
@@ -359,18 +386,23 @@ def _answer_errors_as_json(app: Any) -> None:
         return JSONResponse({"error": f"invalid request ({where})"}, status_code=422)
 
 
-ASK = "send {\"vector\": [...]} or {\"row\": N}"
-
-
-async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -> dict[str, Any]:
-    """POST /api/search: an image (multipart field ``image``, or the bytes with an image/*
-    content type) or JSON {"vector": [...]} / {"row": N}; ``k`` from the query or the body."""
+def _check_length(request: Any, max_upload_mb: float) -> None:
+    """Refuse a request without a Content-Length or past the upload limit, before reading it."""
     length = request.headers.get("content-length")
     if length is None:
         raise ClientError(411, "send a Content-Length with the request")
     if int(length) > max_upload_mb * 2**20:
         raise ClientError(413, f"the upload is {int(length) / 2**20:.1f} MB; the limit is "
                                f"{max_upload_mb:g} MB")
+
+
+ASK = "send {\"vector\": [...]} or {\"row\": N}"
+
+
+async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -> dict[str, Any]:
+    """POST /api/search: an image (multipart field ``image``, or the bytes with an image/*
+    content type) or JSON {"vector": [...]} / {"row": N}; ``k`` from the query or the body."""
+    _check_length(request, max_upload_mb)
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=4)
@@ -394,6 +426,25 @@ async def _search(request: Any, k: Any, col: Collection, max_upload_mb: float) -
         return await _run(col.search_image, await request.body(), k)
     raise ClientError(415, "send an image (multipart field 'image', or the bytes with an "
                            "image/* content type) or JSON {\"vector\": [...]} / {\"row\": N}")
+
+
+MAX_BATCH = 64  # images per /api/search/batch call
+
+
+async def _search_batch(request: Any, k: Any, col: Collection, max_upload_mb: float
+                        ) -> dict[str, Any]:
+    """POST /api/search/batch: several multipart fields ``image`` (at most MAX_BATCH, all of
+    them within the upload limit), embedded in one batch; ``k`` and ``filter`` as for one."""
+    _check_length(request, max_upload_mb)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ClientError(415, "send the images as multipart form fields named 'image'")
+    form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH + 4)
+    uploads = [u for u in form.getlist("image") if not isinstance(u, str)]
+    if not uploads:
+        raise ClientError(400, "send the images in form fields named 'image'")
+    blobs = [(u.filename or f"upload {i}", await u.read()) for i, u in enumerate(uploads)]
+    return await _run(col.search_images, blobs, k if k is not None else form.get("k"),
+                      form.get("filter"))
 
 
 async def _run(fn: Any, *args: Any) -> Any:

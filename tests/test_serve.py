@@ -173,7 +173,8 @@ def test_paths_in_urls_never_reach_the_file_system(client, url):
 TOKEN = "s3cret-token"
 ROUTES = [("get", "/", {}), ("get", "/healthz", {}), ("get", "/api/info", {}),
           ("get", "/api/random", {}), ("get", "/thumb/3", {}),
-          ("post", "/api/search", {"json": {"row": 1, "k": 2}})]
+          ("post", "/api/search", {"json": {"row": 1, "k": 2}}),
+          ("post", "/api/search/batch", {"files": [("image", ("a.png", b"", "image/png"))]})]
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +309,48 @@ def test_bench_serve_reports_latency_throughput_and_flat_memory(collection, tmp_
     assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p95"]
     assert row["server_rss_mib"]["start"] > 0
     assert "searches/s" in readme.read_text() and "old" not in readme.read_text()
+
+
+def test_batch_search_of_a_folder_writes_one_line_per_query_and_names_bad_files(
+        collection, tmp_path):
+    import json
+
+    from hebbret.cli import main
+    from hebbret.search import search_folder
+
+    queries = tmp_path / "queries"
+    (queries / "sub").mkdir(parents=True)
+    picks = ["class_0/img_1.png", "class_1/img_2.png", "class_2/img_3.png"]
+    for i, name in enumerate(picks):
+        shutil.copy(collection["images"] / name, queries / ("sub" if i else "") / f"q{i}.png")
+    (queries / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "results.jsonl"
+    counts = search_folder(collection["index"], queries, out, k=4, batch_size=2, quiet=True)
+    assert counts == {"queries": 3, "errors": 1}
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(x["query"]).name for x in lines] == ["broken.png", "q0.png", "q1.png", "q2.png"]
+    assert "broken.png" in lines[0]["error"] and "results" not in lines[0]
+    one_by_one = search_by_image(collection["index"], [x["query"] for x in lines[1:]], k=4)
+    assert [[h["row"] for h in x["results"]] for x in lines[1:]] == [
+        [h["row"] for h in x["results"]] for x in one_by_one]
+    assert main(["search", str(collection["index"]), str(queries), "--out", str(tmp_path / "b"),
+                 "--label", "class_1", "--k", "2"]) == 0
+    filtered = [json.loads(line) for line in (tmp_path / "b").read_text().splitlines()]
+    assert {h["class_name"] for x in filtered[1:] for h in x["results"]} == {"class_1"}
+    assert main(["search", str(collection["index"]), str(queries)]) == 2  # no --out
+
+
+def test_several_images_per_call_match_one_call_each_and_name_the_bad_one(client, collection):
+    names = ["class_0/img_2.png", "class_2/img_7.png"]
+    files = [("image", (n, png_bytes(collection["images"] / n), "image/png")) for n in names]
+    files.insert(1, ("image", ("bad.png", b"nope", "image/png")))
+    r = client.post("/api/search/batch?k=3", files=files)
+    assert r.status_code == 200, r.text
+    answers = r.json()["queries"]
+    assert [a["query"] for a in answers] == [names[0], "bad.png", names[1]]
+    assert answers[1]["status"] == 415 and "not an image" in answers[1]["error"]
+    for a, n in zip([answers[0], answers[2]], names, strict=True):
+        one = client.post("/api/search?k=3", files={"image": (n, png_bytes(
+            collection["images"] / n), "image/png")}).json()
+        assert [h["row"] for h in a["results"]] == [h["row"] for h in one["results"]]
+    assert client.post("/api/search/batch", json={"row": 1}).status_code == 415

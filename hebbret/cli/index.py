@@ -34,7 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", parents=[search_params(), device("auto")],
                        help="query an index by image or by embeddings")
     p.add_argument("index", help="index dir")
-    q = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("folder", nargs="?", help="a folder of query images: every one is searched "
+                   "(embedded in batches), one JSON line per query into --out")
+    p.add_argument("--out", help="with FOLDER: the results file (.jsonl)")
+    q = p.add_mutually_exclusive_group()
     q.add_argument("--image", nargs="+", help="query image files")
     q.add_argument("--embeddings", help="query embeddings, a (Q, D) .npy file")
     p.add_argument("--k", type=int, default=SEARCH_K)
@@ -83,12 +86,22 @@ def search(args: argparse.Namespace) -> None:
     import numpy as np
 
     from ..index import load_index, search_index
-    from ..search import format_results, search_by_image, select_rows
+    from ..search import format_results, search_by_image, search_folder, select_rows
 
     rows = None
     if args.path_prefix is not None or args.label is not None or args.rows is not None:
         rows = select_rows(load_index(args.index)[1], args.path_prefix, args.label,
                            _rows(args.rows))
+    if bool(args.folder) + bool(args.image) + bool(args.embeddings) != 1 or (
+            bool(args.folder) != bool(args.out)):
+        raise ValueError("search needs one of: FOLDER --out FILE.jsonl, --image FILE..., "
+                         "--embeddings FILE.npy")
+    if args.folder:
+        counts = search_folder(args.index, args.folder, args.out, args.k, run=args.run,
+                               nprobe=args.nprobe, ef_search=args.ef_search, device=args.device,
+                               rows=rows)
+        print(f"{counts['queries']} queries searched, {counts['errors']} unreadable -> {args.out}")
+        return
     if args.image:
         found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
                                 ef_search=args.ef_search, device=args.device, rows=rows)
