@@ -127,15 +127,19 @@ def test_cli_pretrain_config_file_and_show_filters(image_folder, tmp_path, caplo
                    'model_kwargs = { widths = [8, 16, 32] }\n')
     out = tmp_path / "run"
     rc = cli.main(["pretrain", str(image_folder), "--config", str(cfg), "--out", str(out),
-                   "--seed", "3", "--quiet"])
+                   "--seed", "3", "--budget-s", "600", "--quiet"])
     assert rc == 0
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["batch_size"] == 6 and resolved["seed"] == 3 and resolved["epochs"] == 1
+    assert resolved["budget_s"] == 600
     assert cli.main(["show-filters", str(out)]) == 0
     with Image.open(out / "filters.png") as img:
         assert img.mode == "RGB" and img.width > 20 and img.height > 20
     assert cli.main(["pretrain", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "neither an existing folder" in caplog.text
+    assert cli.main(["pretrain", str(image_folder), "--budget-s", "0", "--out",
+                     str(tmp_path / "y")]) == 2
+    assert "budget_s must be positive" in caplog.text
 
 
 def test_bf16_autocast_keeps_fp32_weights_and_a_close_update(image_folder, tmp_path):

@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--checkpoint-every", type=int, help="steps between resume checkpoints")
+    p.add_argument("--budget-s", type=float, metavar="S", help="also stop after S seconds of "
+                   "training (loading included) and save a complete run, as `hebbret ssl` does")
     p.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
@@ -106,7 +108,7 @@ def pretrain(args: argparse.Namespace) -> None:
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
                       model_kwargs=args.model_kwargs, descriptor_dims=args.descriptor_dims,
-                      resume=args.resume or None, quiet=args.quiet or None)
+                      budget_s=args.budget_s, resume=args.resume or None, quiet=args.quiet or None)
     print(pretrain(cfg))
 
 
