@@ -247,6 +247,19 @@ def test_filtered_search_equals_exact_search_over_the_subset(clustered, tmp_path
         select_rows(items, rows=[0, 5000])
 
 
+def test_filtered_search_reaches_the_index_under_a_pca(clustered, tmp_path):
+    """An IndexPreTransform passes the selector on to its IVF: the hits equal the unfiltered
+    ranking (every list visited, the index's own centred PCA space) restricted to the rows."""
+    emb_dir, x = clustered
+    out = build_index(emb_dir, tmp_path / "idx", factory="PCA16,IVF8,Flat", nprobe=8)
+    rows = np.sort(np.random.default_rng(2).choice(len(x), 150, replace=False))
+    q = np.random.default_rng(3).normal(size=(10, 24)).astype(np.float32)
+    _, ids, _, _ = search_index(out, q, k=9, rows=rows)
+    _, everything, _, _ = search_index(out, q, k=len(x))
+    expected = np.stack([r[np.isin(r, rows)][:9] for r in everything])
+    np.testing.assert_array_equal(ids, expected)
+
+
 def test_search_cli_filters_by_rows_file_and_names_bad_rows(clustered, tmp_path, capsys,
                                                             caplog):
     from hebbret.cli import main
