@@ -201,7 +201,8 @@ class ServeConfig:
     token: str | None = None  # required on every route when set (Bearer header or cookie)
     public: bool = False  # serve a non-loopback host without a token (logs a warning)
     rate_limit: float = 30.0  # requests per second per client IP (token bucket); 0: no limit
-    rate_burst: int = 60  # bucket size: requests a client may send at once
+    rate_burst: int = 250  # bucket size: requests a client may send at once (a page of max_k
+    #                        thumbnails and its API calls fit, with room)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -211,6 +211,9 @@ def test_rate_limit_answers_429_past_the_burst(collection):
                                           rate_limit=0.01, rate_burst=3)))
     codes = [c.get("/healthz").status_code for _ in range(5)]
     assert codes == [200, 200, 200, 429, 429]
+    # the defaults let a page with the most hits (max_k thumbnails) load at once
+    d = TestClient(create_app(ServeConfig(index=str(collection["index"]), device="cpu")))
+    assert {d.get("/thumb/0").status_code for _ in range(ServeConfig.max_k + 20)} == {200}
 
 
 @pytest.mark.parametrize("extra,refused", [([], True), (["--public"], False)])

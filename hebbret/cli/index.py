@@ -139,4 +139,4 @@ def serve(args: argparse.Namespace) -> None:
     serve(ServeConfig(index=args.index, run=args.run, host=args.host, port=args.port, k=args.k,
                       max_upload_mb=args.max_upload_mb, device=args.device, token=args.token,
                       public=args.public, rate_limit=args.rate_limit,
-                      rate_burst=max(1, int(2 * args.rate_limit))))
+                      rate_burst=max(ServeConfig.rate_burst, int(2 * args.rate_limit))))
