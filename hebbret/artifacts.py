@@ -4,7 +4,8 @@ A run dir (``pretrain``/``finetune``) holds ``model.safetensors`` + ``model.json
 card, :class:`hebbret.runs.ModelCard`), ``config.json``, ``log.jsonl`` and, while Hebbian
 training runs, ``state.pt``. An embeddings dir holds ``embeddings.npy`` + ``items.jsonl`` +
 ``meta.json``; an index dir ``index.faiss`` + ``items.jsonl`` + ``meta.json`` (+
-``index.ivfdata`` when on disk); a packed cache
+``index.ivfdata`` when on disk), or, once updated, generations ``gen-NNNNNN/`` of those
+files named by a pointer file ``CURRENT`` (docs/design.md); a packed cache
 ``images-*.npy`` + ``items.jsonl`` + ``meta.json`` (docs/design.md §6). Every writer writes its
 dir's marker — the card or ``meta.json`` — last, atomically, so a dir with its marker is
 complete and a killed writer leaves one without it.
@@ -25,6 +26,8 @@ ITEMS = "items.jsonl"
 META = "meta.json"
 INDEX = "index.faiss"
 IVFDATA = "index.ivfdata"  # inverted lists of an on-disk index, memory-mapped by search
+CURRENT = "CURRENT"  # an updated index dir: names the generation dir (gen-NNNNNN) readers open
+LISTING = "listing.npy"  # a generation: int64 (N, 2) size and mtime_ns of each row's file
 
 EMBEDDING_FILES = (EMBEDDINGS, ITEMS, META)
 INDEX_FILES = (INDEX, ITEMS, META)

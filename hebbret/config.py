@@ -203,6 +203,7 @@ class ServeConfig:
     rate_limit: float = 30.0  # requests per second per client IP (token bucket); 0: no limit
     rate_burst: int = 250  # bucket size: requests a client may send at once (a page of max_k
     #                        thumbnails and its API calls fit, with room)
+    reload_s: float = 1.0  # look for a new version of the index (`index update`) this often
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

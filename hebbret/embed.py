@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
@@ -223,7 +224,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     mine = range(first * batch_size, min(last * batch_size, n))
     target = out if w.size == 1 else out / SHARDS / f"rank-{w.rank:05d}-of-{w.size:05d}"
     target.mkdir(parents=True, exist_ok=True)
-    rows, skipped = _embed_rows(model, dataset, mine, target / EMBEDDINGS, batch_size, dtype, dev,
+    rows, skipped = embed_rows(model, dataset, mine, target / EMBEDDINGS, batch_size, dtype, dev,
                                 desc, num_workers, quiet or not w.is_main)
     if w.size > 1:
         write_jsonl(target / ITEMS, [{"row": r} for r in rows])
@@ -266,9 +267,9 @@ def _write_items_and_meta(out: Path, dataset: ImageDataset, rows: list[int],
 SHARDS = ".shards"  # per-rank pieces of an embeddings dir being written under torchrun
 
 
-def _embed_rows(model: HebbNet, dataset: ImageDataset, rows: range, path: Path, batch_size: int,
-                dtype: str, dev: torch.device, desc: EmbeddingSpec, num_workers: int,
-                quiet: bool) -> tuple[list[int], SkippedFiles]:
+def embed_rows(model: HebbNet, dataset: ImageDataset, rows: Sequence[int], path: Path,
+               batch_size: int, dtype: str, dev: torch.device, desc: EmbeddingSpec,
+               num_workers: int, quiet: bool) -> tuple[list[int], SkippedFiles]:
     """Embed dataset ``rows`` in order into the .npy ``path`` (atomically); returns the rows
     written (undecodable files left out) and the skipped files."""
     skipped = SkippedFiles(dataset)

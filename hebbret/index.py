@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from ._io import JsonLines, atomic_path, read_json, write_json
-from .artifacts import INDEX, INDEX_FILES, ITEMS, IVFDATA, META
+from .artifacts import CURRENT, INDEX, INDEX_FILES, ITEMS, IVFDATA, META
 from .embed import load_embeddings
 from .models._base import fit_pca
 from .version import __version__
@@ -39,7 +39,7 @@ def _centroids(index: faiss.Index) -> int:
     return need
 
 
-def _as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
+def as_float32(x: np.ndarray, normalize: bool) -> np.ndarray:
     x = np.array(x, dtype=np.float32, order="C")
     if normalize:
         faiss.normalize_L2(x)
@@ -113,7 +113,7 @@ def trained_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_
         rng = np.random.default_rng(seed)
         sample = max(need * 256, min(100_000, pca_sample_bytes // (4 * d)))
         train_rows = np.sort(rng.permutation(n)[:sample])
-        x_train = _as_float32(x[train_rows], normalize)
+        x_train = as_float32(x[train_rows], normalize)
         if not _set_pca(index, x_train, seed):
             index.train(x_train)
         del x_train
@@ -127,7 +127,7 @@ def filled_index(x: np.ndarray, factory: str, metric: int = faiss.METRIC_INNER_P
     n = len(x)
     index, _ = trained_index(x, factory, metric, normalize, seed, pca_sample_bytes, source)
     for i in range(0, n, chunk):
-        index.add(_as_float32(x[i: i + chunk], normalize))
+        index.add(as_float32(x[i: i + chunk], normalize))
     return index
 
 
@@ -161,13 +161,13 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
     build = out / ".build"
     if on_disk:
         try:
-            index = _fill_on_disk(index, emb, normalize, chunk, shard_rows, build, factory)
+            index = fill_on_disk(index, emb, normalize, chunk, shard_rows, build, factory)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
     else:
         for i in range(0, n, chunk):
-            index.add(_as_float32(emb[i: i + chunk], normalize))
+            index.add(as_float32(emb[i: i + chunk], normalize))
     search_params = set_search_params(index, {"nprobe": nprobe, "efSearch": ef_search})
     recall, held_out = _recall_vs_exact(index, emb, metric, normalize, recall_queries, seed,
                                         train_rows) if "Flat" != factory.strip() else (1.0, False)
@@ -187,9 +187,46 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         **{k: emb_meta.get(k) for k in ("model_run", "model_sha256", "layer", "pool", "gem_p",
                                         "grid", "dims", "data_root")},
     })
+    _forget_generations(out)
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,
              recall)
     return out
+
+
+GENERATION_PREFIX = "gen-"
+
+
+def _forget_generations(out: Path) -> None:
+    """A fresh build replaces what `index update` made: the pointer goes first (readers switch
+    to the new files at once), then the generation dirs."""
+    (out / CURRENT).unlink(missing_ok=True)
+    for gen in out.glob(f"{GENERATION_PREFIX}*"):
+        shutil.rmtree(gen, ignore_errors=True)
+
+
+def current_dir(index_dir: str | os.PathLike) -> Path:
+    """The dir holding an index's current files: ``INDEX/gen-NNNNNN`` when the pointer file
+    ``INDEX/CURRENT`` (written by `hebbret index update`) names one, else INDEX itself."""
+    index_dir = Path(index_dir)
+    try:
+        name = (index_dir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return index_dir
+    if not name.startswith(GENERATION_PREFIX) or "/" in name or name.startswith(".."):
+        raise ValueError(f"{index_dir / CURRENT} names {name[:80]!r}, not a generation dir "
+                         f"({GENERATION_PREFIX}NNNNNN); rebuild the index")
+    return index_dir / name
+
+
+def version_key(index_dir: str | os.PathLike) -> tuple:
+    """Changes whenever the files readers of ``index_dir`` open change (an update publishes a
+    generation, a build replaces meta.json): one read and one stat, cheap enough per request."""
+    gen = current_dir(index_dir)
+    try:
+        st = (gen / META).stat()
+    except FileNotFoundError:
+        return (str(gen), None)
+    return (str(gen), st.st_ino, st.st_mtime_ns)
 
 
 def _write_index(index: faiss.Index, out: Path, build: Path, on_disk: bool) -> None:
@@ -208,7 +245,7 @@ def _write_index(index: faiss.Index, out: Path, build: Path, on_disk: bool) -> N
     shutil.rmtree(build)
 
 
-def _fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk: int,
+def fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk: int,
                   shard_rows: int, build: Path, factory: str) -> faiss.Index:
     """Add ``emb`` into block indexes of ``shard_rows`` rows and merge them on disk into
     ``build/index.ivfdata``; returns the trained index now backed by those lists."""
@@ -224,7 +261,7 @@ def _fill_on_disk(trained: faiss.Index, emb: np.ndarray, normalize: bool, chunk:
     for b, start in enumerate(range(0, len(emb), shard_rows)):
         block = faiss.read_index(str(build / "trained.faiss"))
         for i in range(start, min(start + shard_rows, len(emb)), chunk):
-            xb = _as_float32(emb[i: min(i + chunk, start + shard_rows)], normalize)
+            xb = as_float32(emb[i: min(i + chunk, start + shard_rows)], normalize)
             block.add_with_ids(xb, np.arange(i, i + len(xb), dtype=np.int64))
         blocks.append(str(build / f"block-{b:05d}.faiss"))
         faiss.write_index(block, blocks[-1])
@@ -255,8 +292,8 @@ def _recall_vs_exact(index: faiss.Index, emb: np.ndarray, metric: str, normalize
     if not held_out:
         candidates = np.arange(n)
     rows = np.sort(np.random.default_rng(seed).permutation(candidates)[: min(queries, n)])
-    q = _as_float32(emb[rows], normalize)
-    blocks = (_as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
+    q = as_float32(emb[rows], normalize)
+    blocks = (as_float32(emb[i: i + chunk], normalize) for i in range(0, n, chunk))
     _, truth = knn_ground_truth(q, blocks, k, METRICS[metric], ngpu=0)
     _, found = index.search(q, k)
     return float(knn_intersection_measure(truth, found)), held_out
@@ -276,11 +313,12 @@ def _read_cached(path: str, inode: int, size: int, mtime_ns: int, flags: int | N
 
 
 def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, JsonLines, dict[str, Any]]:
-    """(index, items, meta) of an index dir; names any missing file. An on-disk index is
-    opened with its inverted lists memory-mapped from ``index.ivfdata`` beside it."""
-    index_dir = Path(index_dir)
-    if not index_dir.is_dir():
+    """(index, items, meta) of an index dir (of its current generation, once updated: all
+    three from the same one); names any missing file. An on-disk index is opened with its
+    inverted lists memory-mapped from ``index.ivfdata`` beside it."""
+    if not Path(index_dir).is_dir():
         raise FileNotFoundError(f"index dir not found: {index_dir}")
+    index_dir = current_dir(index_dir)
     for name in INDEX_FILES:
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
@@ -335,7 +373,7 @@ def index_info(index_dir: str | os.PathLike) -> dict[str, Any]:
     """The meta of an index dir (factory, recall@10 against exact search, search parameters),
     checked against the index it describes, with its size on disk."""
     index, _, meta = load_index(index_dir)
-    size = sum(p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in current_dir(index_dir).iterdir() if p.is_file())
     return {**meta, "ntotal": int(index.ntotal), "is_trained": bool(index.is_trained),
             "size_on_disk_bytes": size, "nprobe": meta.get("search_params", {}).get("nprobe")}
 
@@ -393,6 +431,6 @@ def search_loaded(loaded: tuple[faiss.Index, list[dict], dict[str, Any]], querie
                       meta.get("search_params", {}))
     k = min(k, index.ntotal)
     params = None if rows is None else selector_params(index, rows)
-    scores, ids = index.search(_as_float32(queries, meta["normalization"] == "l2"), k,
+    scores, ids = index.search(as_float32(queries, meta["normalization"] == "l2"), k,
                                params=params)
     return scores, ids, items, meta

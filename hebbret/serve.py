@@ -36,7 +36,7 @@ from .config import KNN_TEMPERATURE, LOOPBACK, NAMED_DATASETS, ServeConfig
 from .data import open_dataset
 from .embed import embed_images, load_embeddings, spec_of
 from .eval.knn import weighted_vote
-from .index import index_info, load_index, search_loaded
+from .index import index_info, load_index, search_loaded, version_key
 from .runtime import pick_device
 from .search import format_results, model_of_index, select_rows
 
@@ -60,7 +60,8 @@ class Collection:
     def __init__(self, cfg: "ServeConfig") -> None:
         self.cfg = cfg
         self.index_dir = Path(cfg.index)
-        self.loaded = load_index(self.index_dir)  # pinned: a rebuilt index needs a restart
+        self.version = version_key(self.index_dir)  # before loading: a newer one is seen
+        self.loaded = load_index(self.index_dir)
         _, self.items, self.meta = self.loaded
         self.model, self.card = model_of_index(self.index_dir, self.meta, cfg.run)
         self.device = str(pick_device(cfg.device))
@@ -249,12 +250,41 @@ class Collection:
         return buf.getvalue()
 
 
+class Live:
+    """The served collection, opened again when the index dir holds a new version (an
+    `index update` published a generation, or a build replaced it): one read and one stat of
+    the index dir at most every ``cfg.reload_s``; requests under way keep the collection they
+    started with. A version that fails to open is logged and the old one served on."""
+
+    def __init__(self, cfg: ServeConfig, collection: Collection | None = None) -> None:
+        self.cfg, self.col = cfg, collection or Collection(cfg)
+        self.checked = time.monotonic()
+        self.lock = threading.Lock()
+
+    def get(self) -> Collection:
+        now = time.monotonic()
+        if now - self.checked < self.cfg.reload_s or not self.lock.acquire(blocking=False):
+            return self.col
+        try:
+            self.checked = now
+            if version_key(self.cfg.index) != self.col.version:
+                self.col = Collection(self.cfg)
+                log.info("serving the new version of %s (%d rows)", self.cfg.index,
+                         len(self.col.items))
+        except (OSError, ValueError) as e:
+            log.warning("%s changed but cannot be opened (%s); still serving the version "
+                        "loaded before", self.cfg.index, e)
+        finally:
+            self.lock.release()
+        return self.col
+
+
 def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
-    """The FastAPI app serving ``cfg.index``."""
+    """The FastAPI app serving ``cfg.index`` (a new version of it without a restart)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, Response
 
-    col = collection or Collection(cfg)
+    live = Live(cfg, collection)
     app = FastAPI(title="hebbret", docs_url="/api/docs", redoc_url=None)
     _answer_errors_as_json(app)
     _guard(app, cfg)
@@ -266,29 +296,30 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "count": len(col.items)}
+        return {"status": "ok", "count": len(live.get().items)}
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        return col.info()
+        return live.get().info()
 
     @app.get("/api/random")
     def random_row() -> dict[str, Any]:
+        col = live.get()
         row = int(rng.integers(len(col.items)))
         return {"row": row, "item": col.items[row]}
 
     @app.get("/thumb/{row}")
     def thumb(row: int) -> Response:
-        return Response(col.thumbnail(row), media_type="image/png",
+        return Response(live.get().thumbnail(row), media_type="image/png",
                         headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/search")
     async def search(request: Request, k: int | None = None) -> dict[str, Any]:
-        return await _search(request, k, col, cfg.max_upload_mb)
+        return await _search(request, k, live.get(), cfg.max_upload_mb)
 
     @app.post("/api/search/batch")
     async def search_batch(request: Request, k: int | None = None) -> dict[str, Any]:
-        return await _search_batch(request, k, col, cfg.max_upload_mb)
+        return await _search_batch(request, k, live.get(), cfg.max_upload_mb)
 
     return app
 

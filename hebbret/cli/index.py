@@ -1,4 +1,4 @@
-"""`hebbret index build|info`, `search`, `serve`: FAISS indexes and queries against them."""
+"""`hebbret index build|update|info`, `search`, `serve`: FAISS indexes and queries against them."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--shard-rows", type=int, default=262_144,
                    help="--on-disk: vectors added per block (default %(default)s)")
     b.set_defaults(func=build)
+    _add_update(isub)
     b = isub.add_parser("info", help="print an index's meta")
     b.add_argument("index", help="index dir")
     b.set_defaults(func=info)
@@ -68,12 +69,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
+def _add_update(isub: argparse._SubParsersAction) -> None:
+    b = isub.add_parser("update", parents=[device("auto")], help="bring an index up to date "
+                        "with its image folder: embed new or changed files, drop deleted ones")
+    b.add_argument("index", help="index dir")
+    b.add_argument("folder", nargs="?", help="image folder (default: the one the index was "
+                   "built from)")
+    b.add_argument("--run", help="run dir to embed new files with (default: the one the index "
+                   "records)")
+    b.add_argument("--no-wait", action="store_true", help="fail at once if another update of "
+                   "the index is running (default: wait for it)")
+    b.set_defaults(func=update)
+
+
 def build(args: argparse.Namespace) -> None:
     from ..index import build_index
 
     print(build_index(args.embeddings, args.out, factory=args.factory, metric=args.metric,
                       nprobe=args.nprobe, ef_search=args.ef_search, on_disk=args.on_disk,
                       shard_rows=args.shard_rows))
+
+
+def update(args: argparse.Namespace) -> None:
+    from ..update import update_index
+
+    s = update_index(args.index, args.folder, run=args.run, device=args.device,
+                     wait=not args.no_wait)
+    print(f"{s['index']}: generation {s['generation']}, {s['count']} rows ({s['added']} added, "
+          f"{s['removed']} removed, {s['skipped_files']} files skipped as undecodable)")
+    if s["rebuild_advised"]:
+        print(f"{s['rows_added_since_training']} rows were added after the index was trained: "
+              f"rebuild it (`hebbret index build`) for its clustering to fit the collection")
 
 
 def info(args: argparse.Namespace) -> None:
