@@ -202,10 +202,16 @@ def update_index(index_dir: str | os.PathLike, folder: str | os.PathLike | None 
         gen = int(meta.get("generation", 0)) + 1
         out = index_dir / f"{GENERATION_PREFIX}{gen:06d}"
         shutil.rmtree(out, ignore_errors=True)
-        (out / VECTORS).mkdir(parents=True)
-        added, skipped = _embed_new(model, meta, ds, new, out, device, batch_size, quiet)
-        summary = _write_generation(cur, meta, ds, paths, keep, added, now, out, gen)
+        try:
+            (out / VECTORS).mkdir(parents=True)
+            added, skipped = _embed_new(model, meta, ds, new, out, device, batch_size, quiet)
+            summary = _write_generation(cur, meta, ds, paths, keep, added, now, out, gen)
+        except OSError as e:  # a full disk: the generation is dropped, the index unchanged
+            shutil.rmtree(out, ignore_errors=True)
+            raise OSError(e.errno, f"{e.strerror or e} while writing {out}; {index_dir} is "
+                          f"unchanged", e.filename) from None
         summary.update(skipped_files=skipped.count, skipped_paths=skipped.paths)
+        log.debug("%s is complete; publishing it", out)
         write_bytes(index_dir / CURRENT, f"{out.name}\n".encode())  # the switch
     log.info("%s: generation %d published (%d rows: %d added, %d removed, %d files skipped)",
              index_dir, gen, summary["count"], summary["added"], summary["removed"],
@@ -241,6 +247,7 @@ def _write_generation(cur: Path, meta: dict[str, Any], ds: ImageFolder, paths: l
     (out / ".new.npy").unlink()
     removed = np.setdiff1d(np.arange(n_old), keep)
     index, method = _updated_index(cur, meta, removed, vectors, len(keep), out)
+    log.debug("wrote %s: %d rows (%s)", out / INDEX, index.ntotal, method)
     where = {it.path: i for i, it in enumerate(ds.items)}
     rows = [where[paths[r]] for r in keep] + list(added)
     write_jsonl(out / ITEMS, [{"path": ds.items[i].path, "label": ds.items[i].label,

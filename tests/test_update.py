@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -239,3 +243,110 @@ def test_an_index_that_cannot_remove_rows_is_refilled(run_dir, tmp_path):
     assert update_index(index, device="cpu", quiet=True)["method"].startswith("refilled")
     assert isinstance(faiss.downcast_index(load_index(index)[0]), faiss.IndexHNSWFlat)
     assert os.path.isdir(index / "gen-000001" / "embeddings")
+
+
+# ------------------------------------------------------------------- faults, in real processes
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_update(index: Path, *args: str, limit_bytes: int | None = None) -> subprocess.Popen:
+    """`hebbret -v index update INDEX` in its own process (stderr: its log, line by line);
+    ``limit_bytes``: no file it writes may grow past this (RLIMIT_FSIZE: a full disk)."""
+
+    def limit() -> None:
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.Popen([sys.executable, "-m", "hebbret", "-v", "index", "update", str(index),
+                             "--device", "cpu", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def paths_of(index: Path) -> set[str]:
+    """The index's files (it must load and answer a search)."""
+    _, items, meta = load_index(index)
+    emb = np.asarray(load_embeddings(meta["embeddings"])[0][:2])
+    assert search_index(index, emb, k=3)[1].shape == (2, 3)
+    return {it["path"] for it in items}
+
+
+def folder_paths(images: Path) -> set[str]:
+    return {p.relative_to(images).as_posix() for p in images.rglob("*.png")}
+
+
+def kill_at(p: subprocess.Popen, marker: str) -> str:
+    """SIGKILL ``p`` as soon as its log shows ``marker``; returns the log up to there."""
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if marker in line:
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(60)
+    p.stderr.close()
+    p.stdout.close()
+    return "".join(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory,on_disk,points", [
+    ("Flat", False, ["embedding ", "wrote ", "publishing"]),
+    ("IVF2,Flat", True, ["embedding ", "on-disk index:", "publishing"])])
+def test_kill_9_during_an_update_leaves_a_whole_index_and_the_rerun_completes(
+        run_dir, tmp_path, factory, on_disk, points):
+    images, index = make_index(tmp_path, run_dir, factory, on_disk)
+    change_folder(images)
+    for j, point in enumerate(points):
+        Image.fromarray(pattern_image(j, np.random.default_rng(j))).save(
+            images / "class_0" / f"kill_{j}.png")
+        old, new = paths_of(index), folder_paths(images)
+        p = cli_update(index)
+        log = kill_at(p, point)
+        assert p.returncode == -signal.SIGKILL, log
+        assert paths_of(index) in (old, new), point  # the old index, or the new one whole
+    s = update_index(index, device="cpu", quiet=True)  # the rerun finishes the job
+    assert paths_of(index) == folder_paths(images)
+    assert s["generation"] >= 1 and len(list(index.glob("gen-*"))) <= 2
+    assert_rows_find_themselves(index)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory,limit,log", [  # 121 rows of 8 float32: a 4 KB array
+    ("Flat", 2_000, "File too large while writing"),  # the vectors do not fit
+    ("Flat", 5_000, "rows (remove_ids + add)"),  # the index fits, its items do not
+    ("HNSW8", 4_500, "index.faiss: Error")])  # the vectors fit, the graph does not
+def test_a_full_disk_during_an_update_leaves_the_previous_version(run_dir, tmp_path, factory,
+                                                                  limit, log):
+    images, index = make_index(tmp_path, run_dir, factory, per_class=40)
+    old = paths_of(index)
+    change_folder(images)
+    p = cli_update(index, limit_bytes=limit)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    assert "while writing" in err and "is unchanged" in err and log in err, err
+    assert "Traceback" not in err
+    assert paths_of(index) == old and not list(index.glob("gen-*"))
+    update_index(index, device="cpu", quiet=True)
+    assert paths_of(index) == folder_paths(images)
+
+
+@pytest.mark.slow
+def test_two_updates_at_once_take_turns_and_lose_no_rows(run_dir, tmp_path):
+    images, index = make_index(tmp_path, run_dir)
+    change_folder(images)
+    with update_lock(index):  # both start while the index is busy
+        procs = [cli_update(index) for _ in range(2)]
+        for p in procs:
+            for line in p.stderr:
+                if "waiting for another update" in line:
+                    break
+        busy = cli_update(index, "--no-wait")
+        _, err = busy.communicate(timeout=120)
+        assert busy.returncode == 2 and "another update of" in err and "Traceback" not in err
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert [o.split(": ", 1)[1].split(",")[0] for o in outs] == ["generation 1"] * 2, outs
+    assert sorted(o.split("(")[1].split(",")[0] for o in outs) == ["0 added", "4 added"]
+    assert paths_of(index) == folder_paths(images)
+    assert load_index(index)[2]["generation"] == 1  # the second found nothing left to do
