@@ -350,3 +350,22 @@ def test_two_updates_at_once_take_turns_and_lose_no_rows(run_dir, tmp_path):
     assert sorted(o.split("(")[1].split(",")[0] for o in outs) == ["0 added", "4 added"]
     assert paths_of(index) == folder_paths(images)
     assert load_index(index)[2]["generation"] == 1  # the second found nothing left to do
+
+
+@pytest.mark.slow
+def test_bench_update_times_an_update_against_a_rebuild(run_dir, tmp_path):
+    from .conftest import load_tool
+
+    images = write_image_folder(tmp_path / "src", classes=3, per_class=30, size=16, seed=2)
+    readme = tmp_path / "results.md"
+    readme.write_text("x\n<!-- update-results:begin -->\n<!-- update-results:end -->\n")
+    doc = load_tool("bench_update").main([
+        str(run_dir), str(images), "--add", "6", "--factory", "Flat", "IVF2,Flat",
+        "--nprobe", "2", "--queries", "20", "--work", str(tmp_path / "work"),
+        "--results", str(tmp_path / "update.json"), "--readme", str(readme)])
+    flat, ivf = doc["stages"]["update"]["Flat"], doc["stages"]["update"]["IVF2,Flat"]
+    assert flat["added"] == ivf["added"] == 6 and flat["collection"] == 90
+    assert flat["identical_top10"] == 1.0 and flat["recall10_updated"] == 1.0
+    assert ivf["recall10_updated"] == ivf["recall10_rebuilt"] == 1.0  # every list visited
+    assert flat["update_s"] > 0 and flat["speedup"] > 0
+    assert "| Flat | 90 | 6 |" in readme.read_text()
