@@ -153,11 +153,26 @@ def _listing(gen: Path, meta: dict[str, Any], paths: list[str], root: str) -> np
     return _stat_listing(root, paths, since)
 
 
-def _plan(index_dir: Path, paths: list[str], listing: np.ndarray, ds: ImageFolder
-          ) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """(index rows kept int64 (K,), folder rows to embed, the folder's listing (M, 2)):
-    a row is kept when its file is in the folder with the size and mtime it was embedded
-    with."""
+def _known_bad(meta: dict[str, Any], root: str) -> dict[str, list[int]]:
+    """Files an earlier embedding could not decode, with the [size, mtime_ns] they had then:
+    an update tries them again only once they change. A built index: its embeddings' skipped
+    files, modified before they were written."""
+    if "undecodable" in meta:
+        return meta["undecodable"]
+    marker = Path(meta.get("embeddings") or "") / META
+    if not marker.is_file():
+        return {}
+    paths = read_json(marker).get("skipped_paths") or []
+    listing = _stat_listing(root, paths, marker.stat().st_mtime_ns).tolist()
+    return {p: v for p, v in zip(paths, listing, strict=True) if v[0] != STALE}
+
+
+def _plan(index_dir: Path, paths: list[str], listing: np.ndarray, ds: ImageFolder,
+          bad: dict[str, list[int]]
+          ) -> tuple[np.ndarray, list[int], np.ndarray, dict[str, list[int]]]:
+    """(index rows kept int64 (K,), folder rows to embed, the folder's listing (M, 2), the
+    known undecodable files still there unchanged): a row is kept when its file is in the
+    folder with the size and mtime it was embedded with."""
     now = _stat_listing(ds.root, [it.path for it in ds.items])
     where = {it.path: i for i, it in enumerate(ds.items)}
     keep, kept, seen = [], set(), 0
@@ -171,8 +186,9 @@ def _plan(index_dir: Path, paths: list[str], listing: np.ndarray, ds: ImageFolde
     if paths and not seen:
         raise ValueError(f"{ds.root} does not match {index_dir}: none of the index's "
                          f"{len(paths)} images are in it; build a new index for it")
-    new = [i for i, it in enumerate(ds.items) if it.path not in kept]
-    return np.asarray(keep, np.int64), new, now
+    still_bad = {p: v for p, v in bad.items() if p in where and now[where[p]].tolist() == v}
+    new = [i for i, it in enumerate(ds.items) if it.path not in kept and it.path not in still_bad]
+    return np.asarray(keep, np.int64), new, now, still_bad
 
 
 def update_index(index_dir: str | os.PathLike, folder: str | os.PathLike | None = None,
@@ -193,7 +209,8 @@ def update_index(index_dir: str | os.PathLike, folder: str | os.PathLike | None 
         model, card = model_of_index(index_dir, meta, run)
         ds = _folder(index_dir, meta, items, None if folder is None else str(folder), card)
         paths = [it["path"] for it in items]
-        keep, new, now = _plan(index_dir, paths, _listing(cur, meta, paths, ds.root), ds)
+        keep, new, now, bad = _plan(index_dir, paths, _listing(cur, meta, paths, ds.root), ds,
+                                    _known_bad(meta, ds.root))
         if len(keep) == len(paths) and not new:
             log.info("%s is up to date with %s (%d rows)", index_dir, ds.root, len(paths))
             return {"index": str(index_dir), "generation": meta.get("generation", 0),
@@ -205,7 +222,9 @@ def update_index(index_dir: str | os.PathLike, folder: str | os.PathLike | None 
         try:
             (out / VECTORS).mkdir(parents=True)
             added, skipped = _embed_new(model, meta, ds, new, out, device, batch_size, quiet)
-            summary = _write_generation(cur, meta, ds, paths, keep, added, now, out, gen)
+            bad.update({ds.items[i].path: now[i].tolist() for i in skipped.rows})
+            summary = _write_generation(cur, {**meta, "undecodable": bad}, ds, paths, keep,
+                                        added, now, out, gen)
         except OSError as e:  # a full disk: the generation is dropped, the index unchanged
             shutil.rmtree(out, ignore_errors=True)
             raise OSError(e.errno, f"{e.strerror or e} while writing {out}; {index_dir} is "

@@ -148,6 +148,19 @@ def test_a_corrupt_new_file_is_skipped_and_counted(run_dir, tmp_path):
     paths = [it["path"] for it in load_index(index)[1]]
     assert "class_0/ok.png" in paths and "class_0/broken.png" not in paths
     assert_rows_find_themselves(index)
+    assert update_index(index, device="cpu", quiet=True)["method"] == "none"  # not retried...
+    Image.fromarray(pattern_image(0, np.random.default_rng(4))).save(images / "class_0" /
+                                                                     "broken.png")
+    s = update_index(index, device="cpu", quiet=True)  # ... until it changes
+    assert (s["added"], s["removed"], s["skipped_files"]) == (1, 0, 0)
+
+
+def test_files_the_first_embedding_skipped_are_not_retried_until_they_change(run_dir, tmp_path):
+    (tmp_path / "images" / "class_1").mkdir(parents=True)
+    (tmp_path / "images" / "class_1" / "bad.png").write_bytes(b"not a png")
+    images, index = make_index(tmp_path, run_dir)
+    assert load_embeddings(tmp_path / "emb")[2]["skipped_paths"] == ["class_1/bad.png"]
+    assert update_index(index, device="cpu", quiet=True)["method"] == "none"
 
 
 def test_wrong_paths_and_folders_that_are_not_the_index_are_named(run_dir, tmp_path, caplog):
