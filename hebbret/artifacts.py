@@ -36,5 +36,6 @@ COMPLETION_MARKERS = (MODEL_CARD, META)  # written last by every writer
 
 def is_complete(artifact_dir: str | os.PathLike) -> bool:
     """Whether a run, embeddings, index or cache dir was written to the end (its marker —
-    ``model.json`` or ``meta.json`` — exists; every writer writes it last)."""
-    return any((Path(artifact_dir) / name).is_file() for name in COMPLETION_MARKERS)
+    ``model.json`` or ``meta.json`` — exists; every writer writes it last; an updated index:
+    ``CURRENT``, written once the generation it names is complete)."""
+    return any((Path(artifact_dir) / name).is_file() for name in (*COMPLETION_MARKERS, CURRENT))
