@@ -323,6 +323,8 @@ def load_index(index_dir: str | os.PathLike) -> tuple[faiss.Index, JsonLines, di
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir} is not a complete index: {name} is missing")
     meta = read_json(index_dir / META)
+    if "generation" in meta and not Path(meta.get("embeddings", "")).is_dir():
+        meta["embeddings"] = str(index_dir / "embeddings")  # a generation's own, the dir moved
     flags = 0
     if meta.get("on_disk"):
         data = index_dir / IVFDATA

@@ -103,6 +103,8 @@ def _tidy(index_dir: Path) -> None:
     if cur != index_dir:
         for name in (IVFDATA, LISTING, *INDEX_FILES):
             (index_dir / name).unlink(missing_ok=True)
+    for tmp in index_dir.glob(f".{CURRENT}.*"):  # a pointer write that was killed
+        tmp.unlink(missing_ok=True)
 
 
 def _folder(index_dir: Path, meta: dict[str, Any], items: Any, folder: str | None,

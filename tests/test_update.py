@@ -135,6 +135,10 @@ def test_only_changed_files_are_embedded_and_old_generations_go(run_dir, tmp_pat
     assert not (index / "index.faiss").exists() and is_complete(index)
     update_index(index, device="cpu", quiet=True)
     assert sorted(p.name for p in index.glob("gen-*")) == ["gen-000002"]
+    moved = index.rename(tmp_path / "moved")  # an updated index dir can move, as a built one
+    assert len(load_index(moved)[1]) == 62 and is_complete(moved)
+    assert_rows_find_themselves(moved)
+    index = moved.rename(index)
     build_index(load_index(index)[2]["embeddings"], index)  # a rebuild replaces the generations
     assert not (index / "CURRENT").exists() and not list(index.glob("gen-*"))
     assert len(load_index(index)[1]) == 62
