@@ -321,7 +321,8 @@ def test_kill_9_during_an_update_leaves_a_whole_index_and_the_rerun_completes(
         old, new = paths_of(index), folder_paths(images)
         p = cli_update(index)
         log = kill_at(p, point)
-        assert p.returncode == -signal.SIGKILL, log
+        # killed there (the last point is a hair before the end: a slow kill may land after it)
+        assert p.returncode == -signal.SIGKILL or point == "publishing" == points[-1], log
         assert paths_of(index) in (old, new), point  # the old index, or the new one whole
     s = update_index(index, device="cpu", quiet=True)  # the rerun finishes the job
     assert paths_of(index) == folder_paths(images)
