@@ -26,6 +26,7 @@ RULE_NAMES = ("hpca", "none", "softhebb", "swta")  # hebbret.hebb.rules.RULES
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
 POOLS = ("flatten", "avg", "max", "gem")  # descriptor pooling
+FLIPS = ("none", "h", "hv")  # descriptor views: the image; + its mirror; + upside down and both
 EMBED_BATCH_SIZE = 256
 DTYPES = ("float32", "float16")  # of a written embeddings.npy
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
