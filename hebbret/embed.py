@@ -215,8 +215,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
         layer, pool, gem_p, grid, flip: where to read the features, how to pool them, which
             flipped views to sum; None: the run's documented descriptor (``model.json`` ->
             ``embedding``).
-        project: False: without the backbone's descriptor PCA (the pooled values as they are).
-        dtype: float32 or float16 storage of ``embeddings.npy``.
+        project: False: without the backbone's descriptor PCA; dtype: float32 | float16.
     Returns the embeddings dir ``out``.
     """
     if dtype not in DTYPES:
