@@ -26,6 +26,7 @@ RULE_NAMES = ("hpca", "none", "softhebb", "swta")  # hebbret.hebb.rules.RULES
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
 POOLS = ("flatten", "avg", "max", "gem")  # descriptor pooling
+FLIPS = ("none", "h", "hv")  # descriptor views: the image; + its mirror; + upside down and both
 EMBED_BATCH_SIZE = 256
 DTYPES = ("float32", "float16")  # of a written embeddings.npy
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
@@ -34,6 +35,7 @@ KNN_TEMPERATURE = 0.07  # votes exp(cos / T), InstDisc / DINO's weighted kNN
 DEFAULT_KS = (10, 20, 100, 200)  # kNN evaluation
 RETRIEVAL_KS = (1, 10, 100)
 SEARCH_K = 10  # results per query of `hebbret search`
+DEDUP_THRESHOLD = 0.94  # similarity above which two images are near-duplicates (see docs/results.md)
 LINEAR_READOUTS = ("logreg", "softhebb")  # `eval linear --readout`
 
 

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
-from .config import DTYPES, EMBED_BATCH_SIZE, POOLS
+from .config import DTYPES, EMBED_BATCH_SIZE, FLIPS, POOLS
 from .data import (
     ImageDataset,
     SkippedFiles,
@@ -80,6 +80,9 @@ def global_pool(h: Tensor, pool: str, gem_p: float = GEM_P, grid: int = 1) -> Te
     return F.adaptive_avg_pool2d(h, grid).pow(1.0 / gem_p).flatten(1)
 
 
+VIEWS = {"none": ((),), "h": ((), (-1,)), "hv": ((), (-1,), (-2,), (-1, -2))}  # flipped dims
+
+
 class Extractor(nn.Module):
     """A backbone cut at ``spec.layer`` plus pooling: normalised images (B, C, H, W) -> (B, D)
     (``spec`` None: the backbone's own descriptor, ``default_cfg["embedding"]``).
@@ -100,6 +103,8 @@ class Extractor(nn.Module):
             raise ValueError(f"the GeM exponent must be at least 1, got {spec.gem_p}")
         if spec.grid < 1:
             raise ValueError(f"the pooling grid must be at least 1×1, got {spec.grid}")
+        if spec.flip not in FLIPS:
+            raise ValueError(f"flip must be one of {FLIPS}, got {spec.flip!r}")
         if spec.dims and spec.dims != model.descriptor_pca.dims:
             raise ValueError(f"the descriptor is projected to {spec.dims} dimensions but the "
                              f"backbone holds {model.descriptor_pca.dims or 'no'} fitted PCA "
@@ -108,6 +113,15 @@ class Extractor(nn.Module):
         self.blocks = [_block_index(model, name) for name in spec.layer.split("+")]
 
     def forward(self, x: Tensor) -> Tensor:
+        views = VIEWS[self.spec.flip]
+        if len(views) > 1:  # every view in one batch: (V·B, C, H, W)
+            x = torch.cat([x.flip(dims) if dims else x for dims in views])
+        x = self._pooled(x)
+        if len(views) > 1:
+            x = F.normalize(x, dim=1).unflatten(0, (len(views), -1)).sum(0)
+        return self.model.descriptor_pca(x) if self.spec.dims else x
+
+    def _pooled(self, x: Tensor) -> Tensor:
         maps: dict[int, Tensor] = {}
         x = self.model.stem(x)
         for i, block in enumerate(self.model.blocks[:max(self.blocks) + 1]):
@@ -115,8 +129,7 @@ class Extractor(nn.Module):
             maps[i] = x
         parts = [global_pool(maps[i], self.spec.pool, self.spec.gem_p, self.spec.grid).float()
                  for i in self.blocks]
-        x = parts[0] if len(parts) == 1 else torch.cat([F.normalize(p, dim=1) for p in parts], 1)
-        return self.model.descriptor_pca(x) if self.spec.dims else x
+        return parts[0] if len(parts) == 1 else torch.cat([F.normalize(p, dim=1) for p in parts], 1)
 
 
 def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) -> Tensor:
@@ -169,19 +182,20 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
 def spec_of(meta: dict[str, Any]) -> EmbeddingSpec:
     """The descriptor an embeddings or index dir's ``meta.json`` records."""
     return EmbeddingSpec(meta["layer"], meta["pool"], meta.get("gem_p") or GEM_P,
-                         meta.get("grid") or 1, meta.get("dims") or 0)
+                         meta.get("grid") or 1, meta.get("dims") or 0, meta.get("flip") or "none")
 
 
 def embedding_spec(card: ModelCard, layer: str | None = None, pool: str | None = None,
-                   gem_p: float | None = None, grid: int | None = None, project: bool = True
-                   ) -> EmbeddingSpec:
+                   gem_p: float | None = None, grid: int | None = None, project: bool = True,
+                   flip: str | None = None) -> EmbeddingSpec:
     """The run's documented descriptor (``model.json`` -> ``embedding``) with overrides. Its PCA
     projection (``dims``) was fitted on that descriptor: dropped when one differs, or when
     ``project`` is False (the pooled descriptor as it is)."""
     spec = card.embedding
     new = EmbeddingSpec(layer or spec.layer, pool or spec.pool,
                         spec.gem_p if gem_p is None else float(gem_p),
-                        spec.grid if grid is None else int(grid), spec.dims if project else 0)
+                        spec.grid if grid is None else int(grid), spec.dims if project else 0,
+                        flip or spec.flip)
     if new.dims and new != spec:
         log.info("descriptor %s/%s is not the one the backbone's PCA was fitted on: not "
                  "projected", new.layer, new.pool)
@@ -195,20 +209,20 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
                        project: bool = True, batch_size: int = EMBED_BATCH_SIZE,
                        dtype: str = "float32", device: str = "auto", split: str = "train",
                        data_root: str | None = None, num_workers: int = 0,
-                       quiet: bool = False) -> Path:
+                       quiet: bool = False, flip: str | None = None) -> Path:
     """Embed every image of ``data`` with the frozen backbone of run dir ``run``.
 
     Args:
-        layer, pool, gem_p, grid: where to read the features and how to pool them; None: the
-            run's documented descriptor (``model.json`` -> ``embedding``).
-        project: False: without the backbone's descriptor PCA (the pooled values as they are).
-        dtype: float32 or float16 storage of ``embeddings.npy``.
+        layer, pool, gem_p, grid, flip: where to read the features, how to pool them, which
+            flipped views to sum; None: the run's documented descriptor (``model.json`` ->
+            ``embedding``).
+        project: False: without the backbone's descriptor PCA; dtype: float32 | float16.
     Returns the embeddings dir ``out``.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     model, card = load_run(run)
-    desc, spec = embedding_spec(card, layer, pool, gem_p, grid, project), card.input
+    desc, spec = embedding_spec(card, layer, pool, gem_p, grid, project, flip), card.input
     w, dev = join(pick_device(device))  # under torchrun: rank r embeds its share of the batches
     with main_first():  # rank 0 packs the image cache once for every rank
         dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,

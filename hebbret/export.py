@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.PathLike | None = None,
                      layer: str | None = None, pool: str | None = None,
                      gem_p: float | None = None, grid: int | None = None,
-                     project: bool = True) -> Path:
+                     project: bool = True, flip: str | None = None) -> Path:
     """Export the embedding extractor of a run dir (descriptor arguments as
     :func:`extract_embeddings`).
 
@@ -37,7 +37,7 @@ def export_extractor(run: str | os.PathLike, fmt: str = "pt2", out: str | os.Pat
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, card = load_run(run)
-    desc = embedding_spec(card, layer, pool, gem_p, grid, project)
+    desc = embedding_spec(card, layer, pool, gem_p, grid, project, flip)
     extractor = Extractor(model, desc).eval()
     out = Path(out) if out is not None else Path(run) / f"extractor.{fmt}"
     spec = card.input

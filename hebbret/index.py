@@ -185,7 +185,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "ivfdata_path": str((out / IVFDATA).resolve()) if on_disk else None,
         "embeddings": str(Path(emb_dir).resolve()), "hebbret_version": __version__,
         **{k: emb_meta.get(k) for k in ("model_run", "model_sha256", "layer", "pool", "gem_p",
-                                        "grid", "dims", "data_root")},
+                                        "grid", "dims", "flip", "data_root")},
     })
     _forget_generations(out)
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,

@@ -39,14 +39,17 @@ class EmbeddingSpec:
 
     ``layer``: 'features' or 'block<i>', several joined by '+'; ``pool``: flatten | avg | max |
     gem (``gem_p``: its exponent) over each cell of a ``grid``×``grid`` partition of the map;
-    ``dims`` > 0: then projected to that many dimensions by the backbone's fitted
-    :class:`~hebbret.models.DescriptorPCA` (0: not projected)."""
+    ``flip``: none | h (the image and its mirror image) | hv (also upside down, and both):
+    each view's pooled vector L2-normalised, then summed, so the descriptor does not change
+    when the image is flipped; ``dims`` > 0: then projected to that many dimensions by the
+    backbone's fitted :class:`~hebbret.models.DescriptorPCA` (0: not projected)."""
 
     layer: str = "features"
     pool: str = "flatten"
     gem_p: float = GEM_P
     grid: int = 1
     dims: int = 0
+    flip: str = "none"
 
 
 @dataclass(frozen=True)
@@ -136,4 +139,7 @@ def load_run(run: str | os.PathLike, verify: bool = True) -> tuple[HebbNet, Mode
                              f"!= {card.weights_sha256[:12]}): the run dir is damaged or mixed")
     model = create_model(card.architecture, **card.model_args)
     model.load_state_dict(load_file(str(run / WEIGHTS)))
+    # the card's descriptor is the one its PCA was fitted on, whatever the code's default now
+    model.default_cfg["embedding"] = {k: v for k, v in dataclasses.asdict(card.embedding).items()
+                                      if k != "dims"}
     return model.eval(), card

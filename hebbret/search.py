@@ -13,6 +13,7 @@ import numpy as np
 
 from ._io import atomic_path
 from .data import IMAGE_EXTENSIONS
+from .dedup import search_distinct
 from .embed import embed_images, spec_of
 from .index import load_index, search_loaded
 from .progress import progress
@@ -22,8 +23,10 @@ from .runs import load_run
 def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.PathLike],
                     k: int = 10, run: str | os.PathLike | None = None, nprobe: int | None = None,
                     ef_search: int | None = None, device: str = "cpu",
-                    rows: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Embed query images with the model the index was built from, then search.
+                    rows: np.ndarray | None = None, dedup: float | None = None
+                    ) -> list[dict[str, Any]]:
+    """Embed query images with the model the index was built from, then search (``dedup``: no
+    two hits more similar than this threshold, see :func:`hebbret.dedup.search_distinct`).
 
     ``run`` defaults to the run dir recorded in the index meta; its weights must have the sha256
     the index records. Returns one {"query", "results": [{rank, score, path, label,
@@ -33,9 +36,19 @@ def search_by_image(index_dir: str | os.PathLike, image_paths: list[str | os.Pat
     meta = loaded[2]
     model, card = model_of_index(index_dir, meta, run)
     queries = embed_images(model, card, list(image_paths), spec_of(meta), device)
-    return format_results(search_loaded(loaded, queries, k, nprobe, ef_search,
-                                        name=str(index_dir), rows=rows),
-                          [str(p) for p in image_paths])
+    return format_results(search_rows(loaded, queries, k, nprobe, ef_search, str(index_dir),
+                                      rows, dedup), [str(p) for p in image_paths])
+
+
+def search_rows(loaded: Any, queries: np.ndarray, k: int, nprobe: int | None = None,
+                ef_search: int | None = None, name: str = "the index",
+                rows: np.ndarray | None = None, dedup: float | None = None) -> Any:
+    """:func:`hebbret.index.search_loaded`, or with ``dedup`` (a similarity threshold)
+    :func:`hebbret.dedup.search_distinct`."""
+    search = {"nprobe": nprobe, "ef_search": ef_search, "name": name, "rows": rows}
+    if dedup is None:
+        return search_loaded(loaded, queries, k, **search)
+    return search_distinct(loaded, queries, k, dedup, **search)
 
 
 def select_rows(items: Any, path_prefix: str | None = None, label: str | None = None,
@@ -106,7 +119,7 @@ def search_folder(index_dir: str | os.PathLike, folder: str | os.PathLike,
                   out: str | os.PathLike, k: int = 10, run: str | os.PathLike | None = None,
                   nprobe: int | None = None, ef_search: int | None = None, device: str = "cpu",
                   rows: np.ndarray | None = None, batch_size: int = 256,
-                  quiet: bool = False) -> dict[str, int]:
+                  quiet: bool = False, dedup: float | None = None) -> dict[str, int]:
     """Search with every image under ``folder``, embedded ``batch_size`` at a time: one JSON
     line per query into ``out`` ({"query", "results"}, or {"query", "error"} for a file that
     cannot be read), written batch by batch into a temporary file beside ``out`` and renamed
@@ -122,7 +135,8 @@ def search_folder(index_dir: str | os.PathLike, folder: str | os.PathLike,
             batch = [str(p) for p in paths[start: start + batch_size]]
             vecs, good, lines = _embed_each(embed, batch)
             if good:
-                found = search_loaded(loaded, vecs, k, nprobe, ef_search, str(index_dir), rows)
+                found = search_rows(loaded, vecs, k, nprobe, ef_search, str(index_dir), rows,
+                                    dedup)
                 lines.update(zip(good, format_results(found, good), strict=True))
             for name in batch:
                 f.write(json.dumps(lines[name]) + "\n")

@@ -1,10 +1,12 @@
 """Embeddings dirs, export, search by image, and the whole chain through the CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 
 from hebbret import cli
 from hebbret.data import ImageFolder
@@ -100,13 +102,39 @@ def test_a_descriptor_has_one_size_at_every_input_size_and_layers_concatenate(ru
         Extractor(model, EmbeddingSpec("features", "gem", 0.5))
 
 
+def test_a_flipped_descriptor_does_not_change_when_the_image_is_flipped(run_dir, tmp_path):
+    model, _ = load_run(run_dir)
+    x = torch.randn(3, 3, 16, 16)
+    plain, h, hv = (embed_batch(model, x, EmbeddingSpec("features", "flatten", flip=f))
+                    for f in ("none", "h", "hv"))
+    assert (embed_batch(model, x.flip(-1), EmbeddingSpec("features", "flatten")) - plain
+            ).abs().max() > 1e-3  # the plain descriptor does see the mirror image
+    mirror = embed_batch(model, x.flip(-1), EmbeddingSpec("features", "flatten", flip="h"))
+    torch.testing.assert_close(mirror, h)
+    upside = embed_batch(model, x.flip(-2), EmbeddingSpec("features", "flatten", flip="hv"))
+    torch.testing.assert_close(upside, hv)
+    expected = (torch.nn.functional.normalize(plain, dim=1) + torch.nn.functional.normalize(
+        embed_batch(model, x.flip(-1), EmbeddingSpec("features", "flatten")), dim=1))
+    torch.testing.assert_close(h, expected)  # each view L2-normalised, then summed
+    with pytest.raises(ValueError, match="flip must be one of"):
+        Extractor(model, EmbeddingSpec("features", "flatten", flip="v"))
+    copy = tmp_path / "run"  # the card's descriptor, not the code's default, is the run's
+    shutil.copytree(run_dir, copy)
+    card = json.loads((copy / "model.json").read_text())
+    card["embedding"]["flip"] = "h"
+    (copy / "model.json").write_text(json.dumps(card))
+    spec = EmbeddingSpec(**card["embedding"])
+    torch.testing.assert_close(embed_batch(load_run(copy)[0], x), embed_batch(model, x, spec))
+    assert spec.dims and spec.flip == "h"
+
+
 def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir, image_folder,
                                                                          tmp_path):
     emb = extract_embeddings(run_dir, image_folder, tmp_path / "emb", layer="block1+features",
-                             pool="gem", gem_p=4.0, grid=1, quiet=True)
+                             pool="gem", gem_p=4.0, grid=1, flip="h", quiet=True)
     x, _, meta = load_embeddings(emb)
-    assert (meta["layer"], meta["pool"], meta["gem_p"], meta["grid"]) == ("block1+features",
-                                                                          "gem", 4.0, 1)
+    assert (meta["layer"], meta["pool"], meta["gem_p"], meta["grid"], meta["flip"]) == (
+        "block1+features", "gem", 4.0, 1, "h")
     assert x.shape == (24, 16 + 32)
     index = build_index(emb, tmp_path / "idx")
     query = image_folder / "class_2" / "img_5.png"
@@ -115,8 +143,15 @@ def test_the_descriptor_travels_from_card_to_embeddings_index_and_search(run_dir
     assert found[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     restored = load_extractor(export_extractor(run_dir, "safetensors", tmp_path / "e.safetensors",
                                                layer="block1+features", pool="gem", gem_p=4.0,
-                                               grid=1))
-    assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0, 1)
+                                               grid=1, flip="h"))
+    assert restored.spec == EmbeddingSpec("block1+features", "gem", 4.0, 1, flip="h")
+    mirror = image_folder / "mirror" / "img.png"  # a mirrored query finds its original
+    mirror.parent.mkdir()
+    with Image.open(query) as im:
+        ImageOps.mirror(im).save(mirror)
+    found = search_by_image(index, [mirror], k=1)
+    assert found[0]["results"][0]["path"] == "class_2/img_5.png"
+    assert found[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_the_descriptor_pca_keeps_the_training_images_geometry(run_dir, image_folder, tmp_path):

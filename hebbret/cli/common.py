@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from ..config import DEVICES, POOLS, PretrainConfig
+from ..config import DEVICES, FLIPS, POOLS, PretrainConfig
 
 
 def json_object(text: str) -> dict:
@@ -77,6 +77,9 @@ def descriptor() -> argparse.ArgumentParser:
                                       "card's)")),
                   (("--grid",), dict(type=int, help="pool each cell of a grid×grid partition "
                                      "of the map (default: the model card's)")),
+                  (("--flip",), dict(choices=FLIPS, help="also pool the mirrored (h) or every "
+                                     "flipped (hv) image and sum: a flip-invariant descriptor "
+                                     "(default: the model card's)")),
                   (("--no-pca",), dict(action="store_true", help="the pooled descriptor "
                                        "without the backbone's fitted PCA")))
 

@@ -44,7 +44,7 @@ def embed(args: argparse.Namespace) -> None:
 
     print(extract_embeddings(args.run, args.data, args.out, layer=args.layer, pool=args.pool,
                              gem_p=args.gem_p, grid=args.grid, project=not args.no_pca,
-                             batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                             flip=args.flip, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
                              split=args.split, data_root=args.data_root,
                              num_workers=args.num_workers, quiet=args.quiet))
 
@@ -62,4 +62,5 @@ def export(args: argparse.Namespace) -> None:
     from ..export import export_extractor
 
     print(export_extractor(args.run, args.format, args.out, layer=args.layer, pool=args.pool,
-                           gem_p=args.gem_p, grid=args.grid, project=not args.no_pca))
+                           gem_p=args.gem_p, grid=args.grid, project=not args.no_pca,
+                           flip=args.flip))

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..config import METRIC_NAMES, SEARCH_K, ServeConfig
+from ..config import DEDUP_THRESHOLD, METRIC_NAMES, SEARCH_K, ServeConfig
 from .common import device, search_params
 
 
@@ -28,9 +28,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--on-disk: vectors added per block (default %(default)s)")
     b.set_defaults(func=build)
     _add_update(isub)
-    b = isub.add_parser("info", help="print an index's meta")
-    b.add_argument("index", help="index dir")
-    b.set_defaults(func=info)
 
     p = sub.add_parser("search", parents=[search_params(), device("auto")],
                        help="query an index by image or by embeddings")
@@ -46,8 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path-prefix", help="search only rows whose path starts with this")
     p.add_argument("--label", help="search only rows of this label (number or class name)")
     p.add_argument("--rows", help="search only these rows: N,N,... or a text file of row numbers")
+    p.add_argument("--dedup", type=float, nargs="?", const=DEDUP_THRESHOLD, metavar="T",
+                   help="drop a hit more similar than T to a better one (default T "
+                   f"{DEDUP_THRESHOLD})")
     p.add_argument("--json", action="store_true", help="machine-readable results")
     p.set_defaults(func=search)
+
+    _dedup_parser(sub)
 
     p = sub.add_parser("serve", parents=[device("auto")], help="search an index by image in the "
                        "browser, with a JSON API (http://HOST:PORT/)")
@@ -70,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_update(isub: argparse._SubParsersAction) -> None:
+    """`index update` and `index info`."""
     b = isub.add_parser("update", parents=[device("auto")], help="bring an index up to date "
                         "with its image folder: embed new or changed files, drop deleted ones")
     b.add_argument("index", help="index dir")
@@ -80,6 +83,18 @@ def _add_update(isub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-wait", action="store_true", help="fail at once if another update of "
                    "the index is running (default: wait for it)")
     b.set_defaults(func=update)
+    b = isub.add_parser("info", help="print an index's meta")
+    b.add_argument("index", help="index dir")
+    b.set_defaults(func=info)
+
+
+def _dedup_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dedup", help="groups of near-duplicate images in an index")
+    p.add_argument("index", help="index dir (metric ip)")
+    p.add_argument("--threshold", type=float, default=DEDUP_THRESHOLD, help="similarity above "
+                   "which two images are near-duplicates (default %(default)s)")
+    p.add_argument("--out", help="write the groups here as JSON (default: print a summary)")
+    p.set_defaults(func=dedup)
 
 
 def build(args: argparse.Namespace) -> None:
@@ -111,8 +126,8 @@ def info(args: argparse.Namespace) -> None:
 def search(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from ..index import load_index, search_index
-    from ..search import format_results, search_by_image, search_folder, select_rows
+    from ..index import load_index
+    from ..search import format_results, search_by_image, search_folder, search_rows, select_rows
 
     rows = None
     if args.path_prefix is not None or args.label is not None or args.rows is not None:
@@ -125,17 +140,18 @@ def search(args: argparse.Namespace) -> None:
     if args.folder:
         counts = search_folder(args.index, args.folder, args.out, args.k, run=args.run,
                                nprobe=args.nprobe, ef_search=args.ef_search, device=args.device,
-                               rows=rows)
+                               rows=rows, dedup=args.dedup)
         print(f"{counts['queries']} queries searched, {counts['errors']} unreadable -> {args.out}")
         return
     if args.image:
         found = search_by_image(args.index, args.image, args.k, run=args.run, nprobe=args.nprobe,
-                                ef_search=args.ef_search, device=args.device, rows=rows)
+                                ef_search=args.ef_search, device=args.device, rows=rows,
+                                dedup=args.dedup)
     else:
         queries = np.load(args.embeddings, mmap_mode="r")
         names = [f"{args.embeddings}[{i}]" for i in range(len(queries))]
-        found = format_results(search_index(args.index, queries, args.k, args.nprobe,
-                                            args.ef_search, rows=rows), names)
+        found = format_results(search_rows(load_index(args.index), queries, args.k, args.nprobe,
+                                           args.ef_search, args.index, rows, args.dedup), names)
     if args.json:
         print(json.dumps(found, indent=2))
         return
@@ -145,6 +161,21 @@ def search(args: argparse.Namespace) -> None:
         for r in q["results"]:
             label = r.get("class_name") or r.get("label")
             print(f"{r['rank']:>4}  {r['score']:>7.4f}  {label!s:<16} {r['path']}")
+
+
+def dedup(args: argparse.Namespace) -> None:
+    from .._io import write_json
+    from ..dedup import near_duplicates
+
+    found = near_duplicates(args.index, args.threshold)
+    if args.out:
+        write_json(args.out, found)
+    groups = found["groups"]
+    print(f"{len(groups)} groups of near-duplicates ({sum(len(g['rows']) for g in groups)} of "
+          f"{found['rows']} images, similarity > {found['threshold']})"
+          + (f" -> {args.out}" if args.out else ""))
+    for g in groups[: 0 if args.out else 20]:
+        print("  " + "  ".join(str(p) for p in g["paths"]))
 
 
 def _rows(spec: str | None) -> list[int] | None:
