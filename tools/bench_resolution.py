@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from _common.child import run_child
 from _common.results import ResultsFile, markdown_table, publish
 from hebbret._io import read_json
 from hebbret.data import scan_image_folder
@@ -49,17 +47,10 @@ def hebbret_run(args: list[str], out: Path) -> dict[str, Any]:
     """`hebbret run ARGS --out OUT --quiet` in a child process: its report's numbers, wall
     seconds and peak RSS (GiB, from wait4: this child alone)."""
     cmd = [sys.executable, "-m", "hebbret", "run", *args, "--out", str(out), "--quiet"]
-    log.info("running %s", " ".join(cmd))
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit code "
-                           f"{os.waitstatus_to_exitcode(status)}")
+    cost = run_child(cmd)
     results = read_json(out / "report" / "results.json")
     row: dict[str, Any] = {"run_dir": str(out), "run_command": "hebbret run " + " ".join(args),
-                           "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+                           "wall_s": cost["wall_s"], "peak_rss_gib": cost["peak_rss_gib"],
                            "inputs": results["inputs"]}
     for name, r in results["rows"].items():
         best = max(r["fewshot"].items(), key=lambda kv: kv[1]["mean"])
