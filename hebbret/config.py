@@ -153,6 +153,7 @@ class FinetuneConfig:
 
 
 PROTOCOLS = ("knn", "linear", "propagate", "full")
+BASELINES = ("ssl",)  # the extra rows `hebbret run --baselines` can add to its report
 FROZEN_PROTOCOLS = ("knn", "linear", "propagate")
 
 
@@ -248,8 +249,14 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    # more rows for the report: "ssl" (BYOL on the same net for the Hebbian pretraining's wall
+    # clock; needs pip install 'hebbret[ssl]'); off by default: it doubles the training time
+    baselines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
         if self.label_fraction is not None:  # a fraction replaces the per-class default
             self.labels_per_class = None
         if isinstance(self.pretrain_lr, (int, float)):

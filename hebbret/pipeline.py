@@ -39,7 +39,11 @@ VARIANTS = ("hebbian", "random")
 BACKBONES = {  # each row of the report, as results.json defines it
     "hebbian": "Hebbian pretraining on the unlabeled train split",
     "random": "the same network with random weights (BatchNorm statistics calibrated by one pass "
-              "over the train split)"}
+              "over the train split)",
+    "ssl": "the same network trained end to end by self-supervised backprop (lightly's BYOL) on "
+           "the unlabeled train split for the wall clock the Hebbian pretraining took "
+           "(--baselines ssl)"}
+SSL_METHOD = "byol"  # the --baselines ssl row: lightly's strongest few-epoch CIFAR-10 method
 
 
 TEST_FRACTION = 0.2  # a single labeled folder: this share of every class becomes the test set
@@ -193,11 +197,14 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "config.json", asdict(cfg))
     train, test, split = resolve_data(cfg, out)
+    if "ssl" in cfg.baselines:
+        _check_ssl(train[0])
     inputs = choose_inputs(cfg, survey(train[0]), pick_device(cfg.device).type)
     log.info("inputs: %s", "; ".join(inputs.reasons))
-    rows = {v: _run_variant(cfg, inputs, v, out, train, test) for v in VARIANTS}
+    variants = (*VARIANTS, *cfg.baselines)
+    rows = {v: _run_variant(cfg, inputs, v, out, train, test) for v in variants}
     results = {"config": asdict(cfg), "inputs": asdict(inputs), "rows": rows,
-               "definitions": BACKBONES,
+               "definitions": {v: BACKBONES[v] for v in variants},
                "data": {"train": train[0], "test": test[0], "split": split},
                "verdict": verdict(rows)}
     report = out / "report"
@@ -216,15 +223,18 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
     """One backbone of the report; stages with finished outputs are reused (and not timed)."""
     stages = BackboneStages(out / variant, device=cfg.device, quiet=cfg.quiet)
     hebbian = variant == "hebbian"
-    stages.pretrain(train[0], split=train[1], data_root=cfg.data_root, model=inputs.model,
-                    rule=cfg.rule if hebbian else "none",
-                    epochs=cfg.pretrain_epochs if hebbian else 1,
-                    steps=cfg.pretrain_steps if hebbian else None,
-                    lr=cfg.pretrain_lr if hebbian else None,
-                    batch_size=cfg.pretrain_batch_size if hebbian else None,
-                    in_chans=inputs.in_chans, img_size=inputs.img_size,
-                    model_kwargs=inputs.model_kwargs, descriptor_dims=cfg.descriptor_dims,
-                    seed=cfg.seed)
+    if variant == "ssl":
+        stages.pretrain(train[0], **_ssl_options(cfg, inputs, out))
+    else:
+        stages.pretrain(train[0], split=train[1], data_root=cfg.data_root, model=inputs.model,
+                        rule=cfg.rule if hebbian else "none",
+                        epochs=cfg.pretrain_epochs if hebbian else 1,
+                        steps=cfg.pretrain_steps if hebbian else None,
+                        lr=cfg.pretrain_lr if hebbian else None,
+                        batch_size=cfg.pretrain_batch_size if hebbian else None,
+                        in_chans=inputs.in_chans, img_size=inputs.img_size,
+                        model_kwargs=inputs.model_kwargs, descriptor_dims=cfg.descriptor_dims,
+                        seed=cfg.seed)
     for name, (source, split) in (("train", train), ("test", test)):
         stages.embed(name, source, split=split, data_root=cfg.data_root,
                      batch_size=cfg.embed_batch_size, layer=inputs.layer, pool=inputs.pool)
@@ -237,8 +247,34 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
     if "convergence" in card and hebbian:
         row["convergence"] = card["convergence"]
         row["pretrain_steps"] = card["steps"]
+    if card.get("kind") == "ssl":
+        row.update(method=card["method"], pretrain_steps=card["steps"],
+                   budget_s=card["config"]["budget_s"], images_seen=card["images_seen"])
     log.info("%s: %s", variant, {k: v for k, v in row.items() if k != "fewshot"})
     return row
+
+
+def _check_ssl(train: str) -> None:
+    """Before any training: the ssl baseline needs lightly and a folder of images."""
+    from .ssl import require_lightly
+
+    require_lightly()
+    if train in NAMED_DATASETS:
+        raise ValueError(f"--baselines ssl trains on an image folder; {train} is a named dataset "
+                         f"(give its images as a folder: hebbret run FOLDER --baselines ssl)")
+
+
+def _ssl_options(cfg: RunConfig, inputs: Inputs, out: Path) -> dict[str, Any]:
+    """``train_ssl``'s arguments for the ssl row: BYOL on the Hebbian row's net and inputs, for
+    the wall clock (data loading included) its pretraining took, from its model card."""
+    from .ssl import backprop_kwargs, train_ssl
+
+    hebbian = read_card(out / "hebbian" / "pretrain").training
+    budget = hebbian.get("wall_seconds") or hebbian["train_seconds"]
+    return dict(trainer=train_ssl, method=SSL_METHOD, model=inputs.model,
+                model_kwargs=backprop_kwargs(inputs.model_kwargs), in_chans=inputs.in_chans,
+                img_size=inputs.img_size, descriptor_dims=cfg.descriptor_dims, seed=cfg.seed,
+                budget_s=max(float(budget), 0.01))
 
 
 def _fewshot(cfg: RunConfig, stages: BackboneStages, train: tuple[str, str],

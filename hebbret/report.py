@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init"}
+BACKBONE_NAMES = {"hebbian": "Hebbian", "random": "random init",
+                  "ssl": "BYOL (backprop, same wall clock)"}
+
+
+def _vs_ssl(rows: dict[str, dict[str, Any]], hebbian: dict[str, Any]) -> str:
+    """The sentence on the ssl row, when the report has one: its best few-label protocol and
+    its mAP against Hebbian's, at the wall clock of the Hebbian pretraining."""
+    ssl = rows.get("ssl")
+    if not ssl:
+        return ""
+    sp, ss = max(ssl["fewshot"].items(), key=lambda ps: ps[1]["mean"])
+    gap = hebbian["mean"] - ss["mean"]
+    how = (f"Hebbian's best is {gap:.2f} points above it" if gap > 0 else
+           f"that is {-gap:.2f} points above Hebbian's best: with few labels this baseline wins")
+    return (f" Self-supervised {ssl.get('method', 'ssl').upper()} on the same net for the same "
+            f"{ssl.get('budget_s', 0):.0f} s of training ({ssl.get('pretrain_steps', '?')} "
+            f"steps) gets {sp} {ss['mean']:.2f} ± {ss['std']:.2f} %; {how} "
+            f"(mAP: Hebbian {rows['hebbian']['mAP']:.2f}, {ssl.get('method', 'ssl').upper()} "
+            f"{ssl['mAP']:.2f}).")
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:
@@ -27,10 +45,11 @@ def verdict(rows: dict[str, dict[str, Any]]) -> str:
                if same else "")
     if gap > 0:
         return (f"With few labels the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
-                f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}.")
+                f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}."
+                + _vs_ssl(rows, hs))
     return (f"With few labels Hebbian pretraining does not pay off here: the best is random init + "
             f"{rp} ({fmt(rs)} %), {-gap:.2f} points above the best Hebbian protocol ({hp}, "
-            f"{fmt(hs)} %){vs_scratch}.")
+            f"{fmt(hs)} %){vs_scratch}." + _vs_ssl(rows, hs))
 
 
 def results_table(results: dict[str, Any]) -> str:

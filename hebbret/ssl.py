@@ -37,7 +37,7 @@ from .runtime import pick_device, release_freed_memory
 log = logging.getLogger(__name__)
 
 
-def _lightly() -> Any:
+def require_lightly() -> Any:
     """The lightly modules this baseline uses, or a clear error naming the extra."""
     try:
         from lightly import loss, transforms
@@ -46,6 +46,15 @@ def _lightly() -> Any:
         raise ValueError("self-supervised baselines need lightly: pip install 'hebbret[ssl]'"
                          ) from None
     return loss, modules, transforms
+
+
+HEBBIAN_ONLY_KWARGS = ("init_radius",)  # a Hebbian recipe's start, not the architecture
+
+
+def backprop_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The architecture of a Hebbian run's ``model_kwargs`` (widths, ...) without its Hebbian
+    initialisation: the same net, trained by backprop from the backbone's default start."""
+    return {k: v for k, v in model_kwargs.items() if k not in HEBBIAN_ONLY_KWARGS}
 
 
 class TwoViews(Dataset):
@@ -78,7 +87,7 @@ def _pairs(batch: list[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor] |
 
 def _views(in_chans: int, size: int, mean: Any, std: Any) -> Any:
     """lightly's SimCLR augmentations at ``size``; no blur on small images, no colour on gray."""
-    _, _, transforms = _lightly()
+    _, _, transforms = require_lightly()
     gray = {"cj_sat": 0.0, "cj_hue": 0.0, "random_gray_scale": 0.0} if in_chans == 1 else {}
     return transforms.SimCLRTransform(input_size=size, gaussian_blur=0.0 if size < 64 else 0.5,
                                       normalize={"mean": list(mean), "std": list(std)}, **gray)
@@ -88,7 +97,7 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
     """Train ``cfg.model`` with ``cfg.method`` (SimCLR or BYOL) on the images of ``cfg.data`` for
     ``cfg.budget_s`` seconds of training steps; returns the run dir (as ``hebbret pretrain``)."""
     cfg = SSLConfig(data=config, **overrides) if isinstance(config, str) else config
-    loss_mod, modules, _ = _lightly()
+    loss_mod, modules, _ = require_lightly()
     out = Path(cfg.out)
     if is_complete(out):
         log.info("%s is already complete", out)
@@ -168,7 +177,8 @@ def _train(cfg: SSLConfig, model: HebbNet, nets: nn.ModuleDict, opt: torch.optim
     with bar:
         while pos["seconds"] < cfg.budget_s:
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + pos["epoch"])
-            loader = DataLoader(views, cfg.batch_size, shuffle=True, generator=g, drop_last=True,
+            loader = DataLoader(views, min(cfg.batch_size, len(views)), shuffle=True, generator=g,
+                                drop_last=True,
                                 collate_fn=_pairs, num_workers=cfg.num_workers)
             t0 = time.perf_counter()
             for pair in loader:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ class BackboneStages:
     def emb(self, name: str) -> Path:
         return self.root / f"emb_{name}"
 
-    def pretrain(self, data: str, **options: Any) -> dict[str, Any]:
-        """Pretrain (``hebbret.pretrain(data, **options)``) into the run dir unless complete;
+    def pretrain(self, data: str, trainer: Callable[..., Any] = pretrain, **options: Any
+                 ) -> dict[str, Any]:
+        """Pretrain (``trainer(data, **options)``: ``hebbret.pretrain``, or another trainer with
+        its arguments, e.g. ``hebbret.ssl.train_ssl``) into the run dir unless complete;
         resumes a killed run. Returns the record of how the run was made (``pretrain.json``
         beside it), with ``reused`` set when this call did not train."""
         record_path = self.root / "pretrain.json"
@@ -58,11 +61,11 @@ class BackboneStages:
             return {**record, "reused": True}
         options = {"device": self.device, "quiet": self.quiet, **options}
         with timed(self.seconds, "pretrain", self.digits):
-            pretrain(data, out=str(self.run), resume=(self.run / TRAIN_STATE).exists(), **options)
+            trainer(data, out=str(self.run), resume=(self.run / TRAIN_STATE).exists(), **options)
         training = read_card(self.run).training
         record = {"wall_s": self.seconds["pretrain"], "train_seconds": training["train_seconds"],
                   "images": training["images_seen"],
-                  "skipped_files": len(training["skipped_files"]),
+                  "skipped_files": len(training.get("skipped_files", [])),
                   # above the thread count: something else shared the CPU, times are inflated
                   "load_avg_15m_at_end": (load_average() or [None] * 3)[2]}
         write_json(record_path, record)

@@ -1,4 +1,6 @@
 import json
+import logging
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -195,3 +197,53 @@ def test_survey_finds_the_median_short_side_and_the_detail(tmp_path):
     assert sorted(seen.sizes) == [(64, 64), (200, 300), (400, 120)]
     assert survey("fashion-mnist-mini").native_size == (28, 28)
     assert seen.lost_at(32) == 0.0 and seen.lost_at(160) == 0.0  # flat images lose nothing
+
+
+def test_run_with_the_ssl_baseline_adds_a_byol_row_at_the_hebbian_wall_clock(tmp_path, capsys):
+    pytest.importorskip("lightly")
+    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=8)
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(f"""[run]
+model_kwargs = {{ widths = [8, 16, 32], init_radius = 5.0 }}
+pretrain_steps = 4
+descriptor_dims = 0
+labels_per_class = 2
+protocols = ["knn", "linear"]
+seeds = [0]
+linear_max_iter = 20
+knn_k = 3
+retrieval_k = 3
+queries_shown = 1
+out = "{tmp_path / 'out'}"
+""")
+    argv = ["run", str(folder), "--config", str(cfg), "--baselines", "ssl", "--quiet"]
+    assert cli.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
+    assert list(results["rows"]) == ["hebbian", "random", "ssl"]
+    ssl = results["rows"]["ssl"]
+    hebbian = json.loads((tmp_path / "out" / "hebbian" / "pretrain" / "model.json").read_text())
+    assert ssl["method"] == "byol" and ssl["pretrain_steps"] >= 1
+    assert ssl["budget_s"] == pytest.approx(max(hebbian["training"]["wall_seconds"], 0.01))
+    card = json.loads((tmp_path / "out" / "ssl" / "pretrain" / "model.json").read_text())
+    assert card["architecture"] == hebbian["architecture"] and card["rule"] == "none"
+    assert "init_radius" not in card["training"]["config"]["model_kwargs"]  # Hebbian-only start
+    assert 0 <= ssl["knn_top1"] <= 100 and 0 <= ssl["mAP"] <= 100 and set(ssl["fewshot"]) == {
+        "knn", "linear"}
+    assert "Self-supervised BYOL on the same net" in results["verdict"]
+    table = capsys.readouterr().out
+    assert "| BYOL (backprop, same wall clock) |" in table and results["verdict"] in table
+    ssl_card = (tmp_path / "out" / "ssl" / "pretrain" / "model.json").stat().st_mtime_ns
+    assert cli.main(argv) == 0  # rerun: every stage is complete and reused
+    assert (tmp_path / "out" / "ssl" / "pretrain" / "model.json").stat().st_mtime_ns == ssl_card
+
+
+def test_the_ssl_baseline_without_lightly_stops_before_training(tmp_path, monkeypatch, caplog):
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    monkeypatch.setitem(sys.modules, "lightly", None)  # as if the extra were not installed
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["run", str(folder), "--baselines", "ssl", "--out",
+                         str(tmp_path / "out"), "--quiet"]) == 2
+    assert "pip install 'hebbret[ssl]'" in caplog.text
+    assert not (tmp_path / "out" / "hebbian").exists()
+    with pytest.raises(ValueError, match="unknown baselines"):
+        RunConfig(baselines=["dino"])

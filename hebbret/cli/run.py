@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import MODEL_NAMES, POOLS
+from ..config import BASELINES, MODEL_NAMES, POOLS
 from .common import DESCRIPTOR_DIMS, device, image, quiet
 
 
@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="descriptor layer(s): features or block<i>, several joined "
                    "by '+' (default: the backbone's)")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
+    p.add_argument("--baselines", nargs="+", choices=BASELINES, help="more rows for the report: "
+                   "ssl = the same net trained by self-supervised backprop (BYOL, lightly) for "
+                   "the Hebbian pretraining's wall clock; needs pip install 'hebbret[ssl]'")
     p.set_defaults(func=run)
 
 
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_run_config(config, data=data, data_root=args.data_root, out=args.out,
                           device=args.device, img_size=args.img_size, in_chans=args.in_chans,
                           model=args.model, pool=args.pool, layer=args.layer,
-                          descriptor_dims=args.descriptor_dims, quiet=args.quiet or None)
+                          descriptor_dims=args.descriptor_dims, baselines=args.baselines,
+                          quiet=args.quiet or None)
     print(results_table(run_pipeline(cfg)))
     print(f"report: {cfg.out}/report/")
