@@ -193,12 +193,12 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage for every backbone; write ``OUT/report/``; return the results."""
+    if "ssl" in cfg.baselines:
+        _check_ssl(cfg.data)
     out = Path(cfg.out)
     (out / "report").mkdir(parents=True, exist_ok=True)
     write_json(out / "report" / "config.json", asdict(cfg))
     train, test, split = resolve_data(cfg, out)
-    if "ssl" in cfg.baselines:
-        _check_ssl(train[0])
     inputs = choose_inputs(cfg, survey(train[0]), pick_device(cfg.device).type)
     log.info("inputs: %s", "; ".join(inputs.reasons))
     variants = (*VARIANTS, *cfg.baselines)
@@ -254,13 +254,13 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
     return row
 
 
-def _check_ssl(train: str) -> None:
-    """Before any training: the ssl baseline needs lightly and a folder of images."""
+def _check_ssl(data: str) -> None:
+    """Before anything is written: the ssl baseline needs lightly and a folder of images."""
     from .ssl import require_lightly
 
     require_lightly()
-    if train in NAMED_DATASETS:
-        raise ValueError(f"--baselines ssl trains on an image folder; {train} is a named dataset "
+    if data in NAMED_DATASETS:
+        raise ValueError(f"--baselines ssl trains on an image folder; {data} is a named dataset "
                          f"(give its images as a folder: hebbret run FOLDER --baselines ssl)")
 
 

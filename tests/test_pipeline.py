@@ -244,6 +244,13 @@ def test_the_ssl_baseline_without_lightly_stops_before_training(tmp_path, monkey
         assert cli.main(["run", str(folder), "--baselines", "ssl", "--out",
                          str(tmp_path / "out"), "--quiet"]) == 2
     assert "pip install 'hebbret[ssl]'" in caplog.text
-    assert not (tmp_path / "out" / "hebbian").exists()
+    assert not (tmp_path / "out").exists()  # nothing written, nothing trained
+    monkeypatch.delitem(sys.modules, "lightly")
+    pytest.importorskip("lightly")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):  # a named dataset is no folder to train BYOL on
+        assert cli.main(["run", "--baselines", "ssl", "--out",
+                         str(tmp_path / "out")]) == 2
+    assert "is a named dataset" in caplog.text and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="unknown baselines"):
         RunConfig(baselines=["dino"])
