@@ -156,7 +156,7 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
     was_training = model.training
     extractor = Extractor(model.eval(), EmbeddingSpec(**model.default_cfg["embedding"]))
     parts: list[np.ndarray] = []
-    cap = PCA_IMAGES
+    cap, narrow = PCA_IMAGES, False
     with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
                   ) as bar:
         for batch in make_loader(dataset, PCA_BATCH_SIZE, seed, num_workers=num_workers,
@@ -165,12 +165,14 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
                 parts.append(extractor(batch.images.to(device)).cpu().numpy())
                 cap = min(PCA_IMAGES, PCA_SAMPLE_BYTES // (4 * parts[0].shape[1]))
                 bar.update(len(batch.images))
-            if sum(map(len, parts)) >= cap:
+                # no wider than the PCA it would get from every image: no need to read them
+                narrow = parts[0].shape[1] <= min(dims, min(cap, len(dataset)) - 1)
+            if narrow or sum(map(len, parts)) >= cap:
                 break
     model.train(was_training)
     x = np.concatenate(parts)[:cap] if parts else np.zeros((0, 0), np.float32)
     dims = min(dims, len(x) - 1)
-    if dims < 1 or x.shape[1] <= dims:
+    if narrow or dims < 1 or x.shape[1] <= dims:
         log.info("descriptor left unprojected (%d values, %d images)", x.shape[1], len(x))
         return {"dims": 0, "images": len(x)}
     model.descriptor_pca.fit(x, dims, seed)

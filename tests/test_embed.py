@@ -251,3 +251,22 @@ def test_end_to_end_cli_chain(image_folder, tmp_path, capsys):
     assert readout["top1"] == softhebb_readout(x, y, x, y, epochs=3)["top1"]
     assert cli.main(["search", str(idx), "--embeddings", str(emb / "embeddings.npy"), "--k",
                      "0"]) == 2
+
+
+def test_a_descriptor_no_wider_than_its_pca_is_left_after_one_batch(tmp_path, monkeypatch):
+    from hebbret import embed
+    from hebbret.data import open_dataset
+    from hebbret.models import create_model
+
+    model = create_model("hebb_softhebb_c3", img_size=8, **TINY_C3)
+    cfg = model.default_cfg
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=20, size=8)
+    ds = open_dataset(str(folder), "train", 3, 8, mean=cfg["mean"], std=cfg["std"])
+    spec = EmbeddingSpec(**cfg["embedding"])
+    assert Extractor(model.eval(), spec)(torch.zeros(2, 3, 8, 8)).shape == (2, 32)
+    monkeypatch.setattr(embed, "PCA_BATCH_SIZE", 5)
+    assert embed.fit_descriptor_pca(model, ds, 8, quiet=True) == {"dims": 8, "images": 40}
+    # a 32-value descriptor and 40 images: a PCA to 1024 (at most 39) would keep all 32 values,
+    # so only the first batch is read, to learn the width
+    assert embed.fit_descriptor_pca(model, ds, 1024, quiet=True) == {"dims": 0, "images": 5}
+    assert model.descriptor_pca.dims == 0
