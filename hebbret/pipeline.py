@@ -1,7 +1,8 @@
 """The main job: pretrain -> embed -> index -> evaluate with all labels and with few labels, for a
 Hebbian backbone against the same network with random weights, ending in one report.
 
-Backbones of the report: :data:`BACKBONES` (Hebbian, and the same net with random weights).
+Backbones of the report: :data:`BACKBONES` (Hebbian, and the same net with random weights;
+with ``baselines=["ssl"]`` also the same net trained by BYOL for the Hebbian wall clock).
 With all labels, each backbone's frozen features are scored by kNN, a linear probe and retrieval
 (train = database, test = queries). With few labels, every protocol of :mod:`hebbret.eval.fewshot`
 (knn, linear, propagate on frozen features; full = end-to-end fine-tuning) runs on the same
