@@ -13,10 +13,11 @@ steps and init radius), stopped at the budget when it has not finished before; a
 the one it finished within reuses that run. ``simclr`` / ``byol``: `hebbret ssl` for the budget
 (lightly's CIFAR-10 settings, see SSLConfig) on the same net from its default initialisation,
 or on ``resnet18_small``. Budgets count the wall clock of the training steps, data loading
-included, as both trainers do. Each training is its own child process (wall, CPU seconds and
-peak RSS from wait4); each run is scored like `hebbret run` scores its rows: test images embedded
-through the run's own descriptor against the training images; kNN top-1 (k=20), mAP, linear
-probe, the best frozen few-label protocol (20 labels per class, mean of 3 seeds).
+included, as both trainers do; a run stops after the step that reaches its budget, so its clock
+(in the table) can pass the budget by one step. Each training is its own child process (wall,
+CPU seconds and peak RSS from wait4); each run is scored like `hebbret run` scores its rows:
+test images embedded through the run's own descriptor against the training images; kNN top-1
+(k=20), mAP, linear probe, the best frozen few-label protocol (20 labels per class, mean of 3 seeds).
 
 Rows go to ``--results`` keyed (collection, budget, method, model); a row already there is
 skipped unless ``--force``. The crossover, per collection: the smallest budget at which an SSL
@@ -96,7 +97,8 @@ class Bench:
             args = self.command(method, model, budget, stages.run)
             resume = ["--resume"] if (stages.run / TRAIN_STATE).exists() else []
             cost = run_child([sys.executable, "-m", "hebbret", *args, *resume])
-            write_json(cost_path, {**cost, "train_command": shlex.join(["hebbret", *args])})
+            write_json(cost_path, {**cost, "train_command": shlex.join(["hebbret", *args]),
+                                   "resumed": bool(resume)})  # cost: the last child only
         t = read_card(stages.run).training
         clock = t["wall_seconds"] if t["kind"] == "hebbian" else t["train_seconds"]
         return {**read_json(cost_path), "steps": t["steps"], "images_seen": t["images_seen"],
@@ -118,10 +120,6 @@ class Bench:
                 "fewshot_std": few[best]["std"]}
 
 
-def row_key(budget: float, method: str, model: str) -> str:
-    return f"{budget:g} s | {method} | {model}"
-
-
 def finished_before(res: ResultsFile, stage: str, model: str, budget: float) -> str | None:
     """The key of a Hebbian row at a smaller budget that finished its recipe inside it."""
     for key, r in sorted((res.doc["stages"].get(stage) or {}).items(),
@@ -138,7 +136,7 @@ def run_rows(bench: Bench, res: ResultsFile, rows: list[str], budgets: list[floa
         for spec in rows:
             method, _, model = spec.partition(":")
             model = model or bench.inputs.model
-            key = row_key(budget, method, model)
+            key = f"{budget:g} s | {method} | {model}"
             if res.get(bench.name, key):
                 log.info("%s / %s: already in %s", bench.name, key, res.path)
                 continue
@@ -183,14 +181,16 @@ def table(doc: dict[str, Any]) -> str:
         rows = sorted(found.values(), key=lambda r: (r["budget_s"], r["method"] != "hebbian",
                                                      r["method"], r["model"]))
         body = [[f"{r['budget_s']:g}", r["method"], r["model"], r["steps"], r["images_seen"],
-                 r["clock_s"], r["cpu_s"], r["peak_rss_gib"], r["dim"], r["knn_top1"], r["mAP"],
+                 r["clock_s"], f"{r['cpu_s']:.0f}" + (" (resumed: its last child)" if
+                                                      r.get("resumed") else ""),
+                 r["peak_rss_gib"], r["dim"], r["knn_top1"], r["mAP"],
                  r["linear_top1"], f"{r['fewshot_mean']:.2f} ± {r['fewshot_std']:.2f} "
                  f"({r['fewshot_best']})"] for r in rows]
         out.append(f"**{name}** (`{rows[0]['machine']}`, seed 0)\n\n" + markdown_table(
             ["budget s", "method", "model", "steps", "images seen", "training clock s",
              "child CPU s", "child peak GiB", "dim", "kNN top-1", "mAP", "linear probe",
              "few-label best (3 seeds)"],
-            body, align="rlllrrrrrrrrr"))
+            body, align="rll" + "r" * 10))
         out.append(crossover_line(rows) + "\n")
         out.append("Commands: `" + rows[0]["command"] + "`; the trainings: " + "; ".join(
             f"`{r['train_command']}`" for r in rows if "same_run_as" not in r) + "\n")
