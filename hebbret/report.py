@@ -17,7 +17,7 @@ def _vs_ssl(rows: dict[str, dict[str, Any]], hebbian: dict[str, Any]) -> str:
     sp, ss = max(ssl["fewshot"].items(), key=lambda ps: ps[1]["mean"])
     gap = hebbian["mean"] - ss["mean"]
     how = (f"Hebbian's best is {gap:.2f} points above it" if gap > 0 else
-           f"that is {-gap:.2f} points above Hebbian's best: with few labels this baseline wins")
+           f"that is {-gap:.2f} points above Hebbian's best")
     return (f" Self-supervised {ssl.get('method', 'ssl').upper()} on the same net for the same "
             f"{ssl.get('budget_s', 0):.0f} s of training ({ssl.get('pretrain_steps', '?')} "
             f"steps) gets {sp} {ss['mean']:.2f} ± {ss['std']:.2f} %; {how} "
@@ -43,11 +43,13 @@ def verdict(rows: dict[str, dict[str, Any]]) -> str:
     same = rows["random"]["fewshot"].get(hp)
     vs_same = (f"; the same protocol on random init gets {fmt(same)} ({hs['mean'] - same['mean']:+.2f})"
                if same else "")
+    head = "With few labels, between Hebbian and random init," if "ssl" in rows else \
+        "With few labels"
     if gap > 0:
-        return (f"With few labels the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
+        return (f"{head} the best is Hebbian + {hp} ({fmt(hs)} %), {gap:.2f} points above "
                 f"the best on random init ({rp}, {fmt(rs)} %){vs_same}{vs_scratch}."
                 + _vs_ssl(rows, hs))
-    return (f"With few labels Hebbian pretraining does not pay off here: the best is random init + "
+    return (f"{head} Hebbian pretraining does not pay off here: the best is random init + "
             f"{rp} ({fmt(rs)} %), {-gap:.2f} points above the best Hebbian protocol ({hp}, "
             f"{fmt(hs)} %){vs_scratch}." + _vs_ssl(rows, hs))
 

@@ -254,3 +254,24 @@ def test_the_ssl_baseline_without_lightly_stops_before_training(tmp_path, monkey
     assert "is a named dataset" in caplog.text and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="unknown baselines"):
         RunConfig(baselines=["dino"])
+
+
+def test_the_verdict_compares_the_ssl_row_with_hebbian_either_way():
+    from hebbret.report import verdict
+
+    def few(knn, linear):
+        return {"knn": {"mean": knn, "std": 1.0}, "linear": {"mean": linear, "std": 0.5}}
+
+    rows = {"hebbian": {"fewshot": few(40, 42), "mAP": 18.0},
+            "random": {"fewshot": few(30, 33), "mAP": 10.0}}
+    alone = verdict(rows)
+    assert alone.startswith("With few labels the best is Hebbian + linear") and "BYOL" not in alone
+    rows["ssl"] = {"fewshot": few(35, 44), "mAP": 19.5, "method": "byol", "budget_s": 267.3,
+                   "pretrain_steps": 50}
+    text = verdict(rows)
+    assert text.startswith("With few labels, between Hebbian and random init, the best is Hebbian")
+    assert ("Self-supervised BYOL on the same net for the same 267 s of training (50 steps) gets "
+            "linear 44.00 ± 0.50 %; that is 2.00 points above Hebbian's best (mAP: Hebbian "
+            "18.00, BYOL 19.50).") in text
+    rows["ssl"]["fewshot"] = few(39, 41)
+    assert "gets linear 41.00 ± 0.50 %; Hebbian's best is 1.00 points above it" in verdict(rows)
