@@ -184,7 +184,8 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
     emb = probe.default_cfg["embedding"]
     layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
     cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""
-    reasons.append(f"descriptor: {pool}{cells} of {layer}" + (
+    mirrored = " and of its mirror image, summed" if emb.get("flip", "none") != "none" else ""
+    reasons.append(f"descriptor: {pool}{cells} of {layer}{mirrored}" + (
         " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)") + (
         f", then its PCA to at most {cfg.descriptor_dims} dimensions, fitted on the training "
         f"images" if cfg.descriptor_dims and not (cfg.pool or cfg.layer) else ""))
