@@ -94,8 +94,15 @@ def near_duplicates(index_dir: str | os.PathLike, threshold: float = DEDUP_THRES
     is missed). Returns {"threshold", "rows", "pairs", "groups": [{"rows", "paths",
     "labels"}, ...] largest first, members in row order}.
     """
-    index, items, meta = load_index(index_dir)
-    _check_metric(meta, str(index_dir))
+    return duplicate_groups(load_index(index_dir), threshold, chunk, quiet, str(index_dir))
+
+
+def duplicate_groups(loaded: tuple[faiss.Index, Any, dict[str, Any]],
+                     threshold: float = DEDUP_THRESHOLD, chunk: int = 4096, quiet: bool = False,
+                     name: str = "the index") -> dict[str, Any]:
+    """:func:`near_duplicates` of an index opened by :func:`hebbret.index.load_index`."""
+    index, items, meta = loaded
+    _check_metric(meta, name)
     set_search_params(index, meta.get("search_params", {}))
     src, dst, _ = similar_pairs(index, threshold, chunk, quiet)
     groups = groups_of(index.ntotal, src, dst)

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .config import KNN_TEMPERATURE, LOOPBACK, NAMED_DATASETS, ServeConfig
+from .config import DEDUP_THRESHOLD, KNN_TEMPERATURE, LOOPBACK, NAMED_DATASETS, ServeConfig
 from .data import open_dataset
+from .dedup import duplicate_groups
 from .embed import embed_images, load_embeddings, spec_of
 from .eval.knn import weighted_vote
 from .index import index_info, load_index, search_loaded, version_key
@@ -228,6 +229,25 @@ class Collection:
         self._where = {it.path: i for i, it in enumerate(dataset.items)}
         self._dataset = dataset
 
+    def duplicates(self, threshold: Any = None, limit: int = 100) -> dict[str, Any]:
+        """``hebbret dedup`` of the served index: its first ``limit`` groups (largest first),
+        computed once per threshold and version."""
+        try:
+            threshold = float(DEDUP_THRESHOLD if threshold is None else threshold)
+        except (TypeError, ValueError):
+            raise ClientError(400, f"threshold must be a number, got {threshold!r}") from None
+        if not 0 < threshold < 1:
+            raise ClientError(400, f"threshold must be between 0 and 1, got {threshold}")
+        if self.meta.get("metric") != "ip":
+            raise ClientError(400, "near-duplicates need an index of metric ip (cosine)")
+        with self.lock:
+            found = self._duplicates(round(threshold, 4))
+        return {**found, "groups_total": len(found["groups"]), "groups": found["groups"][:limit]}
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - one Collection per index version
+    def _duplicates(self, threshold: float) -> dict[str, Any]:
+        return duplicate_groups(self.loaded, threshold, quiet=True, name=str(self.index_dir))
+
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Collection per server process
     def thumbnail(self, row: int) -> bytes:
         """PNG bytes of row ``row``'s image, at most ``thumb_px`` a side (small images scaled up
@@ -312,6 +332,10 @@ def create_app(cfg: ServeConfig, collection: Collection | None = None) -> Any:
     def thumb(row: int) -> Response:
         return Response(live.get().thumbnail(row), media_type="image/png",
                         headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/duplicates")
+    async def duplicates(threshold: float | None = None) -> dict[str, Any]:
+        return await _run(live.get().duplicates, threshold)
 
     @app.post("/api/search")
     async def search(request: Request, k: int | None = None) -> dict[str, Any]:

@@ -74,6 +74,21 @@ def test_image_search_equals_search_by_image_and_votes_like_eval_knn(client, col
     assert [h["row"] for h in raw.json()["results"]] == [h["row"] for h in body["results"]]
 
 
+def test_duplicates_are_the_groups_of_hebbret_dedup(client, collection):
+    from hebbret.dedup import near_duplicates
+
+    expected = near_duplicates(collection["index"], 0.5, quiet=True)["groups"]
+    assert expected  # a low threshold joins rows of these few patterns
+    r = client.get("/api/duplicates?threshold=0.5")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["groups"] == expected and body["groups_total"] == len(expected)
+    assert body["threshold"] == 0.5 and body["rows"] == 24
+    for bad in ("1.5", "0", "x"):
+        r = client.get(f"/api/duplicates?threshold={bad}")
+        assert r.status_code in (400, 422) and "threshold" in r.json()["error"]
+
+
 def test_vector_and_row_search_info_random_thumbs_and_health(client, collection):
     emb, items, _ = load_embeddings(collection["emb"])
     r = client.post("/api/search", json={"vector": np.asarray(emb[4]).tolist(), "k": 3})
@@ -267,6 +282,8 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
         server, collection):
     from playwright.sync_api import expect, sync_playwright
 
+    from hebbret.dedup import near_duplicates
+
     query = collection["images"] / "class_2" / "img_5.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -295,6 +312,13 @@ def test_the_page_in_a_real_browser_uploads_shows_results_and_searches_a_result(
             expect(cards.locator(".label").first).to_have_text("class_0")
             assert set(cards.locator(".label").all_inner_texts()) == {"class_0"}
             assert page.locator("#error").inner_text() == ""
+            page.fill("#threshold", "0.5")  # the near-duplicates view
+            page.click("#dups")
+            expect(page.locator("#querytext")).to_contain_text("groups of near-duplicates")
+            groups = near_duplicates(collection["index"], 0.5, quiet=True)["groups"]
+            expect(page.locator(".group")).to_have_count(min(len(groups), 100))
+            expect(page.locator(".group").first.locator(".result")).to_have_count(
+                len(groups[0]["rows"]))
         finally:
             browser.close()
 
