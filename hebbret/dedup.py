@@ -1,6 +1,6 @@
-"""Near-duplicate images in an index: each row's neighbours above a similarity threshold (FAISS
-range search over the vectors the index itself stores), joined into groups (connected
-components), and the same threshold applied to a result list (``--dedup``)."""
+"""Near-duplicate images in an index: pairs of mutual nearest neighbours above a similarity
+threshold (FAISS searches over the vectors the index itself stores), joined into groups
+(connected components), and the same threshold applied to a result list (``--dedup``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .config import DEDUP_THRESHOLD
+from .config import DEDUP_NEIGHBOURS, DEDUP_THRESHOLD
 from .index import load_index, search_loaded, set_search_params
 from .progress import progress
 
@@ -57,22 +57,28 @@ def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
             return label
 
 
-def similar_pairs(index: faiss.Index, threshold: float, chunk: int = 4096, quiet: bool = False
+def similar_pairs(index: faiss.Index, threshold: float, neighbours: int = DEDUP_NEIGHBOURS,
+                  chunk: int = 4096, quiet: bool = False
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of rows whose similarity in ``index`` exceeds ``threshold``, once each:
-    (src int64 (P,), dst int64 (P,), similarity float32 (P,)) with src < dst, from one FAISS
-    range search per ``chunk`` rows over the vectors the index stores."""
+    """Every pair of rows each among the other's ``neighbours`` nearest rows, with a similarity
+    in ``index`` above ``threshold``, once each: (src int64 (P,), dst int64 (P,), similarity
+    float32 (P,)) with src < dst, from one FAISS search per ``chunk`` rows over the vectors the
+    index stores. Mutual neighbours keep a crowd of similar-looking images from chaining into
+    one group; a few copies of one image are each other's nearest anyway."""
     inner, n = _searched(index), index.ntotal
     src, dst, sim = [], [], []
     for start in progress(range(0, n, chunk), desc="dedup", unit="chunk", quiet=quiet):
         rows = np.arange(start, min(n, start + chunk), dtype=np.int64)
-        lims, found_sim, found = inner.range_search(stored_vectors(index, rows), float(threshold))
-        query = np.repeat(rows, np.diff(lims).astype(np.int64))
-        pair = query < found  # each pair once, no self-matches
-        src.append(query[pair])
-        dst.append(found[pair])
-        sim.append(found_sim[pair])
-    return np.concatenate(src), np.concatenate(dst), np.concatenate(sim)
+        found_sim, found = inner.search(stored_vectors(index, rows), min(neighbours + 1, n))
+        query = np.repeat(rows, found.shape[1])
+        keep = (found.ravel() >= 0) & (found.ravel() != query) & (found_sim.ravel() > threshold)
+        src.append(query[keep])
+        dst.append(found.ravel()[keep])
+        sim.append(found_sim.ravel()[keep])
+    src, dst, sim = np.concatenate(src), np.concatenate(dst), np.concatenate(sim)
+    directed = src * n + dst
+    mutual = np.isin(dst * n + src, directed) & (src < dst)
+    return src[mutual], dst[mutual], sim[mutual]
 
 
 def groups_of(n: int, src: np.ndarray, dst: np.ndarray) -> list[list[int]]:
@@ -87,8 +93,9 @@ def groups_of(n: int, src: np.ndarray, dst: np.ndarray) -> list[list[int]]:
 
 def near_duplicates(index_dir: str | os.PathLike, threshold: float = DEDUP_THRESHOLD,
                     chunk: int = 4096, quiet: bool = False) -> dict[str, Any]:
-    """Groups of near-duplicate rows: rows whose similarity in the index (cosine on an ``ip``
-    index of normalised vectors) exceeds ``threshold``, joined transitively.
+    """Groups of near-duplicate rows: mutual nearest neighbours (:func:`similar_pairs`) whose
+    similarity in the index (cosine on an ``ip`` index of normalised vectors) exceeds
+    ``threshold``, joined transitively.
 
     An IVF searches with the nprobe it records (approximate: a pair in lists it does not probe
     is missed). Returns {"threshold", "rows", "pairs", "groups": [{"rows", "paths",
@@ -104,7 +111,7 @@ def duplicate_groups(loaded: tuple[faiss.Index, Any, dict[str, Any]],
     index, items, meta = loaded
     _check_metric(meta, name)
     set_search_params(index, meta.get("search_params", {}))
-    src, dst, _ = similar_pairs(index, threshold, chunk, quiet)
+    src, dst, _ = similar_pairs(index, threshold, chunk=chunk, quiet=quiet)
     groups = groups_of(index.ntotal, src, dst)
     log.info("%d near-duplicate groups (%d rows, %d pairs above %.3f) among %d rows",
              len(groups), sum(map(len, groups)), len(src), threshold, index.ntotal)

@@ -12,11 +12,15 @@ from hebbret.index import build_index, load_index, search_loaded
 from .test_index import write_embeddings
 
 
-def brute_groups(x: np.ndarray, threshold: float) -> list[list[int]]:
-    """Connected components (≥ 2 rows) of cosine > threshold, by depth-first search."""
+def brute_groups(x: np.ndarray, threshold: float, neighbours: int = 2) -> list[list[int]]:
+    """Connected components (≥ 2 rows) of cosine > threshold between mutual ``neighbours``
+    nearest rows, by depth-first search."""
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    adj = (xn @ xn.T) > threshold
-    np.fill_diagonal(adj, False)
+    sims = xn @ xn.T
+    np.fill_diagonal(sims, -np.inf)
+    near = np.zeros_like(sims, dtype=bool)
+    np.put_along_axis(near, np.argsort(-sims, axis=1)[:, :neighbours], True, axis=1)
+    adj = (sims > threshold) & near & near.T
     seen, groups = set(), []
     for start in range(len(x)):
         if start in seen or not adj[start].any():
@@ -44,6 +48,21 @@ def with_copies(tmp_path):
     chain = np.stack([x[50] + step, x[50] + 2 * step])
     x = np.concatenate([x, copies, chain])
     return write_embeddings(tmp_path / "emb", x), x
+
+
+def test_a_crowd_does_not_chain_into_one_group(tmp_path):
+    """A hub with six near rows around it: only mutual nearest neighbours join, so the hub
+    takes the two closest, not the crowd."""
+    rng = np.random.default_rng(1)
+    hub = rng.normal(size=32).astype(np.float32)
+    spokes = [hub + s * rng.normal(size=32).astype(np.float32) for s in
+              (0.05, 0.06, 0.3, 0.3, 0.3, 0.3)]
+    x = np.concatenate([hub[None], np.stack(spokes), rng.normal(size=(50, 32)).astype(np.float32)])
+    idx = build_index(write_embeddings(tmp_path / "emb", x), tmp_path / "idx")
+    groups = [g["rows"] for g in near_duplicates(idx, 0.5, quiet=True)["groups"]]
+    assert groups == brute_groups(x, 0.5) and groups[0] == [0, 1, 2]
+    assert brute_groups(x, 0.5, neighbours=8)[0] == [0, 1, 2, 3, 4, 5, 6]  # what a range would
+    assert not any(r in g for g in groups for r in (3, 4, 5, 6))
 
 
 def test_components_join_transitively():
