@@ -38,12 +38,14 @@ PCA_VARIANTS = ("@pca256", "@pca1024", "@pca1024w0.5", "@pca1024w1")  # of the f
 
 
 def parse(text: str) -> tuple[EmbeddingSpec, int, float]:
-    """``layer:pool[:grid[:gem_p]][@pca<d>[w<a>]]`` -> (spec, PCA dims (0: none), whitening a)."""
+    """``layer:pool[:grid[:gem_p]][!flip][@pca<d>[w<a>]]`` -> (spec, PCA dims (0: none),
+    whitening a); ``!h`` / ``!hv``: the views summed as the descriptor's ``flip`` does."""
     text, _, pca = text.partition("@pca")
+    text, _, flip = text.partition("!")
     parts = text.split(":")
     dims, _, alpha = pca.partition("w")
     return (EmbeddingSpec(parts[0], parts[1], float(parts[3]) if len(parts) > 3 else 3.0,
-                          int(parts[2]) if len(parts) > 2 else 1),
+                          int(parts[2]) if len(parts) > 2 else 1, flip=flip or "none"),
             int(dims or 0), float(alpha or 0))
 
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     body = [[key, spec, r["dim"], r["knn_top1"], r["mAP"]]
             for key, row in res.doc["stages"]["descriptors"].items()
             for spec, r in row["scores"].items()]
-    sys.stdout.write(markdown_table(["run", "descriptor (layer:pool[:grid[:p]][@pca<d>[w<a>]])",
+    sys.stdout.write(markdown_table(["run", "descriptor (layer:pool[:grid[:p]][!flip][@pca<d>[w<a>]])",
                                      "dim",
                                      "kNN top-1 (held-out train rows)", "mAP"], body))
 
