@@ -135,8 +135,9 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
                 metric: str = "ip", normalize: bool | None = None, nprobe: int | None = None,
                 ef_search: int | None = None, chunk: int = 65536, recall_queries: int = 500,
                 seed: int = 0, pca_sample_bytes: int = 2 << 30, on_disk: bool = False,
-                shard_rows: int = 262_144) -> Path:
-    """Build a FAISS index (any ``index_factory`` string) over an embeddings dir.
+                shard_rows: int = 262_144, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Build a FAISS index (any ``index_factory`` string) over an embeddings dir
+    (``extra_meta``: more keys for its ``meta.json``, e.g. how the factory was chosen).
 
     Default: exact ``Flat`` with inner product on L2-normalised vectors (cosine). Approximate
     indexes record their recall@10 against exact search for ``recall_queries`` rows held out of
@@ -186,6 +187,7 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
         "embeddings": str(Path(emb_dir).resolve()), "hebbret_version": __version__,
         **{k: emb_meta.get(k) for k in ("model_run", "model_sha256", "layer", "pool", "gem_p",
                                         "grid", "dims", "flip", "data_root")},
+        **(extra_meta or {}),
     })
     _forget_generations(out)
     log.info("built %s over %d × %d vectors in %s (recall@10 vs Flat %.3f)", factory, n, d, out,

@@ -18,7 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="build a FAISS index from an embeddings dir")
     b.add_argument("embeddings", help="embeddings dir")
     b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
-    b.add_argument("--factory", default="Flat", help="any FAISS index_factory string")
+    b.add_argument("--factory", help="any FAISS index_factory string (default Flat, or the "
+                   "one chosen by --max-memory / --target-recall / --max-query-ms)")
+    b.add_argument("--max-memory", help="choose the factory: the smallest index whose memory "
+                   "for the whole collection fits SIZE (e.g. 2G), measured on a sample")
+    b.add_argument("--target-recall", type=float, help="... reaching this recall@10 against "
+                   "exact search (default 0.9 when choosing)")
+    b.add_argument("--max-query-ms", type=float, help="... answering a query within this")
     b.add_argument("--metric", choices=METRIC_NAMES, default=METRIC_NAMES[0],
                    help="ip: inner product on L2-normalised vectors (cosine)")
     b.add_argument("--on-disk", action="store_true", help="IVF factories: add the vectors "
@@ -100,9 +106,19 @@ def _dedup_parser(sub: argparse._SubParsersAction) -> None:
 def build(args: argparse.Namespace) -> None:
     from ..index import build_index
 
-    print(build_index(args.embeddings, args.out, factory=args.factory, metric=args.metric,
-                      nprobe=args.nprobe, ef_search=args.ef_search, on_disk=args.on_disk,
-                      shard_rows=args.shard_rows))
+    common = dict(metric=args.metric, on_disk=args.on_disk, shard_rows=args.shard_rows)
+    if args.max_memory or args.target_recall is not None or args.max_query_ms is not None:
+        from ..budget import build_for_budget, parse_size
+
+        if args.factory or args.nprobe:
+            raise ValueError("--factory/--nprobe and a budget (--max-memory, --target-recall, "
+                             "--max-query-ms) exclude each other: the budget chooses them")
+        print(build_for_budget(args.embeddings, args.out, args.max_memory and parse_size(
+            args.max_memory), 0.9 if args.target_recall is None else args.target_recall,
+            args.max_query_ms, **common))
+        return
+    print(build_index(args.embeddings, args.out, factory=args.factory or "Flat",
+                      nprobe=args.nprobe, ef_search=args.ef_search, **common))
 
 
 def update(args: argparse.Namespace) -> None:
