@@ -136,18 +136,16 @@ def build_index(emb_dir: str | os.PathLike, out: str | os.PathLike, factory: str
                 ef_search: int | None = None, chunk: int = 65536, recall_queries: int = 500,
                 seed: int = 0, pca_sample_bytes: int = 2 << 30, on_disk: bool = False,
                 shard_rows: int = 262_144, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Build a FAISS index (any ``index_factory`` string) over an embeddings dir
-    (``extra_meta``: more keys for its ``meta.json``, e.g. how the factory was chosen).
+    """Build a FAISS index (any ``index_factory`` string) over an embeddings dir (``extra_meta``:
+    more keys for its ``meta.json``).
 
-    Default: exact ``Flat`` with inner product on L2-normalised vectors (cosine). Approximate
-    indexes record their recall@10 against exact search for ``recall_queries`` rows held out of
-    the training sample. A leading ``PCA<d>`` (e.g. ``PCA256,L2norm,Flat``) is fitted with
-    :func:`fit_pca` on a sample of at most ``pca_sample_bytes`` of float32 vectors.
-
-    ``on_disk`` (an IVF factory, e.g. ``IVF4096,SQ8``): the quantiser is trained on a sample,
-    the vectors are added ``shard_rows`` at a time into block indexes, and the blocks are merged
-    with ``faiss.contrib.ondisk.merge_ondisk`` into ``index.ivfdata``, which search memory-maps:
-    neither the build nor a search holds all vectors in memory.
+    Default: exact ``Flat``, inner product on L2-normalised vectors (cosine). Approximate
+    indexes record recall@10 against exact search for ``recall_queries`` rows held out of the
+    training sample. A leading ``PCA<d>`` is fitted with :func:`fit_pca` on at most
+    ``pca_sample_bytes`` of float32 vectors. ``on_disk`` (an IVF factory, e.g. ``IVF4096,SQ8``):
+    the quantiser is trained on a sample, the vectors are added ``shard_rows`` at a time into
+    block indexes, merged by ``faiss.contrib.ondisk.merge_ondisk`` into ``index.ivfdata``, which
+    search memory-maps: neither the build nor a search holds all vectors in memory.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")

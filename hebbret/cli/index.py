@@ -14,25 +14,7 @@ from .common import device, search_params
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build or describe a FAISS index")
     isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", parents=[search_params()],
-                        help="build a FAISS index from an embeddings dir")
-    b.add_argument("embeddings", help="embeddings dir")
-    b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
-    b.add_argument("--factory", help="any FAISS index_factory string (default Flat, or the "
-                   "one chosen by --max-memory / --target-recall / --max-query-ms)")
-    b.add_argument("--max-memory", help="choose the factory: the smallest index whose memory "
-                   "for the whole collection fits SIZE (e.g. 2G), measured on a sample")
-    b.add_argument("--target-recall", type=float, help="... reaching this recall@10 against "
-                   "exact search (default 0.9 when choosing)")
-    b.add_argument("--max-query-ms", type=float, help="... answering a query within this")
-    b.add_argument("--metric", choices=METRIC_NAMES, default=METRIC_NAMES[0],
-                   help="ip: inner product on L2-normalised vectors (cosine)")
-    b.add_argument("--on-disk", action="store_true", help="IVF factories: add the vectors "
-                   "shard by shard and keep the inverted lists in index.ivfdata, memory-mapped "
-                   "by search (collections larger than RAM)")
-    b.add_argument("--shard-rows", type=int, default=262_144,
-                   help="--on-disk: vectors added per block (default %(default)s)")
-    b.set_defaults(func=build)
+    _add_build(isub)
     _add_update(isub)
 
     p = sub.add_parser("search", parents=[search_params(), device("auto")],
@@ -92,6 +74,28 @@ def _add_update(isub: argparse._SubParsersAction) -> None:
     b = isub.add_parser("info", help="print an index's meta")
     b.add_argument("index", help="index dir")
     b.set_defaults(func=info)
+
+
+def _add_build(isub: argparse._SubParsersAction) -> None:
+    b = isub.add_parser("build", parents=[search_params()],
+                        help="build a FAISS index from an embeddings dir")
+    b.add_argument("embeddings", help="embeddings dir")
+    b.add_argument("--out", required=True, help="index dir to write, e.g. indexes/NAME")
+    b.add_argument("--factory", help="any FAISS index_factory string (default Flat, or the "
+                   "one chosen by --max-memory / --target-recall / --max-query-ms)")
+    b.add_argument("--max-memory", help="choose the factory: the smallest index whose memory "
+                   "for the whole collection fits SIZE (e.g. 2G), measured on a sample")
+    b.add_argument("--target-recall", type=float, help="... reaching this recall@10 against "
+                   "exact search (default 0.9 when choosing)")
+    b.add_argument("--max-query-ms", type=float, help="... answering a query within this")
+    b.add_argument("--metric", choices=METRIC_NAMES, default=METRIC_NAMES[0],
+                   help="ip: inner product on L2-normalised vectors (cosine)")
+    b.add_argument("--on-disk", action="store_true", help="IVF factories: add the vectors "
+                   "shard by shard and keep the inverted lists in index.ivfdata, memory-mapped "
+                   "by search (collections larger than RAM)")
+    b.add_argument("--shard-rows", type=int, default=262_144,
+                   help="--on-disk: vectors added per block (default %(default)s)")
+    b.set_defaults(func=build)
 
 
 def _dedup_parser(sub: argparse._SubParsersAction) -> None:
