@@ -129,9 +129,18 @@ class Collection:
                                           and all(isinstance(r, int) for r in rows))):
             raise ClientError(400, "filter: path_prefix must be a string, rows a list of ints")
         try:
+            if rows is None:  # a folder or a label: the same rows every time it is asked
+                return self._rows_where(prefix, None if label is None else str(label))
             return select_rows(self.items, prefix, None if label is None else str(label), rows)
         except ValueError as e:
             raise ClientError(400, f"filter: {e}") from None
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Collection per index version
+    def _rows_where(self, prefix: str | None, label: str | None) -> np.ndarray | None:
+        rows = select_rows(self.items, prefix, label)
+        if rows is not None:
+            rows.flags.writeable = False  # shared by every request that asks for it
+        return rows
 
     def search_vector(self, vector: Any, k: Any = None, query: str = "vector",
                       where: Any = None) -> dict[str, Any]:
