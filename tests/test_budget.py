@@ -1,7 +1,5 @@
 """An index chosen for a memory / recall / latency budget, checked on the whole collection."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -53,7 +51,7 @@ def test_cli_builds_the_choice_and_records_its_measurements(collection, tmp_path
     index, _, meta = load_index(out)
     assert meta["factory"] == meta["budget"]["factory"]
     assert meta["search_params"]["nprobe"] == meta["budget"]["nprobe"]
-    assert json.loads(json.dumps(meta["budget"]["measured"]))  # every measurement kept
+    assert meta["budget"]["chosen"] in meta["budget"]["measured"]  # every measurement kept
     rows = np.random.default_rng(1).permutation(4000)[:200]
     assert brute_recall(index, x, rows) >= 0.85  # the sample's promise holds on the whole
     assert main(["index", "build", str(emb), "--out", str(tmp_path / "x"), "--factory", "Flat",

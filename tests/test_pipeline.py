@@ -87,21 +87,21 @@ def gray_folder(root, classes=3, per_class=10, size=12):
     return root
 
 
+def small_config(tmp_path, model_kwarg: str = "", *lines: str):
+    """A `hebbret run` config for tiny folders: a narrow net, 4 steps, one seed, OUT in tmp."""
+    cfg = tmp_path / "small.toml"
+    kwargs = ", ".join(["widths = [8, 16, 32]"] + [model_kwarg] * bool(model_kwarg))
+    cfg.write_text("\n".join(["[run]", f"model_kwargs = {{ {kwargs} }}", "pretrain_steps = 4",
+                               *lines, "labels_per_class = 2", 'protocols = ["knn", "linear"]',
+                               "seeds = [0]", "linear_max_iter = 20", "knn_k = 3",
+                               "retrieval_k = 3", "queries_shown = 1",
+                               f'out = "{tmp_path / "out"}"']) + "\n")
+    return cfg
+
+
 def test_run_on_one_labeled_folder_splits_it_and_takes_its_format(tmp_path, capsys):
     folder = gray_folder(tmp_path / "my photos")  # a space in the path
-    cfg = tmp_path / "small.toml"
-    cfg.write_text(f"""[run]
-model_kwargs = {{ widths = [8, 16, 32] }}
-pretrain_steps = 4
-labels_per_class = 2
-protocols = ["knn", "linear"]
-seeds = [0]
-linear_max_iter = 20
-knn_k = 3
-retrieval_k = 3
-queries_shown = 1
-out = "{tmp_path / 'out'}"
-""")
+    cfg = small_config(tmp_path)
     assert cli.main(["run", str(folder), "--config", str(cfg), "--quiet"]) == 0
     results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
     split = results["data"]["split"]
@@ -202,20 +202,7 @@ def test_survey_finds_the_median_short_side_and_the_detail(tmp_path):
 def test_run_with_the_ssl_baseline_adds_a_byol_row_at_the_hebbian_wall_clock(tmp_path, capsys):
     pytest.importorskip("lightly")
     folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=8)
-    cfg = tmp_path / "small.toml"
-    cfg.write_text(f"""[run]
-model_kwargs = {{ widths = [8, 16, 32], init_radius = 5.0 }}
-pretrain_steps = 4
-descriptor_dims = 0
-labels_per_class = 2
-protocols = ["knn", "linear"]
-seeds = [0]
-linear_max_iter = 20
-knn_k = 3
-retrieval_k = 3
-queries_shown = 1
-out = "{tmp_path / 'out'}"
-""")
+    cfg = small_config(tmp_path, "init_radius = 5.0", "descriptor_dims = 0")
     argv = ["run", str(folder), "--config", str(cfg), "--baselines", "ssl", "--quiet"]
     assert cli.main(argv) == 0
     results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
