@@ -19,17 +19,34 @@ def test_convergence_bench_scores_held_out_training_rows_and_the_signal(tmp_path
     held = held_out(np.repeat([0, 1, 2], 10))
     assert held.sum() == 6 and all(held[c * 10:(c + 1) * 10].sum() == 2 for c in range(3))
     results = tmp_path / "conv.json"
-    tool.main([str(folder), "--steps", "50", "--results", str(results), "--table",
+    tool.main([str(folder), "--steps", "50", "--milestones", "20", "50", "--model-kwargs",
+               '{"widths": [8, 16, 32]}', "--results", str(results), "--table",
                str(tmp_path / "conv.md")])
     row = json.loads(results.read_text())["stages"]["convergence"]["imgs, radius 5"]
-    assert [m["step"] for m in row["milestones"]] == [25, 50]
+    assert [m["step"] for m in row["milestones"]] == [20, 50]
     for m in row["milestones"]:
         assert (m["knn"] * 6 / 100) == pytest.approx(round(m["knn"] * 6 / 100))  # 6 rows held out
         assert len(m["convergence"]["layers"]) == 3
     first = row["milestones"][0]["convergence"]["layers"][0]
     assert first["speed_ratio"] == 1.0 and not first["converged"]  # one measurement: its peak
     table = (tmp_path / "conv.md").read_text()
-    assert "| imgs, radius 5 | 25 |" in table and "| imgs, radius 5 | 50 |" in table
+    assert "| imgs, radius 5 | 20 |" in table and "| imgs, radius 5 | 50 |" in table
+
+
+def test_the_threshold_sweep_never_calls_a_still_improving_run_converged():
+    tool = load_tool("bench_convergence")
+
+    def run(*points):  # (kNN, slowest layer's speed ratio) per milestone
+        return {"milestones": [{"step": 100 * (i + 1), "knn": knn, "convergence": {"layers": [
+            {"speed_ratio": 0.1}, {"speed_ratio": ratio}]}} for i, (knn, ratio) in enumerate(points)]}
+
+    # a: still gains 2 points after its 0.7 milestone; b: plateaus from its 0.9 milestone on
+    doc = {"stages": {"convergence": {"a": run((50, 1.0), (51, 0.7), (53, 0.3)),
+                                      "b": run((60, 1.0), (70, 0.9), (70.5, 0.4), (70, 0.2))}}}
+    # a's 0.7 must stay "no" (≤ 0.65); b's 0.9 and 0.4 plateaus: 0.4 caught from 0.4 up, 0.9 never
+    table, choice = tool.threshold_sweep(doc)
+    assert choice == pytest.approx((0.40 + 0.65) / 2)
+    assert "| 0.70 | 1 | 1 | 3 |" in table and "| 0.35 | 0 | 2 | 3 |" in table
 
 
 def test_resolution_bench_upscales_a_folder_and_renders_its_rows(tmp_path):
