@@ -64,3 +64,26 @@ def test_sizes_parse():
     assert parse_size("1.5GiB") == int(1.5 * (1 << 30)) and parse_size("300000") == 300000
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def test_codes_are_judged_where_the_collection_is_dense():
+    """Near-copies: 40 per base vector in the collection, about 7 in a 2,000-row sample. SQ8
+    looks fine on the sample; built over the whole collection it is not, and the choice knows."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 16)).astype(np.float32)
+    x = base[rng.integers(0, 300, 12000)] + 0.05 * rng.standard_normal((12000, 16),
+                                                                        dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with pytest.raises(ValueError, match="no index reaches recall@10 0.6"):
+        choose_index(x, max_memory=300_000, target_recall=0.6, sample=2000, queries=50)
+    measured = choose_index(x, target_recall=0.6, sample=2000, queries=50)["measured"]
+    sq8 = max((m for m in measured if m["factory"].endswith("SQ8")), key=lambda m: m["nprobe"])
+    assert sq8["sample_recall_at_10"] > 0.9 and sq8["code_recall_at_10"] < 0.6
+    assert sq8["recall_at_10"] == pytest.approx(sq8["sample_recall_at_10"] * sq8["code_recall_at_10"])
+    whole = faiss.index_factory(16, sq8["factory"], faiss.METRIC_INNER_PRODUCT)
+    whole.train(x)
+    whole.add(x)
+    faiss.extract_index_ivf(whole).nprobe = sq8["nprobe"]
+    assert brute_recall(whole, x, np.arange(0, 12000, 240)) < 0.6  # refusing it was right

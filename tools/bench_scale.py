@@ -29,28 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from _common.results import ResultsFile, publish
 from _common.scale_tables import render
-from hebbret._io import write_json, write_jsonl
-from hebbret.artifacts import EMBEDDINGS, ITEMS, META
+from _common.vectors import exact_neighbours, make_vectors, memory
+from hebbret.artifacts import EMBEDDINGS
 from hebbret.runs import read_card
 from hebbret.runtime import load_average
 
 log = logging.getLogger("bench_scale")
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "scale-results"  # docs/results.md markers <!-- scale-results:begin/end -->
-
-
-def memory() -> dict[str, float]:
-    """This process's peak and current resident memory in MiB (/proc/self/status)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            out[key] = round(int(value.split()[0]) / 1024, 1)
-    return out
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -92,43 +81,6 @@ def bench_pretrain(args: argparse.Namespace, res: ResultsFile) -> None:
 
 
 # ----------------------------------------------------------------------------------- index
-def base_vectors(source: str) -> np.ndarray:
-    """float32 (N, d): a .npy file, or an index dir's embeddings as that index sees them
-    (e.g. the PCA of a ``PCA256,L2norm,Flat`` index over Hebbian features)."""
-    if source.endswith(".npy"):
-        return np.load(source).astype(np.float32)
-    from hebbret.embed import load_embeddings
-    from hebbret.index import load_index, transform_like_index
-
-    meta = load_index(source)[2]
-    return transform_like_index(source, load_embeddings(meta["embeddings"])[0])
-
-
-def make_vectors(path: Path, n: int, dim: int, source: str | None, sigma: float, seed: int,
-                 chunk: int = 65536) -> str:
-    """An embeddings dir of ``n`` unit vectors; returns what they are."""
-    rng = np.random.default_rng(seed)
-    if source:
-        base = base_vectors(source)
-        dim = base.shape[1]
-        what = f"noisy copies (σ = {sigma} per dim, L2-normalised) of the {len(base)} rows of {source}"
-    else:
-        base = rng.normal(size=(max(1, n // 200), dim)).astype(np.float32)
-        what = f"clustered synthetic: {len(base)} Gaussian centres, σ = {sigma} per dim, L2-normalised"
-    path.mkdir(parents=True, exist_ok=True)
-    arr = open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, dim))
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        x = base[rng.integers(0, len(base), m)] + sigma * rng.standard_normal((m, dim),
-                                                                            dtype=np.float32)
-        arr[i: i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    arr.flush()
-    del arr
-    write_jsonl(path / ITEMS, ({"path": f"v{i}", "label": -1} for i in range(n)))
-    write_json(path / META, {"count": n, "dim": dim, "vectors": what})
-    return what
-
-
 def child_build(emb: str, out: str, factory: str, nprobe: int) -> dict[str, Any]:
     from hebbret.index import build_index, index_info
 
@@ -173,9 +125,6 @@ def run_child(kind: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def bench_index(args: argparse.Namespace, res: ResultsFile) -> None:
-    import faiss
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
     work = Path(args.work)
     emb = work / f"vectors-{args.n}"
     what = make_vectors(emb, args.n, args.dim, args.vectors, args.sigma, seed=0)
@@ -186,8 +135,7 @@ def bench_index(args: argparse.Namespace, res: ResultsFile) -> None:
     make_vectors(qdir, args.queries, args.dim, args.vectors, args.sigma, seed=1)
     q = np.ascontiguousarray(np.load(qdir / EMBEDDINGS))
     np.save(work / "q.npy", q)
-    blocks = (np.ascontiguousarray(x[i: i + 65536]) for i in range(0, len(x), 65536))
-    _, truth = knn_ground_truth(q, blocks, 10, faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    truth = exact_neighbours(emb, q)
     np.save(work / "truth.npy", truth)
     index_dir = work / "index"
     build = run_child("build", emb=str(emb), out=str(index_dir), factory=args.factory,
