@@ -25,6 +25,7 @@ BACKPROP_MODEL_NAMES = ("resnet18_small",)  # standard backbones, trained only b
 RULE_NAMES = ("hpca", "none", "softhebb", "swta")  # hebbret.hebb.rules.RULES
 TRAINING_MODES = ("consecutive", "greedy")  # all Hebbian layers learn together / one at a time
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None: no autocast)
+COMPILE_CHOICES = ("auto", "on", "off")  # torch.compile of the Hebbian step (hebbret/compiling.py)
 POOLS = ("flatten", "avg", "max", "gem")  # descriptor pooling
 FLIPS = ("none", "h", "hv")  # descriptor views: the image; + its mirror; + upside down and both
 EMBED_BATCH_SIZE = 256
@@ -64,6 +65,7 @@ class PretrainConfig:
     num_workers: int = 0  # data-loading processes
     channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
     precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)
+    compile: str = "auto"  # torch.compile the step: on | off | auto (runs of ≥ 2000 steps, CPU/CUDA)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers instead of unmapping them
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
     budget_s: float | None = None  # also stop after this much wall clock of training (loading
@@ -80,6 +82,8 @@ class PretrainConfig:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         if isinstance(self.lr, (int, float)):
             self.lr = [float(self.lr)]
         bad = [v for v in self.lr or [] if not (isinstance(v, (int, float)) and math.isfinite(v)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
+from .compiling import Compiled, compile_wanted
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
 from .distributed import (
@@ -65,8 +66,8 @@ class NonFiniteUpdate(FloatingPointError):
 def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
                  x: torch.Tensor | list[torch.Tensor], active: list[int],
                  autocast: torch.dtype | None = None, measure: bool = False,
-                 ok: torch.Tensor | None = None, reduce: ShardSum | None = None
-                 ) -> list[dict[str, Any]]:
+                 ok: torch.Tensor | None = None, reduce: ShardSum | None = None,
+                 compiled: CompiledStep | None = None) -> list[dict[str, Any]]:
     """One Hebbian step on batch ``x`` (B, C, H, W) for the layers numbered in ``active``.
 
     ``reduce`` (data parallel, :mod:`hebbret.distributed`): ``x`` is this process's shard of
@@ -75,6 +76,9 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
 
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
     rule terms, ΔW and the weights stay float32.
+
+    ``compiled`` (:class:`CompiledStep`, one per model; not with ``reduce``): the same step
+    compiled, equal to eager within float32 rounding.
 
     Blocks below the lowest active layer run in eval mode, so a greedy phase normalises with
     the BatchNorm statistics its finished blocks learned (SoftHebb's successive training).
@@ -97,22 +101,20 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
         block.eval()
     try:
         with torch.no_grad():
-            shards = x if isinstance(x, list) else [x]
-            with torch.autocast(shards[0].device.type, dtype=autocast or torch.bfloat16,
-                                enabled=autocast is not None):
-                if reduce is None:
-                    model.forward_blocks(shards[0], upto=max(active))
-                else:
-                    sharded_forward(model, shards, reduce, upto=max(active))
-            deltas = {i: layers[i].delta for i in active}
-            maxes = _update_sizes(deltas, layers, ok)
-            for i in active:
-                direction = layers[i].update_direction(deltas[i]).neg_()
-                if ok is not None:  # where, not a product: NaN · 0 is NaN
-                    direction = torch.where(ok, direction, torch.zeros_like(direction))
+            if reduce is None:
+                step = compiled.core if compiled is not None else _step_core
+                deltas, maxes, now_ok, dirs = step(
+                    model, x[0] if isinstance(x, list) else x, tuple(active), autocast, ok)
+            else:
+                deltas, maxes, now_ok, dirs = _sharded_core(model, x, tuple(active), autocast,
+                                                            ok, reduce)
+            maxes = _checked_sizes(active, layers, maxes, ok, now_ok, compiled)
+            for i, direction in zip(active, dirs, strict=True):
                 layers[i].weight.grad = direction
             optimizer.step()
-            return [_layer_stats(i, layers[i], maxes[i], deltas[i], measure, ok) for i in active]
+            weights = [layers[i].weight for i in active]
+            norms, w_ok = (compiled.after if compiled is not None else _weight_stats)(weights)
+            return _step_stats(active, layers, maxes, norms, w_ok, deltas, measure, ok, compiled)
     finally:
         for layer in layers:
             layer.plastic, layer.delta, layer.weight.grad = False, None, None
@@ -120,37 +122,111 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
             block.train()
 
 
-def _update_sizes(deltas: dict[int, Tensor], layers: list[HebbConv2d | HebbLinear], ok: Tensor | None
-                  ) -> dict[int, Any]:
-    """max|ΔW| per layer (NaN/inf anywhere propagate into it): floats, raising
-    NonFiniteUpdate on a non-finite one; with ``ok``: 0-d tensors, ``ok`` and-ed in place."""
-    maxes = {i: d.abs().amax() for i, d in deltas.items()}
+def _sharded_core(model: HebbNet, x: Tensor | list[Tensor], active: tuple[int, ...],
+                  autocast: torch.dtype | None, ok: Tensor | None, reduce: ShardSum
+                  ) -> tuple[list[Tensor], list[Tensor], Tensor | None, list[Tensor]]:
+    """:func:`_step_core` of a data-parallel step: ``x`` is this process's shard(s)."""
+    shards = x if isinstance(x, list) else [x]
+    with torch.autocast(shards[0].device.type, dtype=autocast or torch.bfloat16,
+                        enabled=autocast is not None):
+        sharded_forward(model, shards, reduce, upto=max(active))
+    layers = model.hebb_layers()
+    return _directions(layers, active, [layers[i].delta for i in active], ok)
+
+
+def _step_core(model: HebbNet, x: Tensor, active: tuple[int, ...], autocast: torch.dtype | None,
+               ok: Tensor | None
+               ) -> tuple[list[Tensor], list[Tensor], Tensor | None, list[Tensor]]:
+    """The forward pass of ``x`` (B, C, H, W) up to the last active layer, then
+    :func:`_directions`: what :class:`CompiledStep` compiles."""
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
+                        enabled=autocast is not None):
+        model.forward_blocks(x, upto=max(active))
+    layers = model.hebb_layers()
+    return _directions(layers, active, [layers[i].delta for i in active], ok)
+
+
+def _directions(layers: list[HebbConv2d | HebbLinear], active: tuple[int, ...],
+                deltas: list[Tensor], ok: Tensor | None
+                ) -> tuple[list[Tensor], list[Tensor], Tensor | None, list[Tensor]]:
+    """Per active layer: ΔW, max|ΔW| (0-d; NaN/inf propagate into it) and the step's gradient
+    −(rule direction); ``ok`` and-ed with "every max is finite" (None without ``ok``).
+    With ``ok``, the gradients are zero unless the new ``ok`` holds (where, not a product:
+    NaN · 0 is NaN)."""
+    maxes = [d.abs().amax() for d in deltas]
+    now_ok = None if ok is None else ok & torch.stack([torch.isfinite(m) for m in maxes]).all()
+    dirs = []
+    for i, delta in zip(active, deltas, strict=True):
+        direction = layers[i].update_direction(delta).neg_()
+        if now_ok is not None:
+            direction = torch.where(now_ok, direction, torch.zeros_like(direction))
+        dirs.append(direction)
+    return deltas, maxes, now_ok, dirs
+
+
+def _checked_sizes(active: list[int], layers: list[HebbConv2d | HebbLinear], maxes: list[Tensor],
+                   ok: Tensor | None, now_ok: Tensor | None, compiled: CompiledStep | None) -> list[Any]:
+    """max|ΔW| per active layer: floats, raising NonFiniteUpdate on a non-finite one; with
+    ``ok``: 0-d tensors, ``ok`` set to ``now_ok`` in place."""
     if ok is not None:
-        ok &= torch.stack([torch.isfinite(m) for m in maxes.values()]).all()
-        return maxes
-    maxes = {i: float(m) for i, m in maxes.items()}
-    for i, m in maxes.items():
+        ok.copy_(now_ok)
+        return [compiled.keep(m) for m in maxes] if compiled is not None else maxes
+    values = torch.stack(maxes).tolist()
+    for i, m in zip(active, values, strict=True):
         if not math.isfinite(m):
             raise NonFiniteUpdate(f"Hebbian layer {i} ({layers[i].rule.name}) "
                                   f"produced a non-finite update")
-    return maxes
+    return values
 
 
-def _layer_stats(i: int, layer: HebbConv2d | HebbLinear, max_delta: Any, delta: Tensor, measure: bool,
-                 ok: Tensor | None) -> dict[str, Any]:
-    """What :func:`hebbian_step` returns for layer ``i`` after the update (floats without
-    ``ok``, raising on non-finite weights; with it, 0-d tensors and ``ok`` and-ed in place)."""
-    w = layer.weight
-    if ok is None and not torch.isfinite(w).all():
-        raise NonFiniteUpdate(f"Hebbian layer {i} has non-finite weights")
-    if ok is not None:
-        ok &= torch.isfinite(w).all()
-    s = {"layer": i, "max_delta": max_delta, "norm_mean": neuron_norms(w).mean()}
-    if measure and layer.rule.distance is not None:
-        s["distance"] = layer.rule.distance(w, delta)
+def _weight_stats(weights: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """After the update: each weight's mean neuron norm (0-d) and whether it is all finite (L,)."""
+    return ([neuron_norms(w).mean() for w in weights],
+            torch.stack([torch.isfinite(w).all() for w in weights]))
+
+
+def _step_stats(active: list[int], layers: list[HebbConv2d | HebbLinear], maxes: list[Any],
+                norms: list[Tensor], w_ok: Tensor, deltas: list[Tensor], measure: bool,
+                ok: Tensor | None, compiled: CompiledStep | None) -> list[dict[str, Any]]:
+    """What :func:`hebbian_step` returns (floats without ``ok``, raising on non-finite weights;
+    with it, 0-d tensors and ``ok`` and-ed in place)."""
     if ok is None:
-        s = {k: v if isinstance(v, (int, float)) else float(v) for k, v in s.items()}
-    return s
+        for i, good in zip(active, w_ok.tolist(), strict=True):
+            if not good:
+                raise NonFiniteUpdate(f"Hebbian layer {i} has non-finite weights")
+    else:
+        ok &= w_ok.all()
+    out = []
+    for i, m, norm, delta in zip(active, maxes, norms, deltas, strict=True):
+        layer = layers[i]
+        s = {"layer": i, "max_delta": m,
+             "norm_mean": compiled.keep(norm) if compiled is not None else norm}
+        if measure and layer.rule.distance is not None:
+            s["distance"] = layer.rule.distance(layer.weight, delta)
+        if ok is None:
+            s = {k: v if isinstance(v, (int, float)) else float(v) for k, v in s.items()}
+        out.append(s)
+    return out
+
+
+class CompiledStep:
+    """The compiled pieces of :func:`hebbian_step` for one model: the forward pass with the
+    update directions (:func:`_step_core`) and the statistics after the update
+    (:func:`_weight_stats`); each falls back to eager with one warning (:class:`Compiled`)."""
+
+    def __init__(self, device: torch.device, backend: str = "inductor") -> None:
+        self.core = Compiled(_step_core, device, backend)
+        self.after = Compiled(_weight_stats, device, backend, starts_step=False)
+
+    def keep(self, t: Tensor) -> Tensor:
+        return self.core.keep(t)
+
+    def describe(self) -> dict[str, Any]:
+        """For logs and the model card: compiled or not, the mode, the seconds compiling took."""
+        core, after = self.core.describe(), self.after.describe()
+        return {**core, "compiled": core["compiled"] and after["compiled"],
+                "compile_seconds": round(core["compile_seconds"] + after["compile_seconds"], 1),
+                "failed": core["failed"] or after["failed"]}
 
 
 def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
@@ -335,7 +411,8 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
                "wall_seconds": round(pos.get("wall_s", 0.0), 2),
                "steps_per_phase": resolved["steps"], "dataset": dataset.describe(),
-               "convergence": conv, "descriptor_pca": pca}
+               "convergence": conv, "descriptor_pca": pca,
+               "compiled_step": pos.get("compile", NOT_COMPILED)}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
     for la in conv["layers"]:
@@ -381,6 +458,7 @@ def _save_state(out: Path, model: HebbNet, optimizer: torch.optim.Optimizer,
         torch.save(state, tmp)
 
 
+NOT_COMPILED = {"compiled": False, "compile_seconds": 0.0}  # the card of an eager run
 MEASURE_EVERY = 20  # steps between convergence measurements (and at the end of every phase)
 LOG_EVERY = 20  # steps between host synchronisations: log rows written, non-finite check
 
@@ -449,8 +527,8 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     done = (pos["phase"] * steps + pos["epoch"] * steps_per_epoch + pos["step"]) * batch_size
     bar = progress(total=total, initial=min(done, total), unit="img", unit_scale=True,
                    quiet=cfg["quiet"] or not w.is_main, desc="hebbian")
-    reduce = ShardSum() if w.size > 1 else None
-    fmt = memory_format(cfg["channels_last"])
+    reduce, fmt = ShardSum() if w.size > 1 else None, memory_format(cfg["channels_last"])
+    compiled = _compiled_step(cfg.get("compile", "off"), device, len(phases) * steps, w)
 
     def checkpoint() -> None:
         _sync(steplog, pos)
@@ -472,7 +550,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     phase_step = pos["epoch"] * steps_per_epoch + pos["step"] + 1
                     measure = phase_step % MEASURE_EVERY == 0 or phase_step == steps
                     stats = _step_on(batch.images, model, optimizer, active, autocast,
-                                     measure, steplog.ok, reduce, marks, fmt)
+                                     measure, steplog.ok, reduce, marks, fmt, compiled)
                     pos["seconds"] += time.perf_counter() - t0
                     pos["step"] += 1
                     pos["global_step"] += 1
@@ -491,8 +569,17 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
                     pos["epoch"] += 1
                     pos["step"] = 0
                 checkpoint()
-            pos["phase"] += 1
-            pos["epoch"] = 0
+            pos["phase"], pos["epoch"] = pos["phase"] + 1, 0
+    pos["compile"] = compiled.describe() if compiled is not None else dict(NOT_COMPILED)
+
+
+def _compiled_step(choice: str, device: torch.device, steps: int, w: World) -> CompiledStep | None:
+    """The compiled step of this process for a run of ``steps`` steps when ``choice`` (on | off |
+    auto) wants one; None: eager. Torchrun jobs stay eager (their reduction is not compiled)."""
+    if w.size > 1 or not compile_wanted(choice, device, steps):
+        return None
+    log.info("compiling the Hebbian step (%s); --compile off runs it eager", device.type)
+    return CompiledStep(device)
 
 
 def _within_budget(loader: Iterable[Any], cfg: dict[str, Any], pos: dict[str, Any], w: World
@@ -523,14 +610,17 @@ def _sync(steplog: _StepLog, pos: dict[str, Any]) -> None:
 
 def _step_on(images: Tensor, model: HebbNet, optimizer: torch.optim.Optimizer, active: list[int],
              autocast: torch.dtype | None, measure: bool, ok: Tensor, reduce: ShardSum | None,
-             marks: list[Tensor], fmt: torch.memory_format) -> list[dict[str, Any]]:
+             marks: list[Tensor], fmt: torch.memory_format, compiled: CompiledStep | None = None
+             ) -> list[dict[str, Any]]:
     """:func:`hebbian_step` on a loader batch (B, C, H, W) (none when this rank's piece is
-    empty, unless ranks must all join); with ``measure``, each layer's drift since its mark."""
+    empty, unless ranks must all join), compiled or not; with ``measure``, each layer's drift
+    since its mark."""
     if not len(images) and reduce is None:
         return []
     x = images.to(ok.device).reshape(-1, *model.default_cfg["input_size"]
                                      ).contiguous(memory_format=fmt)
-    stats = hebbian_step(model, optimizer, x, active, autocast, measure, ok=ok, reduce=reduce)
+    stats = hebbian_step(model, optimizer, x, active, autocast, measure, ok=ok, reduce=reduce,
+                         compiled=compiled)
     if measure:
         for st in stats:
             st["drift"] = weight_drift(model.hebb_layers()[st["layer"]].weight, marks[st["layer"]])

@@ -6,6 +6,7 @@ import argparse
 
 from ..config import (
     BACKPROP_MODEL_NAMES,
+    COMPILE_CHOICES,
     FINETUNE_MODES,
     MODEL_NAMES,
     NAMED_DATASETS,
@@ -47,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "training (loading included) and save a complete run, as `hebbret ssl` does")
     p.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, help="torch.compile the Hebbian step "
+                   "(default auto: on for runs of ≥ 2000 steps on CPU or CUDA; eager if it fails)")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
     p.set_defaults(func=pretrain)
 
@@ -107,7 +110,8 @@ def pretrain(args: argparse.Namespace) -> None:
                       seed=args.seed, out=args.out, split=args.split, data_root=args.data_root,
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
-                      model_kwargs=args.model_kwargs, descriptor_dims=args.descriptor_dims,
+                      compile=args.compile, model_kwargs=args.model_kwargs,
+                      descriptor_dims=args.descriptor_dims,
                       budget_s=args.budget_s, resume=args.resume or None, quiet=args.quiet or None)
     print(pretrain(cfg))
 
