@@ -14,7 +14,7 @@ import logging
 import pytest
 import torch
 
-from hebbret import compiling
+from hebbret import cli, compiling
 from hebbret.compiling import AUTO_MIN_STEPS, compile_wanted
 from hebbret.config import PretrainConfig
 from hebbret.models import create_model
@@ -23,7 +23,12 @@ from hebbret.pretraining import CompiledStep, hebbian_step, pretrain
 from .conftest import TINY_C3
 
 TINY_6L = {"widths": [4, 4, 4, 4, 8]}
-RTOL = 1e-6  # ΔW: max |compiled − eager| ≤ RTOL · max |eager|
+# ΔW: max |compiled − eager| ≤ RTOL · max |eager|, or within ROUNDING × the eager float32 step's
+# own error against the same step in float64 where that is larger: ΔW = YᵀX − MW cancels, so
+# float32 rounding alone moves it by ~1e-6 of its largest entry on some steps (measured: eager vs
+# float64 up to 1.0e-6, inductor vs eager up to 2.0e-6 on hebb_softhebb_c3 softhebb)
+RTOL = 1e-6
+ROUNDING = 3.0
 
 
 def tiny_model(name: str, rule: str) -> torch.nn.Module:
@@ -34,24 +39,35 @@ def tiny_model(name: str, rule: str) -> torch.nn.Module:
     return model.train().to(memory_format=torch.channels_last)
 
 
-def sgd(model: torch.nn.Module) -> torch.optim.SGD:
-    return torch.optim.SGD([{"params": [la.weight], "lr": 0.01} for la in model.hebb_layers()])
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps every gradient it applies: −(rule direction), the step's ΔW."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def step(self, closure=None):
+        self.seen += [p.grad.clone() for g in self.param_groups for p in g["params"]
+                      if p.grad is not None]
+        return super().step(closure)
+
+
+def sgd(model: torch.nn.Module) -> RecordingSGD:
+    return RecordingSGD([{"params": [la.weight], "lr": 0.01} for la in model.hebb_layers()])
 
 
 def updates(model: torch.nn.Module, batches: list[torch.Tensor], phases: list[list[int]],
             guard: bool, compiled: CompiledStep | None) -> tuple[list[torch.Tensor], list]:
-    """ΔW of every active layer at every step (weights after − before) and the stats."""
+    """The update of every active layer at every step (the gradient SGD applied) and the stats."""
     opt, ok = sgd(model), torch.ones((), dtype=torch.bool) if guard else None
-    deltas, stats = [], []
+    stats = []
     for active in phases:
         for x in batches:
-            before = [la.weight.detach().clone() for la in model.hebb_layers()]
             stats.append(hebbian_step(model, opt, x, active, measure=True, ok=ok,
                                       compiled=compiled))
-            deltas += [model.hebb_layers()[i].weight.detach() - before[i] for i in active]
     if guard:
         assert bool(ok)
-    return deltas, stats
+    return opt.seen, stats
 
 
 def assert_same_steps(name: str, rule: str, mode: str, backend: str, guard: bool) -> CompiledStep:
@@ -64,12 +80,15 @@ def assert_same_steps(name: str, rule: str, mode: str, backend: str, guard: bool
     n = len(eager.hebb_layers())
     phases = [list(range(n))] if mode == "consecutive" else [[i] for i in range(n)]
     compiled = CompiledStep(torch.device("cpu"), backend=backend)
+    exact, _ = updates(copy.deepcopy(eager).double(), [b.double() for b in batches], phases,
+                       guard, None)
     want, want_stats = updates(eager, batches, phases, guard, None)
     got, got_stats = updates(model, batches, phases, guard, compiled)
     assert compiled.describe()["compiled"], compiled.describe()  # not a silent eager fallback
     assert sum(bool(b.abs().max() > 0) for b in want) > len(want) // 2  # the layers learn
-    for a, b in zip(got, want, strict=True):
-        assert float((a - b).abs().max()) <= RTOL * float(b.abs().max())
+    for a, b, c in zip(got, want, exact, strict=True):
+        rounding = float((b.double() - c).abs().max())
+        assert float((a - b).abs().max()) <= max(RTOL * float(b.abs().max()), ROUNDING * rounding)
     for a, b in zip(got_stats, want_stats, strict=True):
         assert [s["layer"] for s in a] == [s["layer"] for s in b]
         for sa, sb in zip(a, b, strict=True):
@@ -190,6 +209,10 @@ def test_auto_compiles_long_runs_on_cpu_and_cuda_only():
     assert compile_wanted("on", mps, 1) and not compile_wanted("off", cpu, 10**6)
     with pytest.raises(ValueError, match="compile must be one of"):
         PretrainConfig(data="x", compile="yes")
+    args = cli.build_parser().parse_args(["pretrain", "imgs", "--compile", "off"])
+    assert args.compile == "off"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["pretrain", "imgs", "--compile", "yes"])
 
 
 @pytest.mark.slow
