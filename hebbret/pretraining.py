@@ -528,7 +528,7 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     bar = progress(total=total, initial=min(done, total), unit="img", unit_scale=True,
                    quiet=cfg["quiet"] or not w.is_main, desc="hebbian")
     reduce, fmt = ShardSum() if w.size > 1 else None, memory_format(cfg["channels_last"])
-    compiled = _compiled_step(cfg.get("compile", "off"), device, len(phases) * steps, w)
+    compiled = _compiled_step(cfg, device, len(phases) * steps, w)
 
     def checkpoint() -> None:
         _sync(steplog, pos)
@@ -573,10 +573,13 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
     pos["compile"] = compiled.describe() if compiled is not None else dict(NOT_COMPILED)
 
 
-def _compiled_step(choice: str, device: torch.device, steps: int, w: World) -> CompiledStep | None:
-    """The compiled step of this process for a run of ``steps`` steps when ``choice`` (on | off |
-    auto) wants one; None: eager. Torchrun jobs stay eager (their reduction is not compiled)."""
-    if w.size > 1 or not compile_wanted(choice, device, steps):
+def _compiled_step(cfg: dict[str, Any], device: torch.device, steps: int, w: World
+                   ) -> CompiledStep | None:
+    """The compiled step of this process for a run of ``steps`` steps when ``cfg["compile"]``
+    (on | off | auto) wants one; None: eager. Torchrun jobs stay eager (their reduction is not
+    compiled)."""
+    choice = cfg.get("compile", "off")
+    if w.size > 1 or not compile_wanted(choice, device, steps, cfg["batch_size"]):
         return None
     log.info("compiling the Hebbian step (%s); --compile off runs it eager", device.type)
     return CompiledStep(device)
