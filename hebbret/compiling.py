@@ -21,23 +21,20 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 # "auto" compiles where the compiled step was measured faster (tools/bench_softhebb.py,
-# docs/results.md "Side by side with SoftHebb's demo step"): on the CPU at batch 10 it took about
-# half the eager step's time, at batch 256 longer than eager; compiling cost 40-90 s on the
-# 2-core CPU, so a run needs this many steps to win it back. CUDA is unmeasured: "on" only.
+# docs/results.md "Side by side with SoftHebb's demo step"): on the 2-core CPU, best of 2 rounds,
+# 0.50× the eager step's time at batch 10 and 0.83× at batch 256; compiling cost 50-60 s with a
+# cold inductor cache, so a run needs this many steps to win it back. CUDA is unmeasured: "on".
 AUTO_MIN_STEPS = 2000
-AUTO_MAX_BATCH = 10
 # graphs one function may have (dynamo's default is 8): a greedy run compiles one per phase, and
 # up to 6 phases (hebb_fasthebb_6l) with and without the ok guard exceed 8
 RECOMPILE_LIMIT = 32
 
 
-def compile_wanted(choice: str, device: torch.device, steps: int, batch_size: int) -> bool:
-    """Whether a run of ``steps`` Hebbian steps of ``batch_size`` on ``device`` compiles its
-    step: ``choice`` is "on", "off" or "auto" (the CPU, at least AUTO_MIN_STEPS steps of at most
-    AUTO_MAX_BATCH images)."""
+def compile_wanted(choice: str, device: torch.device, steps: int) -> bool:
+    """Whether a run of ``steps`` Hebbian steps on ``device`` compiles its step: ``choice`` is
+    "on", "off" or "auto" (on the CPU, for at least AUTO_MIN_STEPS steps)."""
     if choice == "auto":
-        return (device.type == "cpu" and steps >= AUTO_MIN_STEPS
-                and batch_size <= AUTO_MAX_BATCH)
+        return device.type == "cpu" and steps >= AUTO_MIN_STEPS
     return choice == "on"
 
 

@@ -65,7 +65,7 @@ class PretrainConfig:
     num_workers: int = 0  # data-loading processes
     channels_last: bool = True  # NHWC activations: faster oneDNN/cuDNN convs and pooling
     precision: str = "fp32"  # fp32 | bf16: forward and Yᵀ X under bfloat16 autocast (weights fp32)
-    compile: str = "auto"  # torch.compile the step: on | off | auto (CPU, ≥ 2000 steps, batch ≤ 10)
+    compile: str = "auto"  # torch.compile the step: on | off | auto (CPU, runs of ≥ 2000 steps)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed buffers instead of unmapping them
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each epoch end)
     budget_s: float | None = None  # also stop after this much wall clock of training (loading

@@ -579,7 +579,7 @@ def _compiled_step(cfg: dict[str, Any], device: torch.device, steps: int, w: Wor
     (on | off | auto) wants one; None: eager. Torchrun jobs stay eager (their reduction is not
     compiled)."""
     choice = cfg.get("compile", "off")
-    if w.size > 1 or not compile_wanted(choice, device, steps, cfg["batch_size"]):
+    if w.size > 1 or not compile_wanted(choice, device, steps):
         return None
     log.info("compiling the Hebbian step (%s); --compile off runs it eager", device.type)
     return CompiledStep(device)

@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: forward and Yᵀ X under bfloat16 autocast, weights stay fp32")
     p.add_argument("--compile", choices=COMPILE_CHOICES, help="torch.compile the Hebbian step "
-                   "(default auto: on the CPU for ≥ 2000 steps of batch ≤ 10; eager if it fails)")
+                   "(default auto: on the CPU for runs of ≥ 2000 steps; eager if it fails)")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
     p.set_defaults(func=pretrain)
 
