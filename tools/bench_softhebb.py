@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace, npy: Path) -> list[dict[str, Any]]:
         for (side, precision, compiled), results in rounds.items():
             best = min(results, key=lambda res: res["step_s"])
             out.append({"batch": batch, "side": side, "precision": precision,
-                        "compiled": compiled, "step_s": best["step_s"],
+                        "compiled": compiled, "step_s": best["step_s"], "steps": best["steps"],
                         "rounds_s": [res["step_s"] for res in results],
                         "gemm_gflops": best["gemm_gflops"], "essential_gflop": gflop,
                         "gemm_fraction": gflop / best["step_s"] / best["gemm_gflops"],
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     command = shlex.join(["python", "tools/bench_softhebb.py",
                           *(sys.argv[1:] if argv is None else argv)])
     machine = machine_info()
-    images = args.images or max(max(4, 300 // b) * b for b in args.batches)
+    images = args.images or max((args.steps or max(4, 300 // b)) * b for b in args.batches)
     with tempfile.TemporaryDirectory(prefix="bench_softhebb-") as tmp:
         npy = real_batches(args.data, images, Path(tmp) / "batches.npy")
         rows = measure(args, npy)
