@@ -216,14 +216,20 @@ class CompiledStep:
 
     def __init__(self, device: torch.device, backend: str = "inductor") -> None:
         self.core = Compiled(_step_core, device, backend)
-        self.after = Compiled(_weight_stats, device, backend, starts_step=False)
+        self.stats = Compiled(_weight_stats, device, backend, starts_step=False)
+
+    def after(self, weights: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """:func:`_weight_stats`, eager without a second warning when the core fell back."""
+        if self.core.failed is not None and self.stats.failed is None:
+            self.stats.failed = self.core.failed
+        return self.stats(weights)
 
     def keep(self, t: Tensor) -> Tensor:
         return self.core.keep(t)
 
     def describe(self) -> dict[str, Any]:
         """For logs and the model card: compiled or not, the mode, the seconds compiling took."""
-        core, after = self.core.describe(), self.after.describe()
+        core, after = self.core.describe(), self.stats.describe()
         return {**core, "compiled": core["compiled"] and after["compiled"],
                 "compile_seconds": round(core["compile_seconds"] + after["compile_seconds"], 1),
                 "failed": core["failed"] or after["failed"]}
