@@ -25,10 +25,11 @@ from .conftest import TINY_C3
 TINY_6L = {"widths": [4, 4, 4, 4, 8]}
 # ΔW: max |compiled − eager| ≤ RTOL · max |eager|, or within ROUNDING × the eager float32 step's
 # own error against the same step in float64 where that is larger: ΔW = YᵀX − MW cancels, so
-# float32 rounding alone moves it by ~1e-6 of its largest entry on some steps (measured: eager vs
-# float64 up to 1.0e-6, inductor vs eager up to 2.0e-6 on hebb_softhebb_c3 softhebb)
+# float32 rounding alone moves it by ~1e-6 of its largest entry on some steps. Measured with
+# inductor: eager vs float64 up to 1.0e-6 of max |ΔW| on hebb_softhebb_c3 (softhebb), inductor vs
+# eager up to 2.0e-6 there and 3.5e-6 on hebb_fasthebb_6l (hpca: 4.0× eager's own error, swta 3.3×)
 RTOL = 1e-6
-ROUNDING = 3.0
+ROUNDING = 5.0
 
 
 def tiny_model(name: str, rule: str) -> torch.nn.Module:
