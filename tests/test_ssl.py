@@ -57,7 +57,8 @@ def test_a_killed_run_resumes_and_trains_to_its_budget(tmp_path, monkeypatch, me
     assert bool(teacher) == (method == "byol")  # BYOL's momentum networks are checkpointed
     run = ssl.train_ssl(str(data), budget_s=first + 1.0, resume=True, **opts)
     t = load_run(run)[1].training
-    assert t["steps"] >= 2 and t["train_seconds"] >= first + 1.0 and t["method"] == method
+    # the card keeps seconds to 2 decimals: a run that stopped at 1.0726 s reads 1.07
+    assert t["steps"] >= 2 and t["train_seconds"] >= first + 1.0 - 0.005 and t["method"] == method
     after = torch.load(out / "state.pt", weights_only=True)["nets"]
     moved = [not torch.equal(after[k], v) for k, v in teacher.items() if v.is_floating_point()]
     assert any(moved) == (method == "byol")  # the teacher resumed and kept moving
