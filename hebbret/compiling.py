@@ -21,9 +21,10 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 # "auto" compiles where the compiled step was measured faster (tools/bench_softhebb.py,
-# docs/results.md "Side by side with SoftHebb's demo step"): on the 2-core CPU, best of 2 rounds,
-# 0.50× the eager step's time at batch 10 and 0.83× at batch 256; compiling cost 50-60 s with a
-# cold inductor cache, so a run needs this many steps to win it back. CUDA is unmeasured: "on".
+# docs/results.md "Side by side with SoftHebb's demo step"): on the idle 2-core CPU, best of 3
+# rounds, 0.72× the eager step's time at batch 10 (96 ms saved a step) and 0.82× at batch 256;
+# compiling cost 50-60 s with a cold inductor cache, won back after ~600 steps of batch 10: this
+# many leaves a margin for slower compilers. CUDA is unmeasured: "on".
 AUTO_MIN_STEPS = 2000
 # graphs one function may have (dynamo's default is 8): a greedy run compiles one per phase, and
 # up to 6 phases (hebb_fasthebb_6l) with and without the ok guard exceed 8

@@ -77,8 +77,9 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
     ``autocast``: run the forward pass and the Yᵀ X products in this dtype (torch.bfloat16);
     rule terms, ΔW and the weights stay float32.
 
-    ``compiled`` (:class:`CompiledStep`, one per model; not with ``reduce``): the same step
-    compiled, equal to eager within float32 rounding.
+    ``compiled`` (:class:`CompiledStep`, one per model): the same step compiled, equal to eager
+    within float32 rounding; with ``reduce`` the sharded forward pass and its reductions stay
+    eager and the update directions and statistics are compiled.
 
     Blocks below the lowest active layer run in eval mode, so a greedy phase normalises with
     the BatchNorm statistics its finished blocks learned (SoftHebb's successive training).
@@ -107,7 +108,7 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
                     model, x[0] if isinstance(x, list) else x, tuple(active), autocast, ok)
             else:
                 deltas, maxes, now_ok, dirs = _sharded_core(model, x, tuple(active), autocast,
-                                                            ok, reduce)
+                                                            ok, reduce, compiled)
             maxes = _checked_sizes(active, layers, maxes, ok, now_ok, compiled)
             for i, direction in zip(active, dirs, strict=True):
                 layers[i].weight.grad = direction
@@ -123,15 +124,18 @@ def hebbian_step(model: HebbNet, optimizer: torch.optim.Optimizer,
 
 
 def _sharded_core(model: HebbNet, x: Tensor | list[Tensor], active: tuple[int, ...],
-                  autocast: torch.dtype | None, ok: Tensor | None, reduce: ShardSum
+                  autocast: torch.dtype | None, ok: Tensor | None, reduce: ShardSum,
+                  compiled: CompiledStep | None = None
                   ) -> tuple[list[Tensor], list[Tensor], Tensor | None, list[Tensor]]:
-    """:func:`_step_core` of a data-parallel step: ``x`` is this process's shard(s)."""
+    """:func:`_step_core` of a data-parallel step: ``x`` is this process's shard(s); the
+    forward pass and its reductions run eager, :func:`_directions` compiled when ``compiled``."""
     shards = x if isinstance(x, list) else [x]
     with torch.autocast(shards[0].device.type, dtype=autocast or torch.bfloat16,
                         enabled=autocast is not None):
         sharded_forward(model, shards, reduce, upto=max(active))
     layers = model.hebb_layers()
-    return _directions(layers, active, [layers[i].delta for i in active], ok)
+    step = compiled.directions if compiled is not None else _directions
+    return step(layers, active, [layers[i].delta for i in active], ok)
 
 
 def _step_core(model: HebbNet, x: Tensor, active: tuple[int, ...], autocast: torch.dtype | None,
@@ -211,28 +215,35 @@ def _step_stats(active: list[int], layers: list[HebbConv2d | HebbLinear], maxes:
 
 class CompiledStep:
     """The compiled pieces of :func:`hebbian_step` for one model: the forward pass with the
-    update directions (:func:`_step_core`) and the statistics after the update
-    (:func:`_weight_stats`); each falls back to eager with one warning (:class:`Compiled`)."""
+    update directions (:func:`_step_core`; under torchrun, where the forward pass reduces
+    across processes, only the directions, :func:`_directions`) and the statistics after the
+    update (:func:`_weight_stats`); each falls back to eager with one warning
+    (:class:`Compiled`); after a fallback the statistics run eager without a second warning."""
 
     def __init__(self, device: torch.device, backend: str = "inductor") -> None:
         self.core = Compiled(_step_core, device, backend)
+        self.directions = Compiled(_directions, device, backend)
         self.stats = Compiled(_weight_stats, device, backend, starts_step=False)
+        self.pieces = (self.core, self.directions, self.stats)
 
     def after(self, weights: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """:func:`_weight_stats`, eager without a second warning when the core fell back."""
-        if self.core.failed is not None and self.stats.failed is None:
-            self.stats.failed = self.core.failed
+        """:func:`_weight_stats`, eager without a second warning when a piece fell back."""
+        failed = next((p.failed for p in self.pieces if p.failed is not None), None)
+        if failed is not None and self.stats.failed is None:
+            self.stats.failed = failed
         return self.stats(weights)
 
     def keep(self, t: Tensor) -> Tensor:
         return self.core.keep(t)
 
     def describe(self) -> dict[str, Any]:
-        """For logs and the model card: compiled or not, the mode, the seconds compiling took."""
-        core, after = self.core.describe(), self.stats.describe()
-        return {**core, "compiled": core["compiled"] and after["compiled"],
-                "compile_seconds": round(core["compile_seconds"] + after["compile_seconds"], 1),
-                "failed": core["failed"] or after["failed"]}
+        """For logs and the model card: compiled or not (every piece the run used), the mode,
+        the seconds compiling took."""
+        used = [p.describe() for p in self.pieces if p.keys or p.failed is not None]
+        return {**self.core.describe(),
+                "compiled": bool(used) and all(d["compiled"] for d in used),
+                "compile_seconds": round(sum(d["compile_seconds"] for d in used), 1),
+                "failed": next((d["failed"] for d in used if d["failed"]), None)}
 
 
 def _resolve(cfg: PretrainConfig) -> tuple[dict[str, Any], ImageDataset]:
@@ -582,10 +593,9 @@ def _train(model: HebbNet, optimizer: torch.optim.Optimizer, dataset: ImageDatas
 def _compiled_step(cfg: dict[str, Any], device: torch.device, steps: int, w: World
                    ) -> CompiledStep | None:
     """The compiled step of this process for a run of ``steps`` steps when ``cfg["compile"]``
-    (on | off | auto) wants one; None: eager. Torchrun jobs stay eager (their reduction is not
-    compiled)."""
+    (on | off | auto) wants one; None: eager. Under torchrun the reductions stay eager."""
     choice = cfg.get("compile", "off")
-    if w.size > 1 or not compile_wanted(choice, device, steps):
+    if not compile_wanted(choice, device, steps):
         return None
     log.info("compiling the Hebbian step (%s); --compile off runs it eager", device.type)
     return CompiledStep(device)

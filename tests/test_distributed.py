@@ -148,6 +148,29 @@ def test_two_processes_equal_the_sharded_reference_bit_for_bit_and_one_process_c
             combo[0], **kwargs_of(*combo)["model_kwargs"], img_size=24).hebb_layers()))
 
 
+COMPILED = [("hebb_softhebb_c3", "softhebb", "consecutive"), ("hebb_fasthebb_6l", "hpca", "greedy")]
+
+
+@pytest.mark.parametrize("combo", COMPILED, ids=["-".join(c) for c in COMPILED])
+def test_a_compiled_torchrun_job_equals_the_eager_one(combo, folder, two_process_runs, tmp_path):
+    """Under torchrun's reduction the compiled directions and statistics (inductor) give the
+    eager job's weights within float32 rounding."""
+    done = torchrun({"jobs": [{"data": str(folder), "out": str(tmp_path / "run"),
+                               "kwargs": {**kwargs_of(*combo), "compile": "on"}}]}, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((tmp_path / "run" / "model.json").read_text())["training"]
+    assert card["compiled_step"]["compiled"], card["compiled_step"]  # not a silent fallback
+    got = load_file(tmp_path / "run" / "model.safetensors")
+    eager = load_file(two_process_runs / "-".join(combo) / "model.safetensors")
+    assert got.keys() == eager.keys()
+    for k in got:
+        if got[k].is_floating_point():
+            scale = eager[k].abs().max().clamp_min(1e-12)
+            assert float((got[k] - eager[k]).abs().max() / scale) <= 1e-5, k
+        else:
+            assert torch.equal(got[k], eager[k]), k
+
+
 def test_a_killed_torchrun_job_resumes_to_the_same_weights(folder, tmp_path):
     kw = dict(kwargs_of("hebb_softhebb_c3", "softhebb", "consecutive"), steps=4,
               checkpoint_every=2)
