@@ -82,11 +82,13 @@ def test_descriptor_bench_scores_each_descriptor_on_held_out_training_rows(tmp_p
     results = tmp_path / "d.json"
     tool.main([str(run), str(folder), "--name", "tiny", "--results", str(results),
                "--descriptors", "features:flatten", "features:avg:2", "block1+features:gem:1:3",
-               "features:flatten@pca8", "features:flatten@pca64w1"])
+               "features:flatten@pca8", "features:flatten@pca64w1", "features:avg:2^0.5@pca8"])
     scores = json.loads(results.read_text())["stages"]["descriptors"]["tiny"]["scores"]
     assert {k: v["dim"] for k, v in scores.items()} == {
         "features:flatten": 32 * 2 * 2, "features:avg:2": 32 * 4, "block1+features:gem:1:3": 48,
-        "features:flatten@pca8": 8, "features:flatten@pca64w1": 23}  # 24 rows fit the PCA
+        "features:flatten@pca8": 8, "features:flatten@pca64w1": 23,  # 24 rows fit the PCA
+        "features:avg:2^0.5@pca8": 8}
+    assert tool.parse("features:avg:2!h^0.5@pca256")[1:] == (256, 0.0, 0.5)
     for v in scores.values():  # 6 held-out rows: top-1 counts whole rows
         assert v["knn_top1"] * 6 / 100 == pytest.approx(round(v["knn_top1"] * 6 / 100))
     # whitening every direction the rows span: unit variance along each of them

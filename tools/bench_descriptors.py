@@ -5,10 +5,12 @@ rows only: a stratified, seeded 20% of the training split as queries against the
         --model-kwargs '{"init_radius": 5}' --out runs/c3-c5k
     python tools/bench_descriptors.py runs/c3-c5k /tmp/cifar10-5k/train --name "cifar10-5k, c3"
 
-Each descriptor is ``layer:pool[:grid[:gem_p]]``, optionally followed by ``@pca<d>[w<a>]``:
-then L2-normalised, centred and projected on its ``d`` leading principal directions, fitted on
-the 80% (as pretraining fits :class:`hebbret.models.DescriptorPCA` on training images), each
-scaled by variance^(-a/2) (a = 1: PCA-whitening; 0, the default: none). The backbone runs once
+Each descriptor is ``layer:pool[:grid[:gem_p]]``, optionally followed by ``!h`` (the mirror view
+summed, as the descriptor's ``flip``), ``^<q>`` (each value x replaced by sign(x)·|x|^q: q = 0.5
+is the signed square root, power normalisation) and ``@pca<d>[w<a>]``: then L2-normalised,
+centred and projected on its ``d`` leading principal directions, fitted on the 80% (as
+pretraining fits :class:`hebbret.models.DescriptorPCA` on training images), each scaled by
+variance^(-a/2) (a = 1: PCA-whitening; 0, the default: none). The backbone runs once
 per batch; every descriptor is pooled from the same maps. Rows go to ``--results``.
 """
 
@@ -37,16 +39,18 @@ DESCRIPTORS = ("features:flatten", "features:avg:2", "features:avg", "features:m
 PCA_VARIANTS = ("@pca256", "@pca1024", "@pca1024w0.5", "@pca1024w1")  # of the first descriptor
 
 
-def parse(text: str) -> tuple[EmbeddingSpec, int, float]:
-    """``layer:pool[:grid[:gem_p]][!flip][@pca<d>[w<a>]]`` -> (spec, PCA dims (0: none),
-    whitening a); ``!h`` / ``!hv``: the views summed as the descriptor's ``flip`` does."""
+def parse(text: str) -> tuple[EmbeddingSpec, int, float, float]:
+    """``layer:pool[:grid[:gem_p]][!flip][^q][@pca<d>[w<a>]]`` -> (spec, PCA dims (0: none),
+    whitening a, power q (1: none)); ``!h`` / ``!hv``: the views summed as the descriptor's
+    ``flip`` does."""
     text, _, pca = text.partition("@pca")
+    text, _, power = text.partition("^")
     text, _, flip = text.partition("!")
     parts = text.split(":")
     dims, _, alpha = pca.partition("w")
     return (EmbeddingSpec(parts[0], parts[1], float(parts[3]) if len(parts) > 3 else 3.0,
                           int(parts[2]) if len(parts) > 2 else 1, flip=flip or "none"),
-            int(dims or 0), float(alpha or 0))
+            int(dims or 0), float(alpha or 0), float(power or 1))
 
 
 def project(x: np.ndarray, fit_rows: np.ndarray, dims: int, alpha: float) -> np.ndarray:
@@ -63,7 +67,7 @@ def score(run: str, data: str, specs: list[str]) -> dict[str, Any]:
     model, card = load_run(run)
     ds = open_dataset(data, "train", card.input.in_chans, card.input.img_size,
                       mean=card.input.mean, std=card.input.std)
-    pooled = {s.partition("@")[0] for s in specs}
+    pooled = {s.partition("@")[0].partition("^")[0] for s in specs}
     extractors = {s: Extractor(model, parse(s)[0]) for s in pooled}
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in pooled}
     with torch.inference_mode():
@@ -74,8 +78,10 @@ def score(run: str, data: str, specs: list[str]) -> dict[str, Any]:
     val = held_out(labels)
     out = {}
     for s in specs:
-        x = torch.cat(feats[s.partition("@")[0]]).numpy()
-        _, dims, alpha = parse(s)
+        x = torch.cat(feats[s.partition("@")[0].partition("^")[0]]).numpy()
+        _, dims, alpha, power = parse(s)
+        if power != 1:
+            x = np.sign(x) * np.abs(x) ** power
         if dims:
             x = project(x, ~val, dims, alpha)
         knn = knn_classify(x[~val], labels[~val], x[val], labels[val], ks=[20])["k"][20]["top1"]
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     body = [[key, spec, r["dim"], r["knn_top1"], r["mAP"]]
             for key, row in res.doc["stages"]["descriptors"].items()
             for spec, r in row["scores"].items()]
-    sys.stdout.write(markdown_table(["run", "descriptor (layer:pool[:grid[:p]][!flip][@pca<d>[w<a>]])",
+    sys.stdout.write(markdown_table(["run", "descriptor (layer:pool[:grid[:p]][!flip][^q][@pca<d>[w<a>]])",
                                      "dim",
                                      "kNN top-1 (held-out train rows)", "mAP"], body))
 
