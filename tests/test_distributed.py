@@ -62,6 +62,16 @@ def torchrun(spec: dict, tmp: Path, nproc: int = 2) -> subprocess.CompletedProce
         capture_output=True, text=True, env=env, timeout=600)
 
 
+def assert_close_weights(got: dict, want: dict, rtol: float = 1e-5) -> None:
+    """Every float tensor within ``rtol`` of ``want``'s largest entry; the others equal."""
+    for k in got:
+        if got[k].is_floating_point():
+            scale = want[k].abs().max().clamp_min(1e-12)
+            assert float((got[k] - want[k]).abs().max() / scale) <= rtol, k
+        else:
+            assert torch.equal(got[k], want[k]), k
+
+
 def sharded_reference(data: str, shards: int, **kwargs) -> dict[str, torch.Tensor]:
     """pretrain's loop in this process, every global batch split into ``shards`` pieces whose
     statistics are summed by ShardSum (steps ≤ one epoch)."""
@@ -134,12 +144,7 @@ def test_two_processes_equal_the_sharded_reference_bit_for_bit_and_one_process_c
         assert torch.equal(got[k], reference[k]), k  # bit for bit
     plain = load_file(pretrain(str(folder), out=str(tmp_path / "plain"), quiet=True,
                                **kwargs_of(*combo)) / "model.safetensors")
-    for k in got:
-        if got[k].is_floating_point():
-            scale = plain[k].abs().max().clamp_min(1e-12)
-            assert float((got[k] - plain[k]).abs().max() / scale) <= 1e-5, k
-        else:
-            assert torch.equal(got[k], plain[k]), k
+    assert_close_weights(got, plain)
     card = json.loads((run / "model.json").read_text())["training"]
     assert card["world_size"] == 2 and json.loads((run / "config.json").read_text())[
         "world_size"] == 2
@@ -163,12 +168,7 @@ def test_a_compiled_torchrun_job_equals_the_eager_one(combo, folder, two_process
     got = load_file(tmp_path / "run" / "model.safetensors")
     eager = load_file(two_process_runs / "-".join(combo) / "model.safetensors")
     assert got.keys() == eager.keys()
-    for k in got:
-        if got[k].is_floating_point():
-            scale = eager[k].abs().max().clamp_min(1e-12)
-            assert float((got[k] - eager[k]).abs().max() / scale) <= 1e-5, k
-        else:
-            assert torch.equal(got[k], eager[k]), k
+    assert_close_weights(got, eager)
 
 
 def test_a_killed_torchrun_job_resumes_to_the_same_weights(folder, tmp_path):
