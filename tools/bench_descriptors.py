@@ -53,6 +53,11 @@ def parse(text: str) -> tuple[EmbeddingSpec, int, float, float]:
             int(dims or 0), float(alpha or 0), float(power or 1))
 
 
+def pooled_part(text: str) -> str:
+    """The part of a descriptor the backbone computes: without ``^q`` and ``@pca``."""
+    return text.partition("@")[0].partition("^")[0]
+
+
 def project(x: np.ndarray, fit_rows: np.ndarray, dims: int, alpha: float) -> np.ndarray:
     """Rows of ``x`` L2-normalised, centred and projected on the leading ``dims`` principal
     directions of ``x[fit_rows]``, each scaled by variance^(-alpha/2)."""
@@ -67,7 +72,7 @@ def score(run: str, data: str, specs: list[str]) -> dict[str, Any]:
     model, card = load_run(run)
     ds = open_dataset(data, "train", card.input.in_chans, card.input.img_size,
                       mean=card.input.mean, std=card.input.std)
-    pooled = {s.partition("@")[0].partition("^")[0] for s in specs}
+    pooled = {pooled_part(s) for s in specs}
     extractors = {s: Extractor(model, parse(s)[0]) for s in pooled}
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in pooled}
     with torch.inference_mode():
@@ -78,7 +83,7 @@ def score(run: str, data: str, specs: list[str]) -> dict[str, Any]:
     val = held_out(labels)
     out = {}
     for s in specs:
-        x = torch.cat(feats[s.partition("@")[0].partition("^")[0]]).numpy()
+        x = torch.cat(feats[pooled_part(s)]).numpy()
         _, dims, alpha, power = parse(s)
         if power != 1:
             x = np.sign(x) * np.abs(x) ** power
