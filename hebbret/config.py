@@ -28,6 +28,7 @@ PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # name -> autocast dtype (None:
 COMPILE_CHOICES = ("auto", "on", "off")  # torch.compile of the Hebbian step (hebbret/compiling.py)
 POOLS = ("flatten", "avg", "max", "gem")  # descriptor pooling
 FLIPS = ("none", "h", "hv")  # descriptor views: the image; + its mirror; + upside down and both
+FLIP_CHOICES = (*FLIPS, "auto")  # auto: chosen on held-out training rows (embed.choose_views)
 EMBED_BATCH_SIZE = 256
 DTYPES = ("float32", "float16")  # of a written embeddings.npy
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
@@ -40,6 +41,12 @@ DEDUP_THRESHOLD = 0.82  # similarity above which two images are near-duplicates:
 # copies planted among training images (tools/bench_dedup.py, docs/results.md "Near-duplicates")
 DEDUP_NEIGHBOURS = 2  # ... and each among the other's 2 nearest rows (measured there too)
 LINEAR_READOUTS = ("logreg", "softhebb")  # `eval linear --readout`
+
+
+def check_flip(flip: str | None) -> None:
+    """A config's ``flip``: one of FLIP_CHOICES, or None (the backbone's own views)."""
+    if flip not in (None, *FLIP_CHOICES):
+        raise ValueError(f"flip must be one of {FLIP_CHOICES}, got {flip!r}")
 
 
 @dataclass
@@ -74,8 +81,12 @@ class PretrainConfig:
     quiet: bool = False  # no progress bar
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra backbone arguments
     descriptor_dims: int = 1024  # embedding PCA fitted after training (fewer images: fewer); 0: off
+    # the views the descriptor sums (runs.EmbeddingSpec.flip); None: the backbone's; auto: its
+    # own or the image alone, by kNN on held-out labeled training rows (in the PCA's sample)
+    flip: str | None = None
 
     def __post_init__(self) -> None:
+        check_flip(self.flip)
         if self.mode not in TRAINING_MODES:
             raise ValueError(f"mode must be one of {TRAINING_MODES}, got {self.mode!r}")
         if self.budget_s is not None and not self.budget_s > 0:
@@ -237,6 +248,7 @@ class RunConfig:
     layer: str | None = None  # descriptor; None: the backbone's (model card -> embedding)
     pool: str | None = None
     descriptor_dims: int = PretrainConfig.descriptor_dims  # its PCA after pretraining; 0: none
+    flip: str | None = "auto"  # its views (PretrainConfig.flip); each backbone chooses its own
     labels_per_class: int | None = 20  # the few labels (or label_fraction)
     label_fraction: float | None = None
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
@@ -260,6 +272,7 @@ class RunConfig:
     baselines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_flip(self.flip)
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
@@ -309,6 +322,7 @@ class SSLConfig:
     weight_decay: float = 5e-4
     temperature: float = 0.5  # SimCLR only
     descriptor_dims: int = 1024  # the embedding PCA fitted after training, as pretrain does
+    flip: str | None = None  # the descriptor's views, as pretrain's (PretrainConfig.flip)
     num_workers: int = 0
     checkpoint_every_s: float = 60.0  # resume checkpoints at most this far apart
     out: str = "runs/ssl"
@@ -322,5 +336,6 @@ class SSLConfig:
             raise ValueError(f"method must be one of {SSL_METHODS}, got {self.method!r}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+        check_flip(self.flip)
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 (pairs of views), got {self.batch_size}")

@@ -27,6 +27,7 @@ from .config import DTYPES, EMBED_BATCH_SIZE, FLIPS, POOLS
 from .data import (
     ImageDataset,
     SkippedFiles,
+    held_out,
     load_image,
     make_loader,
     open_dataset,
@@ -113,13 +114,17 @@ class Extractor(nn.Module):
         self.blocks = [_block_index(model, name) for name in spec.layer.split("+")]
 
     def forward(self, x: Tensor) -> Tensor:
-        views = VIEWS[self.spec.flip]
-        if len(views) > 1:  # every view in one batch: (V·B, C, H, W)
-            x = torch.cat([x.flip(dims) if dims else x for dims in views])
-        x = self._pooled(x)
-        if len(views) > 1:
-            x = F.normalize(x, dim=1).unflatten(0, (len(views), -1)).sum(0)
+        x = self.views(x).sum(0)
         return self.model.descriptor_pca(x) if self.spec.dims else x
+
+    def views(self, x: Tensor) -> Tensor:
+        """The pooled descriptor of each view (V, B, D), unprojected; each L2-normalised when
+        there are several (V > 1), so that their sum weighs them equally."""
+        views = VIEWS[self.spec.flip]
+        if len(views) == 1:
+            return self._pooled(x).unsqueeze(0)
+        x = torch.cat([x.flip(dims) if dims else x for dims in views])  # one batch: (V·B, C, H, W)
+        return F.normalize(self._pooled(x), dim=1).unflatten(0, (len(views), -1))
 
     def _pooled(self, x: Tensor) -> Tensor:
         maps: dict[int, Tensor] = {}
@@ -147,38 +152,99 @@ PCA_BATCH_SIZE = 64  # after training, beside the training state: small batches,
 @torch.no_grad()
 def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
                        seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
-                       quiet: bool = False) -> dict[str, int]:
+                       quiet: bool = False, flip: str | None = None) -> dict[str, Any]:
     """Fit ``model.descriptor_pca`` on the backbone's own descriptor of seeded-random images of
     ``dataset`` (at most PCA_IMAGES, and PCA_SAMPLE_BYTES of float32), to ``dims`` dimensions,
     fewer when fewer images were seen. A descriptor of at most ``dims`` values is left as it is.
-    Returns {"dims": fitted dims (0: none), "images": images used}."""
+
+    ``flip``: the views the descriptor sums (:class:`EmbeddingSpec`), written into the
+    backbone's descriptor (``default_cfg["embedding"]``); None: its own; 'auto': its own or the
+    image alone, whichever :func:`choose_views` finds better on held-out training rows.
+    Returns {"dims": fitted dims (0: none), "images": images used, "flip": the views, and with
+    'auto' "flip_knn": {views: kNN top-1 % on held-out rows}}."""
+    if flip not in (None, "auto", *FLIPS):
+        raise ValueError(f"flip must be one of {FLIPS}, 'auto' or None, got {flip!r}")
+    emb = model.default_cfg["embedding"]
+    views = emb.get("flip", "none") if flip in (None, "auto") else flip
     model.descriptor_pca.clear()
     was_training = model.training
-    extractor = Extractor(model.eval(), EmbeddingSpec(**model.default_cfg["embedding"]))
-    parts: list[np.ndarray] = []
-    cap, narrow = PCA_IMAGES, False
+    x, first, labels = _sample_descriptors(
+        Extractor(model.eval(), EmbeddingSpec(**{**emb, "flip": views})), dataset, dims,
+        seed, device, num_workers, quiet, keep_first=flip == "auto" and views != "none")
+    model.train(was_training)
+    # no wider than the PCA it would get from every image: the first batch only was read
+    narrow = x.shape[1] <= min(dims, min(_sample_cap(x.shape[1]), len(dataset)) - 1)
+    info: dict[str, Any] = {}
+    if first is not None and not narrow:
+        views, info["flip_knn"] = choose_views(x, first, labels, views, seed)
+        x = first if views == "none" else x
+    emb["flip"] = views
+    dims = min(dims, len(x) - 1)
+    if narrow or dims < 1 or x.shape[1] <= dims:
+        log.info("descriptor left unprojected (%d values, %d images)", x.shape[1], len(x))
+        return {"dims": 0, "images": len(x), "flip": views, **info}
+    model.descriptor_pca.fit(x, dims, seed)
+    model.descriptor_pca.to(device)
+    log.info("fitted the descriptor PCA %d -> %d dims on %d images", x.shape[1], dims, len(x))
+    return {"dims": dims, "images": len(x), "flip": views, **info}
+
+
+def _sample_cap(width: int) -> int:
+    """Images in the PCA's sample of descriptors ``width`` values wide."""
+    return min(PCA_IMAGES, PCA_SAMPLE_BYTES // (4 * width))
+
+
+def _sample_descriptors(extractor: Extractor, dataset: ImageDataset, dims: int, seed: int,
+                        device: torch.device | str, num_workers: int, quiet: bool,
+                        keep_first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Descriptors (n, D) of seeded-random images for :func:`fit_descriptor_pca`, with (when
+    ``keep_first``) their first view alone (n, D), and their labels (n,). Stops after one batch
+    when the descriptor is no wider than the PCA it would get from every image."""
+    parts: list[Tensor] = []
+    firsts: list[Tensor] = []
+    labels: list[Tensor] = []
+    cap = PCA_IMAGES
     with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
                   ) as bar:
         for batch in make_loader(dataset, PCA_BATCH_SIZE, seed, num_workers=num_workers,
                                  device=device):
             if len(batch.images):
-                parts.append(extractor(batch.images.to(device)).cpu().numpy())
-                cap = min(PCA_IMAGES, PCA_SAMPLE_BYTES // (4 * parts[0].shape[1]))
+                pooled = extractor.views(batch.images.to(device)).cpu()  # (V, B, D)
+                parts.append(pooled.sum(0))
+                firsts += [pooled[0]] if keep_first else []
+                labels.append(batch.labels)
+                cap = _sample_cap(pooled.shape[2])
                 bar.update(len(batch.images))
-                # no wider than the PCA it would get from every image: no need to read them
-                narrow = parts[0].shape[1] <= min(dims, min(cap, len(dataset)) - 1)
-            if narrow or sum(map(len, parts)) >= cap:
+            n = sum(map(len, parts))
+            if n >= cap or parts and parts[0].shape[1] <= min(dims, min(cap, len(dataset)) - 1):
                 break
-    model.train(was_training)
-    x = np.concatenate(parts)[:cap] if parts else np.zeros((0, 0), np.float32)
-    dims = min(dims, len(x) - 1)
-    if narrow or dims < 1 or x.shape[1] <= dims:
-        log.info("descriptor left unprojected (%d values, %d images)", x.shape[1], len(x))
-        return {"dims": 0, "images": len(x)}
-    model.descriptor_pca.fit(x, dims, seed)
-    model.descriptor_pca.to(device)
-    log.info("fitted the descriptor PCA %d -> %d dims on %d images", x.shape[1], dims, len(x))
-    return {"dims": dims, "images": len(x)}
+    if not parts:
+        return np.zeros((0, 0), np.float32), None, np.zeros(0, np.int64)
+    return (torch.cat(parts)[:cap].numpy(), torch.cat(firsts)[:cap].numpy() if firsts else None,
+            torch.cat(labels)[:cap].numpy())
+
+
+CHOICE_K = 20  # the kNN that chooses the views: k as `hebbret run` scores
+
+
+def choose_views(x: np.ndarray, first: np.ndarray, labels: np.ndarray, views: str, seed: int = 0
+                 ) -> tuple[str, dict[str, float]]:
+    """``views`` (descriptors ``x`` (n, D) summed over them) or 'none' (``first`` (n, D), the
+    image alone): whichever has the higher weighted-kNN top-1 when a seeded fifth of every
+    class (:func:`~hebbret.data.held_out`) queries the rest; ``views`` on a tie, and without
+    labels of at least 2 classes. Returns (views, {views: top-1 %})."""
+    from .eval.knn import knn_classify  # eval reads embeddings with this module
+
+    if len(np.unique(labels)) < 2:
+        return views, {}
+    val = held_out(labels, 0.2, seed)
+    top1 = {name: next(iter(knn_classify(v[~val], labels[~val], v[val], labels[val],
+                                          ks=[CHOICE_K])["k"].values()))["top1"]  # k ≤ rows
+            for name, v in ((views, x), ("none", first))}
+    best = max(top1, key=top1.__getitem__)
+    log.info("descriptor views: %s (kNN top-1 on %d held-out training rows: %s)", best,
+             int(val.sum()), ", ".join(f"{k} {v:.2f}" for k, v in top1.items()))
+    return best, top1
 
 
 def spec_of(meta: dict[str, Any]) -> EmbeddingSpec:

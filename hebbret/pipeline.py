@@ -28,7 +28,7 @@ from .data import Survey, held_out, scan_image_folder, survey
 from .eval.embeddings import evaluate_embeddings
 from .finetuning import evaluate_full
 from .models import FAMILIES, create_model
-from .report import results_table, verdict
+from .report import VIEW_NAMES, results_table, verdict
 from .runs import read_card
 from .runtime import pick_device, timed
 from .stages import BackboneStages
@@ -184,13 +184,23 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
     emb = probe.default_cfg["embedding"]
     layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
     cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""
-    mirrored = " and of its mirror image, summed" if emb.get("flip", "none") != "none" else ""
-    reasons.append(f"descriptor: {pool}{cells} of {layer}{mirrored}" + (
+    reasons.append(f"descriptor: {pool}{cells} of {layer}{_views_text(cfg.flip, emb)}" + (
         " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)") + (
         f", then its PCA to at most {cfg.descriptor_dims} dimensions, fitted on the training "
         f"images" if cfg.descriptor_dims and not (cfg.pool or cfg.layer) else ""))
     return Inputs(cfg.in_chans or seen.in_chans, size, model, kwargs,
                   cfg.layer, cfg.pool, tuple(reasons))
+
+
+def _views_text(flip: str | None, emb: dict[str, Any]) -> str:
+    """Which views the descriptor sums (``flip``, RunConfig's), said for the report."""
+    own = emb.get("flip", "none")
+    if flip == "auto" and own != "none":
+        return (f", summed over {VIEW_NAMES[own]} or of the image alone, whichever has the "
+                f"higher kNN top-1 on held-out training rows (each backbone's own choice)")
+    views = own if flip in (None, "auto") else flip
+    return "" if views == "none" else f", summed over {VIEW_NAMES[views]}" + (
+        " (--flip)" if flip == views else "")
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
@@ -236,7 +246,7 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
                         batch_size=cfg.pretrain_batch_size if hebbian else None,
                         in_chans=inputs.in_chans, img_size=inputs.img_size,
                         model_kwargs=inputs.model_kwargs, descriptor_dims=cfg.descriptor_dims,
-                        seed=cfg.seed)
+                        flip=cfg.flip, seed=cfg.seed)
     for name, (source, split) in (("train", train), ("test", test)):
         stages.embed(name, source, split=split, data_root=cfg.data_root,
                      batch_size=cfg.embed_batch_size, layer=inputs.layer, pool=inputs.pool)
@@ -246,6 +256,8 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
         row["fewshot"] = _fewshot(cfg, stages, train, test)
     row["seconds"] = stages.seconds
     card = read_card(stages.run).training
+    pca = card.get("descriptor_pca", {})
+    row.update(views=pca.get("flip"), views_knn=pca.get("flip_knn"))
     if "convergence" in card and hebbian:
         row["convergence"] = card["convergence"]
         row["pretrain_steps"] = card["steps"]
@@ -275,7 +287,8 @@ def _ssl_options(cfg: RunConfig, inputs: Inputs, out: Path) -> dict[str, Any]:
     budget = hebbian.get("wall_seconds") or hebbian["train_seconds"]
     return dict(trainer=train_ssl, method=SSL_METHOD, model=inputs.model,
                 model_kwargs=backprop_kwargs(inputs.model_kwargs), in_chans=inputs.in_chans,
-                img_size=inputs.img_size, descriptor_dims=cfg.descriptor_dims, seed=cfg.seed,
+                img_size=inputs.img_size, descriptor_dims=cfg.descriptor_dims, flip=cfg.flip,
+                seed=cfg.seed,
                 budget_s=max(float(budget), 0.01))
 
 

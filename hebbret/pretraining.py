@@ -423,7 +423,8 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
     """Rank 0 after training: convergence, the descriptor PCA, the run dir, warnings."""
     conv = convergence(training_log(out), model)
     pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
-                              cfg.num_workers, cfg.quiet) if cfg.descriptor_dims else {"dims": 0})
+                              cfg.num_workers, cfg.quiet, cfg.flip) if cfg.descriptor_dims
+           else {"dims": 0})
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
                "wall_seconds": round(pos.get("wall_s", 0.0), 2),

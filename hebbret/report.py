@@ -54,6 +54,22 @@ def verdict(rows: dict[str, dict[str, Any]]) -> str:
             f"{fmt(hs)} %){vs_scratch}." + _vs_ssl(rows, hs))
 
 
+VIEW_NAMES = {"none": "the image alone", "h": "the image and its mirror image",
+              "hv": "the image and its three flips"}
+
+
+def _views(rows: dict[str, dict[str, Any]]) -> str:
+    """Which views each backbone's descriptor sums, with the held-out kNN that chose them."""
+    parts = []
+    for name, r in rows.items():
+        knn = r.get("views_knn") or {}
+        scores = ", ".join(f"{VIEW_NAMES[v]} {top1:.2f}" for v, top1 in knn.items())
+        parts += [f"{BACKBONE_NAMES.get(name, name)}: {VIEW_NAMES[r['views']]}"
+                  + (f" (kNN top-1 on held-out training rows: {scores})" if knn else "")
+                  ] if r.get("views") else []
+    return "; ".join(parts)
+
+
 def results_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     k, rk = cfg["knn_k"], cfg["retrieval_k"]
@@ -71,6 +87,8 @@ def results_table(results: dict[str, Any]) -> str:
     lines = [f"`hebbret run` on {data} with {model}", ""]
     if inputs:
         lines += ["**Chosen for these images**: " + "; ".join(inputs["reasons"]) + ".", ""]
+    if _views(rows):
+        lines += [f"**Descriptor views**: {_views(rows)}.", ""]
     lines += [f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled "
               f"subsets; full on random init = training from scratch)", "",
               "| backbone | " + " | ".join(protocols) + " |",

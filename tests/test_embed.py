@@ -265,8 +265,62 @@ def test_a_descriptor_no_wider_than_its_pca_is_left_after_one_batch(tmp_path, mo
     spec = EmbeddingSpec(**cfg["embedding"])
     assert Extractor(model.eval(), spec)(torch.zeros(2, 3, 8, 8)).shape == (2, 32)
     monkeypatch.setattr(embed, "PCA_BATCH_SIZE", 5)
-    assert embed.fit_descriptor_pca(model, ds, 8, quiet=True) == {"dims": 8, "images": 40}
+    assert embed.fit_descriptor_pca(model, ds, 8, quiet=True) == {"dims": 8, "images": 40,
+                                                                  "flip": "h"}
     # a 32-value descriptor and 40 images: a PCA to 1024 (at most 39) would keep all 32 values,
     # so only the first batch is read, to learn the width
-    assert embed.fit_descriptor_pca(model, ds, 1024, quiet=True) == {"dims": 0, "images": 5}
+    assert embed.fit_descriptor_pca(model, ds, 1024, quiet=True, flip="auto") == {
+        "dims": 0, "images": 5, "flip": "h"}  # and no choice of views on one batch
     assert model.descriptor_pca.dims == 0
+
+
+def _left_or_right(root, per_class: int = 30, size: int = 16):
+    """Two classes that are each other's mirror image: a bright square in the left half, or in
+    the right half, at a random height and depth."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.normal(40, 10, (size, size, 3))
+            y, x = rng.integers(0, size - 5), rng.integers(0, size // 2 - 5)
+            img[y:y + 5, x:x + 5] = 220
+            img = img[:, ::-1] if c else img
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_auto_views_drop_the_mirror_where_it_erases_the_classes(tmp_path):
+    from hebbret.data import open_dataset
+    from hebbret.embed import fit_descriptor_pca
+    from hebbret.models import create_model
+
+    folder = _left_or_right(tmp_path / "imgs")
+    model = create_model("hebb_softhebb_c3", img_size=16, **TINY_C3)
+    cfg = model.default_cfg
+    assert cfg["embedding"]["flip"] == "h"
+    ds = open_dataset(str(folder), "train", 3, 16, mean=cfg["mean"], std=cfg["std"])
+    info = fit_descriptor_pca(model, ds, 8, quiet=True, flip="auto")
+    # summed with its mirror image, a left square looks like a right one: the kNN on held-out
+    # rows says so, and the image alone is kept, with the PCA fitted on it
+    assert info["flip"] == "none" == cfg["embedding"]["flip"]
+    assert info["flip_knn"]["none"] >= 90 > info["flip_knn"]["h"]
+    assert (info["dims"], info["images"]) == (8, 60)
+    x = torch.stack([ds[i][0] for i in (0, 30)])
+    assert Extractor(model.eval())(x).shape == (2, 8)
+    # a given view set is taken as it is, without a choice
+    info = fit_descriptor_pca(model, ds, 8, quiet=True, flip="hv")
+    assert info == {"dims": 8, "images": 60, "flip": "hv"} and cfg["embedding"]["flip"] == "hv"
+    with pytest.raises(ValueError, match="flip must be one of"):
+        fit_descriptor_pca(model, ds, 8, quiet=True, flip="sideways")
+
+
+def test_the_views_stay_the_backbones_own_on_a_tie_or_without_classes():
+    from hebbret.embed import choose_views
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    x = rng.normal(size=(40, 6)).astype(np.float32) + labels[:, None]
+    assert choose_views(x, 2 * x, labels, "h")[0] == "h"  # same neighbours: a tie
+    assert choose_views(x, x, np.zeros(40, np.int64), "h") == ("h", {})
+    views, knn = choose_views(rng.normal(size=(40, 6)).astype(np.float32), x, labels, "hv")
+    assert views == "none" and knn["none"] > knn["hv"]

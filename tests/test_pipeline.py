@@ -12,6 +12,7 @@ from hebbret.config import RunConfig, load_run_config
 from hebbret.data import Survey, detail_lost, survey
 from hebbret.eval import evaluate
 from hebbret.pipeline import choose_inputs, split_folder
+from hebbret.runs import read_card
 
 from .conftest import write_image_folder
 
@@ -46,6 +47,10 @@ out = "{tmp_path / 'out'}"
         ret = evaluate("retrieval", str(emb / "emb_train"), str(emb / "emb_test"))
         assert row["mAP"] == pytest.approx(ret["mAP"], abs=0.01)
         assert set(row["fewshot"]) == {"knn", "linear", "propagate", "full"}
+        # each backbone chose its views on held-out training rows, and its card says which
+        assert set(row["views_knn"]) == {"h", "none"}
+        assert row["views"] == max(row["views_knn"], key=row["views_knn"].get)
+        assert read_card(emb / "pretrain").embedding.flip == row["views"]
         for summary in row["fewshot"].values():  # two labeled subsets, each scored
             assert summary["n"] == 2 and len(summary["values"]) == 2
             assert summary["mean"] == pytest.approx(sum(summary["values"]) / 2)
@@ -55,6 +60,7 @@ out = "{tmp_path / 'out'}"
     assert results["verdict"].startswith("With few labels")
     table = (report / "results.md").read_text()
     assert "| Hebbian |" in table and "| random init |" in table and "**Convergence**" in table
+    assert "**Descriptor views**: Hebbian: the image" in table
     assert results["verdict"] in capsys.readouterr().out
     with Image.open(report / "filters.png") as img:
         assert img.width > 10
@@ -155,6 +161,9 @@ def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
     small = choose_inputs(cfg, thumbs, "cpu")
     assert (small.img_size, small.model, small.in_chans) == (28, "hebb_softhebb_c3", 1)
     assert "the images' own size" in small.reasons[0]
+    assert "or of the image alone, whichever has the higher kNN" in small.reasons[-1]
+    alone = choose_inputs(replace(cfg, flip="none"), thumbs, "cpu").reasons[-1]
+    assert "flatten of features (the backbone's default)" in alone and "summed" not in alone
     big = choose_inputs(cfg, photos, "cpu")
     assert (big.img_size, big.model) == (96, "hebb_softhebb_c4")
     assert big.model_kwargs == {"init_radius": 5.0, "widths": [24, 96, 384, 1536]}

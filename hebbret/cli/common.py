@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from ..config import DEVICES, FLIPS, POOLS, PretrainConfig
+from ..config import DEVICES, FLIP_CHOICES, FLIPS, POOLS, PretrainConfig
 
 
 def json_object(text: str) -> dict:
@@ -84,6 +84,10 @@ def descriptor() -> argparse.ArgumentParser:
                                        "without the backbone's fitted PCA")))
 
 
+FLIP_CHOICE = dict(choices=FLIP_CHOICES, help="the views the descriptor sums: none (the image), "
+                   "h (+ its mirror image), hv (+ upside down, and both); auto: the backbone's "
+                   "own or none, whichever gives the higher kNN top-1 on held-out labeled "
+                   "training rows (needs the descriptor PCA)")
 DESCRIPTOR_DIMS = dict(type=int, help="dimensions of the embedding's PCA, fitted on the "
                        f"training images after pretraining (default "
                        f"{PretrainConfig.descriptor_dims}; 0: none)")

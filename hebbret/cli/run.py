@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import BASELINES, MODEL_NAMES, POOLS
-from .common import DESCRIPTOR_DIMS, device, image, quiet
+from .common import DESCRIPTOR_DIMS, FLIP_CHOICE, device, image, quiet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="descriptor layer(s): features or block<i>, several joined "
                    "by '+' (default: the backbone's)")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
+    p.add_argument("--flip", **{**FLIP_CHOICE, "help": FLIP_CHOICE["help"] + " (default auto, "
+                                "for each backbone)"})
     p.add_argument("--baselines", nargs="+", choices=BASELINES, help="more rows for the report: "
                    "ssl = the same net trained by self-supervised backprop (BYOL, lightly) for "
                    "the Hebbian pretraining's wall clock; needs pip install 'hebbret[ssl]'")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_run_config(config, data=data, data_root=args.data_root, out=args.out,
                           device=args.device, img_size=args.img_size, in_chans=args.in_chans,
                           model=args.model, pool=args.pool, layer=args.layer,
-                          descriptor_dims=args.descriptor_dims, baselines=args.baselines,
+                          descriptor_dims=args.descriptor_dims, flip=args.flip, baselines=args.baselines,
                           quiet=args.quiet or None)
     print(results_table(run_pipeline(cfg)))
     print(f"report: {cfg.out}/report/")

@@ -19,7 +19,7 @@ from ..config import (
     SSLConfig,
     load_config,
 )
-from .common import DESCRIPTOR_DIMS, budget, dataset, device, image, json_object, quiet
+from .common import DESCRIPTOR_DIMS, FLIP_CHOICE, budget, dataset, device, image, json_object, quiet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=COMPILE_CHOICES, help="torch.compile the Hebbian step "
                    "(default auto: on the CPU for runs of ≥ 2000 steps; eager if it fails)")
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
+    p.add_argument("--flip", **{**FLIP_CHOICE, "help": FLIP_CHOICE["help"] + " (default: the "
+                                "backbone's own)"})
     p.set_defaults(func=pretrain)
 
     p = sub.add_parser("show-filters", help="write the first layer's filters as a PNG grid")
@@ -111,7 +113,7 @@ def pretrain(args: argparse.Namespace) -> None:
                       in_chans=args.in_chans, img_size=args.img_size, num_workers=args.num_workers,
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
                       compile=args.compile, model_kwargs=args.model_kwargs,
-                      descriptor_dims=args.descriptor_dims,
+                      descriptor_dims=args.descriptor_dims, flip=args.flip,
                       budget_s=args.budget_s, resume=args.resume or None, quiet=args.quiet or None)
     print(pretrain(cfg))
 
