@@ -84,6 +84,9 @@ class PretrainConfig:
     # the views the descriptor sums (runs.EmbeddingSpec.flip); None: the backbone's; auto: its
     # own or the image alone, by kNN on held-out labeled training rows (in the PCA's sample)
     flip: str | None = None
+    # also write the training images' embeddings dir here (as `hebbret embed` would) when the
+    # descriptor PCA's sample holds every one of them: they are not run through the net again
+    embeddings_out: str | None = None
 
     def __post_init__(self) -> None:
         check_flip(self.flip)

@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,7 +44,7 @@ from .distributed import (
 )
 from .models import HebbNet
 from .progress import progress
-from .runs import GEM_P, EmbeddingSpec, ModelCard, load_run
+from .runs import GEM_P, EmbeddingSpec, ModelCard, load_run, read_card
 from .runtime import pick_device
 from .version import __version__
 
@@ -152,7 +152,8 @@ PCA_BATCH_SIZE = 64  # after training, beside the training state: small batches,
 @torch.no_grad()
 def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
                        seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
-                       quiet: bool = False, flip: str | None = None) -> dict[str, Any]:
+                       quiet: bool = False, flip: str | None = None
+                       ) -> tuple[dict[str, Any], DescriptorSample]:
     """Fit ``model.descriptor_pca`` on the backbone's own descriptor of seeded-random images of
     ``dataset`` (at most PCA_IMAGES, and PCA_SAMPLE_BYTES of float32), to ``dims`` dimensions,
     fewer when fewer images were seen. A descriptor of at most ``dims`` values is left as it is.
@@ -160,33 +161,49 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
     ``flip``: the views the descriptor sums (:class:`EmbeddingSpec`), written into the
     backbone's descriptor (``default_cfg["embedding"]``); None: its own; 'auto': its own or the
     image alone, whichever :func:`choose_views` finds better on held-out training rows.
-    Returns {"dims": fitted dims (0: none), "images": images used, "flip": the views, and with
-    'auto' "flip_knn": {views: kNN top-1 % on held-out rows}}."""
+    Returns ({"dims": fitted dims (0: none), "images": images used, "flip": the views, and with
+    'auto' "flip_knn": {views: kNN top-1 % on held-out rows}}, the sample it was fitted on)."""
     if flip not in (None, "auto", *FLIPS):
         raise ValueError(f"flip must be one of {FLIPS}, 'auto' or None, got {flip!r}")
     emb = model.default_cfg["embedding"]
     views = emb.get("flip", "none") if flip in (None, "auto") else flip
     model.descriptor_pca.clear()
     was_training = model.training
-    x, first, labels = _sample_descriptors(
+    sample, first, labels = _sample_descriptors(
         Extractor(model.eval(), EmbeddingSpec(**{**emb, "flip": views})), dataset, dims,
         seed, device, num_workers, quiet, keep_first=flip == "auto" and views != "none")
     model.train(was_training)
+    x = sample.x
     # no wider than the PCA it would get from every image: the first batch only was read
-    narrow = x.shape[1] <= min(dims, min(_sample_cap(x.shape[1]), len(dataset)) - 1)
+    narrow = len(x) > 0 and x.shape[1] <= min(dims, min(_sample_cap(x.shape[1]), len(dataset)) - 1)
     info: dict[str, Any] = {}
     if first is not None and not narrow:
         views, info["flip_knn"] = choose_views(x, first, labels, views, seed)
-        x = first if views == "none" else x
+        x = sample.x = first if views == "none" else x
     emb["flip"] = views
     dims = min(dims, len(x) - 1)
     if narrow or dims < 1 or x.shape[1] <= dims:
         log.info("descriptor left unprojected (%d values, %d images)", x.shape[1], len(x))
-        return {"dims": 0, "images": len(x), "flip": views, **info}
+        return {"dims": 0, "images": len(x), "flip": views, **info}, sample
     model.descriptor_pca.fit(x, dims, seed)
     model.descriptor_pca.to(device)
     log.info("fitted the descriptor PCA %d -> %d dims on %d images", x.shape[1], dims, len(x))
-    return {"dims": dims, "images": len(x), "flip": views, **info}
+    return {"dims": dims, "images": len(x), "flip": views, **info}, sample
+
+
+@dataclass
+class DescriptorSample:
+    """What :func:`fit_descriptor_pca` saw: descriptors ``x`` (n, D) of the chosen views,
+    unprojected (each view L2-normalised when there are several), of dataset ``rows`` (n,), and
+    the files that could not be decoded on the way."""
+
+    x: np.ndarray
+    rows: np.ndarray
+    skipped: SkippedFiles
+
+    def covers(self, dataset: ImageDataset) -> bool:
+        """Whether every row of ``dataset`` is in the sample or was skipped."""
+        return len(self.rows) + self.skipped.count == len(dataset)
 
 
 def _sample_cap(width: int) -> int:
@@ -196,32 +213,39 @@ def _sample_cap(width: int) -> int:
 
 def _sample_descriptors(extractor: Extractor, dataset: ImageDataset, dims: int, seed: int,
                         device: torch.device | str, num_workers: int, quiet: bool,
-                        keep_first: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Descriptors (n, D) of seeded-random images for :func:`fit_descriptor_pca`, with (when
+                        keep_first: bool
+                        ) -> tuple[DescriptorSample, np.ndarray | None, np.ndarray]:
+    """Descriptors of seeded-random images for :func:`fit_descriptor_pca`, with (when
     ``keep_first``) their first view alone (n, D), and their labels (n,). Stops after one batch
     when the descriptor is no wider than the PCA it would get from every image."""
     parts: list[Tensor] = []
     firsts: list[Tensor] = []
     labels: list[Tensor] = []
+    rows: list[Tensor] = []
+    skipped = SkippedFiles(dataset)
     cap = PCA_IMAGES
     with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
                   ) as bar:
         for batch in make_loader(dataset, PCA_BATCH_SIZE, seed, num_workers=num_workers,
                                  device=device):
+            skipped.add(batch.skipped)
             if len(batch.images):
                 pooled = extractor.views(batch.images.to(device)).cpu()  # (V, B, D)
                 parts.append(pooled.sum(0))
                 firsts += [pooled[0]] if keep_first else []
                 labels.append(batch.labels)
+                rows.append(batch.indices)
                 cap = _sample_cap(pooled.shape[2])
                 bar.update(len(batch.images))
             n = sum(map(len, parts))
             if n >= cap or parts and parts[0].shape[1] <= min(dims, min(cap, len(dataset)) - 1):
                 break
     if not parts:
-        return np.zeros((0, 0), np.float32), None, np.zeros(0, np.int64)
-    return (torch.cat(parts)[:cap].numpy(), torch.cat(firsts)[:cap].numpy() if firsts else None,
-            torch.cat(labels)[:cap].numpy())
+        return (DescriptorSample(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), skipped),
+                None, np.zeros(0, np.int64))
+    return (DescriptorSample(torch.cat(parts)[:cap].numpy(), torch.cat(rows)[:cap].numpy(),
+                             skipped),
+            torch.cat(firsts)[:cap].numpy() if firsts else None, torch.cat(labels)[:cap].numpy())
 
 
 CHOICE_K = 20  # the kNN that chooses the views: k as `hebbret run` scores
@@ -321,16 +345,50 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     if not rows:
         (out / EMBEDDINGS).unlink(missing_ok=True)
         raise ValueError(f"none of the {n} files under {dataset.root} could be decoded")
-    meta = _write_items_and_meta(out, dataset, rows, {
-        "dtype": dtype, **asdict(desc), "normalization": "none",
-        "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
-        "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
-        "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
-        "skipped_paths": skipped.paths, "hebbret_version": __version__, "world_size": w.size})
+    meta = _write_items_and_meta(out, dataset, rows, _meta(run, card, desc, data, split, dataset,
+                                                           skipped, dtype, w.size))
     barrier(long=True)
     log.info("wrote %d × %d embeddings to %s (%d files skipped)", meta["count"], meta["dim"], out,
              skipped.count)
     return out
+
+
+def write_sample_embeddings(run: str | os.PathLike, model: HebbNet, sample: DescriptorSample,
+                            dataset: ImageDataset, data: str, split: str,
+                            out: str | os.PathLike) -> Path:
+    """The embeddings dir ``out`` of ``dataset`` (opened from ``data``/``split``) from the PCA's
+    ``sample`` of it, which must hold every decodable row: what ``extract_embeddings(run, data,
+    out, split=split)`` writes, without running ``model`` (the backbone of run dir ``run``,
+    whose descriptor the sample is) over the images again."""
+    card = read_card(run)
+    desc = embedding_spec(card)
+    if not (sample.covers(dataset) and desc.dims):
+        raise ValueError(f"the descriptor sample is not the embedding of every image of {data}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)
+    order = np.argsort(sample.rows, kind="stable")
+    with torch.inference_mode():
+        emb = model.descriptor_pca.cpu()(torch.from_numpy(sample.x[order])).numpy()
+    with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb.astype(np.float32, copy=False))
+    meta = _write_items_and_meta(out, dataset, sample.rows[order].tolist(), _meta(
+        run, card, desc, data, split, dataset, sample.skipped, "float32", 1))
+    log.info("wrote %d × %d embeddings to %s from the descriptor PCA's sample (%d files "
+             "skipped)", meta["count"], meta["dim"], out, sample.skipped.count)
+    return out
+
+
+def _meta(run: str | os.PathLike, card: ModelCard, desc: EmbeddingSpec, data: str | os.PathLike,
+          split: str, dataset: ImageDataset, skipped: SkippedFiles, dtype: str,
+          world_size: int) -> dict[str, Any]:
+    """An embeddings dir's ``meta.json`` but its count and dimension."""
+    return {"dtype": dtype, **asdict(desc), "normalization": "none",
+            "model_run": str(Path(run).resolve()), "model_sha256": card.weights_sha256,
+            "architecture": card.architecture, "data": str(data), "data_root": dataset.root,
+            "split": split, "classes": dataset.classes, "skipped_files": skipped.count,
+            "skipped_paths": skipped.paths, "hebbret_version": __version__,
+            "world_size": world_size}
 
 
 def _write_items_and_meta(out: Path, dataset: ImageDataset, rows: list[int],

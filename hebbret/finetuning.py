@@ -98,8 +98,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Path:
     # a backbone that learned no longer fits its parent's descriptor PCA: fit it again
     pca = {"dims": model.descriptor_pca.dims}
     if card.embedding.dims and (cfg.from_scratch or cfg.mode != "linear"):
-        pca = fit_descriptor_pca(model, dataset, card.embedding.dims, cfg.seed, device,
-                                 quiet=cfg.quiet)
+        pca, _ = fit_descriptor_pca(model, dataset, card.embedding.dims, cfg.seed, device,
+                                    quiet=cfg.quiet)
     write_jsonl(out / TRAIN_LOG, history)
     training = {"kind": "finetune-from-scratch" if cfg.from_scratch else f"finetune-{cfg.mode}",
                 "parent_run": str(Path(cfg.run).resolve()),

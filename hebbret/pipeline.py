@@ -184,8 +184,9 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
     emb = probe.default_cfg["embedding"]
     layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
     cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""
-    reasons.append(f"descriptor: {pool}{cells} of {layer}{_views_text(cfg.flip, emb)}" + (
-        " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)") + (
+    reasons.append(f"descriptor: {pool}{cells} of {layer}" + (
+        " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)")
+        + _views_text(cfg.flip, emb) + (
         f", then its PCA to at most {cfg.descriptor_dims} dimensions, fitted on the training "
         f"images" if cfg.descriptor_dims and not (cfg.pool or cfg.layer) else ""))
     return Inputs(cfg.in_chans or seen.in_chans, size, model, kwargs,
@@ -246,7 +247,11 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
                         batch_size=cfg.pretrain_batch_size if hebbian else None,
                         in_chans=inputs.in_chans, img_size=inputs.img_size,
                         model_kwargs=inputs.model_kwargs, descriptor_dims=cfg.descriptor_dims,
-                        flip=cfg.flip, seed=cfg.seed)
+                        flip=cfg.flip, seed=cfg.seed,
+                        # the PCA's sample of the training images is their embedding when it
+                        # holds them all and the descriptor is the backbone's own
+                        embeddings_out=None if inputs.layer or inputs.pool else
+                        str(stages.emb("train")))
     for name, (source, split) in (("train", train), ("test", test)):
         stages.embed(name, source, split=split, data_root=cfg.data_root,
                      batch_size=cfg.embed_batch_size, layer=inputs.layer, pool=inputs.pool)

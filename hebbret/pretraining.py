@@ -37,7 +37,7 @@ from .distributed import (
     sharded_forward,
     union_rows,
 )
-from .embed import fit_descriptor_pca
+from .embed import fit_descriptor_pca, write_sample_embeddings
 from .hebb.layers import HebbConv2d, HebbLinear
 from .hebb.rules import neuron_norms
 from .models import HebbNet, PatchWhitening, create_model
@@ -422,9 +422,9 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
             device: torch.device) -> None:
     """Rank 0 after training: convergence, the descriptor PCA, the run dir, warnings."""
     conv = convergence(training_log(out), model)
-    pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
-                              cfg.num_workers, cfg.quiet, cfg.flip) if cfg.descriptor_dims
-           else {"dims": 0})
+    pca, sample = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
+                                      cfg.num_workers, cfg.quiet, cfg.flip)
+                   if cfg.descriptor_dims else ({"dims": 0}, None))
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
                "wall_seconds": round(pos.get("wall_s", 0.0), 2),
@@ -433,6 +433,9 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
                "compiled_step": pos.get("compile", NOT_COMPILED)}
     save_run(model.cpu(), out, training={"kind": "hebbian", **resolved, **summary})
     log.info("wrote %s (%d steps, %.1f s)", out, pos["global_step"], pos["seconds"])
+    if cfg.embeddings_out and sample is not None and pca["dims"] and sample.covers(dataset):
+        write_sample_embeddings(out, model, sample, dataset, cfg.data, cfg.split,
+                                cfg.embeddings_out)
     for la in conv["layers"]:
         if not la["converged"]:
             log.warning("Hebbian layer %d (%s) has not converged: it still moves at %s of its "

@@ -63,10 +63,10 @@ def _views(rows: dict[str, dict[str, Any]]) -> str:
     parts = []
     for name, r in rows.items():
         knn = r.get("views_knn") or {}
-        scores = ", ".join(f"{VIEW_NAMES[v]} {top1:.2f}" for v, top1 in knn.items())
+        scores = " vs ".join(f"{top1:.2f} {'alone' if v == 'none' else 'summed'}"
+                             for v, top1 in knn.items())
         parts += [f"{BACKBONE_NAMES.get(name, name)}: {VIEW_NAMES[r['views']]}"
-                  + (f" (kNN top-1 on held-out training rows: {scores})" if knn else "")
-                  ] if r.get("views") else []
+                  + (f" ({scores})" if knn else "")] if r.get("views") else []
     return "; ".join(parts)
 
 
@@ -88,7 +88,8 @@ def results_table(results: dict[str, Any]) -> str:
     if inputs:
         lines += ["**Chosen for these images**: " + "; ".join(inputs["reasons"]) + ".", ""]
     if _views(rows):
-        lines += [f"**Descriptor views**: {_views(rows)}.", ""]
+        lines += [f"**Descriptor views** (kNN top-1 of a held-out fifth of the training images "
+                  f"when chosen): {_views(rows)}.", ""]
     lines += [f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled "
               f"subsets; full on random init = training from scratch)", "",
               "| backbone | " + " | ".join(protocols) + " |",

@@ -133,7 +133,7 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
     dataset = open_dataset(cfg.data, "train", in_chans, size, mean=cfg_json["mean"],
                            std=cfg_json["std"])
     pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
-                              cfg.num_workers, cfg.quiet, cfg.flip) if cfg.descriptor_dims
+                              cfg.num_workers, cfg.quiet, cfg.flip)[0] if cfg.descriptor_dims
            else {"dims": 0})
     save_run(model.cpu(), out, training={
         "kind": "ssl", "method": cfg.method, "config": asdict(cfg), "in_chans": in_chans,

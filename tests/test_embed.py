@@ -265,11 +265,11 @@ def test_a_descriptor_no_wider_than_its_pca_is_left_after_one_batch(tmp_path, mo
     spec = EmbeddingSpec(**cfg["embedding"])
     assert Extractor(model.eval(), spec)(torch.zeros(2, 3, 8, 8)).shape == (2, 32)
     monkeypatch.setattr(embed, "PCA_BATCH_SIZE", 5)
-    assert embed.fit_descriptor_pca(model, ds, 8, quiet=True) == {"dims": 8, "images": 40,
+    assert embed.fit_descriptor_pca(model, ds, 8, quiet=True)[0] == {"dims": 8, "images": 40,
                                                                   "flip": "h"}
     # a 32-value descriptor and 40 images: a PCA to 1024 (at most 39) would keep all 32 values,
     # so only the first batch is read, to learn the width
-    assert embed.fit_descriptor_pca(model, ds, 1024, quiet=True, flip="auto") == {
+    assert embed.fit_descriptor_pca(model, ds, 1024, quiet=True, flip="auto")[0] == {
         "dims": 0, "images": 5, "flip": "h"}  # and no choice of views on one batch
     assert model.descriptor_pca.dims == 0
 
@@ -299,7 +299,7 @@ def test_auto_views_drop_the_mirror_where_it_erases_the_classes(tmp_path):
     cfg = model.default_cfg
     assert cfg["embedding"]["flip"] == "h"
     ds = open_dataset(str(folder), "train", 3, 16, mean=cfg["mean"], std=cfg["std"])
-    info = fit_descriptor_pca(model, ds, 8, quiet=True, flip="auto")
+    info, sample = fit_descriptor_pca(model, ds, 8, quiet=True, flip="auto")
     # summed with its mirror image, a left square looks like a right one: the kNN on held-out
     # rows says so, and the image alone is kept, with the PCA fitted on it
     assert info["flip"] == "none" == cfg["embedding"]["flip"]
@@ -308,7 +308,7 @@ def test_auto_views_drop_the_mirror_where_it_erases_the_classes(tmp_path):
     x = torch.stack([ds[i][0] for i in (0, 30)])
     assert Extractor(model.eval())(x).shape == (2, 8)
     # a given view set is taken as it is, without a choice
-    info = fit_descriptor_pca(model, ds, 8, quiet=True, flip="hv")
+    info, _ = fit_descriptor_pca(model, ds, 8, quiet=True, flip="hv")
     assert info == {"dims": 8, "images": 60, "flip": "hv"} and cfg["embedding"]["flip"] == "hv"
     with pytest.raises(ValueError, match="flip must be one of"):
         fit_descriptor_pca(model, ds, 8, quiet=True, flip="sideways")
@@ -324,3 +324,27 @@ def test_the_views_stay_the_backbones_own_on_a_tie_or_without_classes():
     assert choose_views(x, x, np.zeros(40, np.int64), "h") == ("h", {})
     views, knn = choose_views(rng.normal(size=(40, 6)).astype(np.float32), x, labels, "hv")
     assert views == "none" and knn["none"] > knn["hv"]
+
+
+def test_pretrain_writes_the_training_embeddings_that_embed_would(image_folder, tmp_path):
+    n_bad = write_bad_files(image_folder / "class_1")
+    run = pretrain(str(image_folder), out=str(tmp_path / "run"), model_kwargs=TINY_C3,
+                   img_size=16, batch_size=4, epochs=1, descriptor_dims=8, flip="auto",
+                   embeddings_out=str(tmp_path / "from_sample"), quiet=True)
+    again = extract_embeddings(run, image_folder, tmp_path / "embedded", batch_size=5)
+    mine, items, meta = load_embeddings(tmp_path / "from_sample")
+    theirs, items_again, meta_again = load_embeddings(again)
+    assert meta == meta_again and meta["skipped_files"] == n_bad and meta["dims"] == 8
+    assert items == items_again and len(items) == 24
+    np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    # a sample that does not hold every image writes nothing
+    from hebbret import embed
+    from hebbret.data import open_dataset
+
+    model, card = load_run(run)
+    ds = open_dataset(str(image_folder), "train", 3, 16, mean=card.input.mean, std=card.input.std)
+    _, sample = embed.fit_descriptor_pca(model, ds, 8, quiet=True)
+    sample.rows = sample.rows[1:]
+    with pytest.raises(ValueError, match="not the embedding of every image"):
+        embed.write_sample_embeddings(run, model, sample, ds, str(image_folder), "train",
+                                      tmp_path / "partial")

@@ -51,6 +51,9 @@ out = "{tmp_path / 'out'}"
         assert set(row["views_knn"]) == {"h", "none"}
         assert row["views"] == max(row["views_knn"], key=row["views_knn"].get)
         assert read_card(emb / "pretrain").embedding.flip == row["views"]
+        # the training images' embeddings came with the descriptor PCA's sample, not from embed
+        record = json.loads((emb / "pretrain.json").read_text())
+        assert "embed_train_s" not in record and "embed_test_s" in record
         for summary in row["fewshot"].values():  # two labeled subsets, each scored
             assert summary["n"] == 2 and len(summary["values"]) == 2
             assert summary["mean"] == pytest.approx(sum(summary["values"]) / 2)
@@ -60,7 +63,7 @@ out = "{tmp_path / 'out'}"
     assert results["verdict"].startswith("With few labels")
     table = (report / "results.md").read_text()
     assert "| Hebbian |" in table and "| random init |" in table and "**Convergence**" in table
-    assert "**Descriptor views**: Hebbian: the image" in table
+    assert "**Descriptor views** (kNN top-1 of a held-out fifth" in table
     assert results["verdict"] in capsys.readouterr().out
     with Image.open(report / "filters.png") as img:
         assert img.width > 10
