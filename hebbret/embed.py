@@ -144,6 +144,8 @@ def embed_batch(model: HebbNet, x: Tensor, spec: EmbeddingSpec | None = None) ->
         return Extractor(model, spec)(x)
 
 
+# the backbone's weights in NHWC: 1.6× faster oneDNN convolutions for c3 at 28 px, batch 256
+INFERENCE_FORMAT = torch.channels_last
 PCA_IMAGES = 10_000  # the descriptor PCA is fitted on at most this many training images
 PCA_SAMPLE_BYTES = 1 << 30  # ... and at most this much float32 descriptor
 PCA_BATCH_SIZE = 64  # after training, beside the training state: small batches, little memory
@@ -319,7 +321,7 @@ def extract_embeddings(run: str | os.PathLike, data: str | os.PathLike, out: str
     with main_first():  # rank 0 packs the image cache once for every rank
         dataset = open_dataset(data, split, spec.in_chans, spec.img_size, data_root,
                                mean=spec.mean, std=spec.std)
-    model.to(dev).eval()
+    model.to(dev, memory_format=INFERENCE_FORMAT).eval()
     out = Path(out)
     if w.is_main:  # meta.json is written last: it marks a complete dir
         out.mkdir(parents=True, exist_ok=True)
@@ -536,5 +538,5 @@ def embed_images(model: HebbNet, card: ModelCard, paths: list[str | os.PathLike 
             raise ValueError(f"query image {name} cannot be decoded: {e}") from None
         images.append(to_tensor(arr, spec.mean, spec.std))
     dev = pick_device(device)
-    model.to(dev).eval()
+    model.to(dev, memory_format=INFERENCE_FORMAT).eval()
     return embed_batch(model, torch.stack(images).to(dev), desc).cpu().numpy()
