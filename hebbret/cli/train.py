@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--descriptor-dims", **DESCRIPTOR_DIMS)
     p.add_argument("--flip", **{**FLIP_CHOICE, "help": FLIP_CHOICE["help"] + " (default: the "
                                 "backbone's own)"})
+    p.add_argument("--embeddings-out", metavar="DIR", help="also write the training images' "
+                   "embeddings dir (as `hebbret embed` would) from the descriptor PCA's sample, "
+                   "when it holds all of them (≤ 10,000 images)")
     p.set_defaults(func=pretrain)
 
     p = sub.add_parser("show-filters", help="write the first layer's filters as a PNG grid")
@@ -114,6 +117,7 @@ def pretrain(args: argparse.Namespace) -> None:
                       checkpoint_every=args.checkpoint_every, precision=args.precision,
                       compile=args.compile, model_kwargs=args.model_kwargs,
                       descriptor_dims=args.descriptor_dims, flip=args.flip,
+                      embeddings_out=args.embeddings_out,
                       budget_s=args.budget_s, resume=args.resume or None, quiet=args.quiet or None)
     print(pretrain(cfg))
 
