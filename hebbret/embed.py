@@ -370,8 +370,9 @@ def write_sample_embeddings(run: str | os.PathLike, model: HebbNet, sample: Desc
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
     order = np.argsort(sample.rows, kind="stable")
-    with torch.inference_mode():
-        emb = model.descriptor_pca.cpu()(torch.from_numpy(sample.x[order])).numpy()
+    pca, x = model.descriptor_pca.cpu(), torch.from_numpy(sample.x)
+    with torch.inference_mode():  # in chunks: no second copy of the sample
+        emb = torch.cat([pca(x[i:i + 4096]) for i in range(0, len(x), 4096)]).numpy()[order]
     with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32, copy=False))
     meta = _write_items_and_meta(out, dataset, sample.rows[order].tolist(), _meta(
