@@ -155,10 +155,11 @@ PCA_BATCH_SIZE = 64  # after training, beside the training state: small batches,
 def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
                        seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
                        quiet: bool = False, flip: str | None = None
-                       ) -> tuple[dict[str, Any], DescriptorSample]:
+                       ) -> tuple[dict[str, Any], DescriptorSample | None]:
     """Fit ``model.descriptor_pca`` on the backbone's own descriptor of seeded-random images of
-    ``dataset`` (at most PCA_IMAGES, and PCA_SAMPLE_BYTES of float32), to ``dims`` dimensions,
-    fewer when fewer images were seen. A descriptor of at most ``dims`` values is left as it is.
+    ``dataset`` (at most PCA_IMAGES, and PCA_SAMPLE_BYTES of float32, twice that while 'auto'
+    chooses), to ``dims`` dimensions, fewer when fewer images were seen (0: no PCA, no sample).
+    A descriptor of at most ``dims`` values is left as it is.
 
     ``flip``: the views the descriptor sums (:class:`EmbeddingSpec`), written into the
     backbone's descriptor (``default_cfg["embedding"]``); None: its own; 'auto': its own or the
@@ -170,6 +171,9 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
     emb = model.default_cfg["embedding"]
     views = emb.get("flip", "none") if flip in (None, "auto") else flip
     model.descriptor_pca.clear()
+    if dims == 0:  # no PCA: no sample, so 'auto' keeps the backbone's own views
+        emb["flip"] = views
+        return {"dims": 0, "images": 0, "flip": views}, None
     was_training = model.training
     sample, first, labels = _sample_descriptors(
         Extractor(model.eval(), EmbeddingSpec(**{**emb, "flip": views})), dataset, dims,
@@ -220,34 +224,36 @@ def _sample_descriptors(extractor: Extractor, dataset: ImageDataset, dims: int, 
     """Descriptors of seeded-random images for :func:`fit_descriptor_pca`, with (when
     ``keep_first``) their first view alone (n, D), and their labels (n,). Stops after one batch
     when the descriptor is no wider than the PCA it would get from every image."""
-    parts: list[Tensor] = []
-    firsts: list[Tensor] = []
-    labels: list[Tensor] = []
-    rows: list[Tensor] = []
     skipped = SkippedFiles(dataset)
-    cap = PCA_IMAGES
-    with progress(total=min(cap, len(dataset)), unit="img", quiet=quiet, desc="descriptor PCA"
-                  ) as bar:
+    x = first = labels = rows = None
+    n = 0
+    with progress(total=min(PCA_IMAGES, len(dataset)), unit="img", quiet=quiet,
+                  desc="descriptor PCA") as bar:
         for batch in make_loader(dataset, PCA_BATCH_SIZE, seed, num_workers=num_workers,
                                  device=device):
             skipped.add(batch.skipped)
-            if len(batch.images):
-                pooled = extractor.views(batch.images.to(device)).cpu()  # (V, B, D)
-                parts.append(pooled.sum(0))
-                firsts += [pooled[0]] if keep_first else []
-                labels.append(batch.labels)
-                rows.append(batch.indices)
-                cap = _sample_cap(pooled.shape[2])
-                bar.update(len(batch.images))
-            n = sum(map(len, parts))
-            if n >= cap or parts and parts[0].shape[1] <= min(dims, min(cap, len(dataset)) - 1):
+            if not len(batch.images):
+                continue
+            pooled = extractor.views(batch.images.to(device)).cpu()  # (V, B, D)
+            if x is None:  # the width is known: room for the whole sample, filled in place
+                size = min(_sample_cap(pooled.shape[2]), len(dataset))
+                x = np.empty((size, pooled.shape[2]), np.float32)
+                first = np.empty_like(x) if keep_first else None
+                labels, rows = np.empty(size, np.int64), np.empty(size, np.int64)
+            take = min(len(pooled[0]), len(x) - n)
+            x[n:n + take] = pooled.sum(0)[:take].numpy()
+            if first is not None:
+                first[n:n + take] = pooled[0, :take].numpy()
+            labels[n:n + take], rows[n:n + take] = batch.labels[:take], batch.indices[:take]
+            n += take
+            bar.update(len(batch.images))
+            if n == len(x) or x.shape[1] <= min(dims, len(x) - 1):
                 break
-    if not parts:
+    if x is None:
         return (DescriptorSample(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), skipped),
                 None, np.zeros(0, np.int64))
-    return (DescriptorSample(torch.cat(parts)[:cap].numpy(), torch.cat(rows)[:cap].numpy(),
-                             skipped),
-            torch.cat(firsts)[:cap].numpy() if firsts else None, torch.cat(labels)[:cap].numpy())
+    return (DescriptorSample(x[:n], rows[:n], skipped), None if first is None else first[:n],
+            labels[:n])
 
 
 CHOICE_K = 20  # the kNN that chooses the views: k as `hebbret run` scores
@@ -261,9 +267,9 @@ def choose_views(x: np.ndarray, first: np.ndarray, labels: np.ndarray, views: st
     labels of at least 2 classes. Returns (views, {views: top-1 %})."""
     from .eval.knn import knn_classify  # eval reads embeddings with this module
 
-    if len(np.unique(labels)) < 2:
-        return views, {}
     val = held_out(labels, 0.2, seed)
+    if len(np.unique(labels)) < 2 or not val.any() or val.all():  # e.g. one image a class
+        return views, {}
     top1 = {name: next(iter(knn_classify(v[~val], labels[~val], v[val], labels[val],
                                           ks=[CHOICE_K])["k"].values()))["top1"]  # k ≤ rows
             for name, v in ((views, x), ("none", first))}

@@ -138,6 +138,7 @@ class Inputs:
     model_kwargs: dict[str, Any]
     layer: str | None  # None: the backbone's descriptor
     pool: str | None
+    flip: str | None  # its views (PretrainConfig.flip)
     reasons: tuple[str, ...]
 
 
@@ -184,13 +185,16 @@ def choose_inputs(cfg: RunConfig, seen: Survey, device: str) -> Inputs:
     emb = probe.default_cfg["embedding"]
     layer, pool, grid = cfg.layer or emb["layer"], cfg.pool or emb["pool"], emb.get("grid", 1)
     cells = f" over a {grid}×{grid} grid" if grid > 1 and pool != "flatten" else ""
+    # the choice of views is made on the backbone's descriptor, in its PCA's sample
+    flip = None if cfg.flip == "auto" and (cfg.pool or cfg.layer or not cfg.descriptor_dims) \
+        else cfg.flip
     reasons.append(f"descriptor: {pool}{cells} of {layer}" + (
         " (--pool/--layer)" if cfg.pool or cfg.layer else " (the backbone's default)")
-        + _views_text(cfg.flip, emb) + (
+        + _views_text(flip, emb) + (
         f", then its PCA to at most {cfg.descriptor_dims} dimensions, fitted on the training "
         f"images" if cfg.descriptor_dims and not (cfg.pool or cfg.layer) else ""))
     return Inputs(cfg.in_chans or seen.in_chans, size, model, kwargs,
-                  cfg.layer, cfg.pool, tuple(reasons))
+                  cfg.layer, cfg.pool, flip, tuple(reasons))
 
 
 def _views_text(flip: str | None, emb: dict[str, Any]) -> str:
@@ -198,7 +202,8 @@ def _views_text(flip: str | None, emb: dict[str, Any]) -> str:
     own = emb.get("flip", "none")
     if flip == "auto" and own != "none":
         return (f", summed over {VIEW_NAMES[own]} or of the image alone, whichever has the "
-                f"higher kNN top-1 on held-out training rows (each backbone's own choice)")
+                f"higher kNN top-1 on held-out rows of its PCA's sample of the training images "
+                f"(each backbone's own choice)")
     views = own if flip in (None, "auto") else flip
     return "" if views == "none" else f", summed over {VIEW_NAMES[views]}" + (
         " (--flip)" if flip == views else "")
@@ -247,7 +252,7 @@ def _run_variant(cfg: RunConfig, inputs: Inputs, variant: str, out: Path,
                         batch_size=cfg.pretrain_batch_size if hebbian else None,
                         in_chans=inputs.in_chans, img_size=inputs.img_size,
                         model_kwargs=inputs.model_kwargs, descriptor_dims=cfg.descriptor_dims,
-                        flip=cfg.flip, seed=cfg.seed,
+                        flip=inputs.flip, seed=cfg.seed,
                         # the PCA's sample of the training images is their embedding when it
                         # holds them all and the descriptor is the backbone's own
                         embeddings_out=None if inputs.layer or inputs.pool else
@@ -292,7 +297,7 @@ def _ssl_options(cfg: RunConfig, inputs: Inputs, out: Path) -> dict[str, Any]:
     budget = hebbian.get("wall_seconds") or hebbian["train_seconds"]
     return dict(trainer=train_ssl, method=SSL_METHOD, model=inputs.model,
                 model_kwargs=backprop_kwargs(inputs.model_kwargs), in_chans=inputs.in_chans,
-                img_size=inputs.img_size, descriptor_dims=cfg.descriptor_dims, flip=cfg.flip,
+                img_size=inputs.img_size, descriptor_dims=cfg.descriptor_dims, flip=inputs.flip,
                 seed=cfg.seed,
                 budget_s=max(float(budget), 0.01))
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
-from .artifacts import RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
+from .artifacts import META, RUN_CONFIG, TRAIN_LOG, TRAIN_STATE, WEIGHTS
 from .compiling import Compiled, compile_wanted
 from .config import PRECISIONS, PretrainConfig
 from .data import ImageDataset, SkippedFiles, make_loader, native_format, open_dataset
@@ -422,9 +422,10 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
             device: torch.device) -> None:
     """Rank 0 after training: convergence, the descriptor PCA, the run dir, warnings."""
     conv = convergence(training_log(out), model)
-    pca, sample = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
-                                      cfg.num_workers, cfg.quiet, cfg.flip)
-                   if cfg.descriptor_dims else ({"dims": 0}, None))
+    if cfg.embeddings_out:  # whatever was there is not this run's embedding
+        (Path(cfg.embeddings_out) / META).unlink(missing_ok=True)
+    pca, sample = fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
+                                     cfg.num_workers, cfg.quiet, cfg.flip)
     summary = {"images_seen": pos["images"], "steps": pos["global_step"],
                "train_seconds": round(pos["seconds"], 2), "skipped_files": skipped.paths,
                "wall_seconds": round(pos.get("wall_s", 0.0), 2),
@@ -436,6 +437,10 @@ def _finish(cfg: PretrainConfig, resolved: dict[str, Any], model: HebbNet,
     if cfg.embeddings_out and sample is not None and pca["dims"] and sample.covers(dataset):
         write_sample_embeddings(out, model, sample, dataset, cfg.data, cfg.split,
                                 cfg.embeddings_out)
+    elif cfg.embeddings_out:
+        log.warning("no embeddings written to %s: the descriptor PCA's sample (%d of %d images) "
+                    "is not their embedding; run `hebbret embed`", cfg.embeddings_out,
+                    pca["images"], len(dataset))
     for la in conv["layers"]:
         if not la["converged"]:
             log.warning("Hebbian layer %d (%s) has not converged: it still moves at %s of its "

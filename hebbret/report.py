@@ -88,8 +88,8 @@ def results_table(results: dict[str, Any]) -> str:
     if inputs:
         lines += ["**Chosen for these images**: " + "; ".join(inputs["reasons"]) + ".", ""]
     if _views(rows):
-        lines += [f"**Descriptor views** (kNN top-1 of a held-out fifth of the training images "
-                  f"when chosen): {_views(rows)}.", ""]
+        lines += [f"**Descriptor views** (kNN top-1 of a held-out fifth of the PCA's sample of "
+                  f"training images, when chosen): {_views(rows)}.", ""]
     lines += [f"**Few labels** ({labels}; test top-1 %, mean ± std over {n_seeds} labeled "
               f"subsets; full on random init = training from scratch)", "",
               "| backbone | " + " | ".join(protocols) + " |",

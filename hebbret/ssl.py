@@ -132,9 +132,8 @@ def train_ssl(config: SSLConfig | str, **overrides: Any) -> Path:
     model.eval()
     dataset = open_dataset(cfg.data, "train", in_chans, size, mean=cfg_json["mean"],
                            std=cfg_json["std"])
-    pca = (fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
-                              cfg.num_workers, cfg.quiet, cfg.flip)[0] if cfg.descriptor_dims
-           else {"dims": 0})
+    pca, _ = fit_descriptor_pca(model, dataset, cfg.descriptor_dims, cfg.seed, device,
+                                cfg.num_workers, cfg.quiet, cfg.flip)
     save_run(model.cpu(), out, training={
         "kind": "ssl", "method": cfg.method, "config": asdict(cfg), "in_chans": in_chans,
         "img_size": size, "train_seconds": round(pos["seconds"], 2), "steps": pos["steps"],

@@ -312,6 +312,10 @@ def test_auto_views_drop_the_mirror_where_it_erases_the_classes(tmp_path):
     assert info == {"dims": 8, "images": 60, "flip": "hv"} and cfg["embedding"]["flip"] == "hv"
     with pytest.raises(ValueError, match="flip must be one of"):
         fit_descriptor_pca(model, ds, 8, quiet=True, flip="sideways")
+    # no PCA: no sample, the given views all the same
+    assert fit_descriptor_pca(model, ds, 0, flip="none") == ({"dims": 0, "images": 0,
+                                                                "flip": "none"}, None)
+    assert cfg["embedding"]["flip"] == "none" and model.descriptor_pca.dims == 0
 
 
 def test_the_views_stay_the_backbones_own_on_a_tie_or_without_classes():
@@ -322,6 +326,7 @@ def test_the_views_stay_the_backbones_own_on_a_tie_or_without_classes():
     x = rng.normal(size=(40, 6)).astype(np.float32) + labels[:, None]
     assert choose_views(x, 2 * x, labels, "h")[0] == "h"  # same neighbours: a tie
     assert choose_views(x, x, np.zeros(40, np.int64), "h") == ("h", {})
+    assert choose_views(x[:2], x[:2], labels[[0, 20]], "h") == ("h", {})  # nothing held out
     views, knn = choose_views(rng.normal(size=(40, 6)).astype(np.float32), x, labels, "hv")
     assert views == "none" and knn["none"] > knn["hv"]
 

@@ -63,7 +63,7 @@ out = "{tmp_path / 'out'}"
     assert results["verdict"].startswith("With few labels")
     table = (report / "results.md").read_text()
     assert "| Hebbian |" in table and "| random init |" in table and "**Convergence**" in table
-    assert "**Descriptor views** (kNN top-1 of a held-out fifth" in table
+    assert "**Descriptor views** (kNN top-1 of a held-out fifth of the PCA's sample" in table
     assert results["verdict"] in capsys.readouterr().out
     with Image.open(report / "filters.png") as img:
         assert img.width > 10
@@ -165,8 +165,13 @@ def test_inputs_are_chosen_from_the_images_and_every_setting_given_wins():
     assert (small.img_size, small.model, small.in_chans) == (28, "hebb_softhebb_c3", 1)
     assert "the images' own size" in small.reasons[0]
     assert "or of the image alone, whichever has the higher kNN" in small.reasons[-1]
-    alone = choose_inputs(replace(cfg, flip="none"), thumbs, "cpu").reasons[-1]
-    assert "flatten of features (the backbone's default)" in alone and "summed" not in alone
+    alone = choose_inputs(replace(cfg, flip="none"), thumbs, "cpu")
+    assert alone.flip == "none" and "summed" not in alone.reasons[-1]
+    assert "flatten of features (the backbone's default)" in alone.reasons[-1]
+    for other in (replace(cfg, pool="avg"), replace(cfg, descriptor_dims=0)):  # no choice made
+        mine = choose_inputs(other, thumbs, "cpu")
+        assert mine.flip is None and "whichever" not in mine.reasons[-1]
+        assert "summed over the image and its mirror image" in mine.reasons[-1]
     big = choose_inputs(cfg, photos, "cpu")
     assert (big.img_size, big.model) == (96, "hebb_softhebb_c4")
     assert big.model_kwargs == {"init_radius": 5.0, "widths": [24, 96, 384, 1536]}

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                 "backbone's own)"})
     p.add_argument("--embeddings-out", metavar="DIR", help="also write the training images' "
                    "embeddings dir (as `hebbret embed` would) from the descriptor PCA's sample, "
-                   "when it holds all of them (≤ 10,000 images)")
+                   "when it holds all of them (at most 10,000 images and 1 GiB of descriptors)")
     p.set_defaults(func=pretrain)
 
     p = sub.add_parser("show-filters", help="write the first layer's filters as a PNG grid")
