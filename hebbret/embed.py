@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ._io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from .artifacts import EMBEDDING_FILES, EMBEDDINGS, ITEMS, META
-from .config import DTYPES, EMBED_BATCH_SIZE, FLIPS, POOLS
+from .config import DTYPES, EMBED_BATCH_SIZE, FLIPS, POOLS, check_flip
 from .data import (
     ImageDataset,
     SkippedFiles,
@@ -166,8 +166,7 @@ def fit_descriptor_pca(model: HebbNet, dataset: ImageDataset, dims: int,
     image alone, whichever :func:`choose_views` finds better on held-out training rows.
     Returns ({"dims": fitted dims (0: none), "images": images used, "flip": the views, and with
     'auto' "flip_knn": {views: kNN top-1 % on held-out rows}}, the sample it was fitted on)."""
-    if flip not in (None, "auto", *FLIPS):
-        raise ValueError(f"flip must be one of {FLIPS}, 'auto' or None, got {flip!r}")
+    check_flip(flip)
     emb = model.default_cfg["embedding"]
     views = emb.get("flip", "none") if flip in (None, "auto") else flip
     model.descriptor_pca.clear()
