@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hebbret.hebb import HebbConv2d, HebbLinear
+from hebbret.hebb.layers import AUTO_UNFOLD_MIN_D
 from hebbret.hebb.rules import softhebb_step_scale
 
 RULES = ["hpca", "swta", "softhebb"]
@@ -66,20 +67,39 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("gram", ["conv", "unfold"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"b{c[0]}k{c[3]}s{c[4]}p{c[5]}{c[6]}")
-def test_conv_rule_matches_per_sample_reference(rule, gram, case):
+def test_conv_rule_matches_per_sample_reference(rule, gram, case, layout):
     b, c, k, kernel, stride, padding, mode, size = case
     torch.manual_seed(0)
     layer = HebbConv2d(c, k, kernel, stride, padding, mode, rule=rule, gram=gram, **PARAMS[rule])
     layer.double()
     x = torch.randn(b, c, *size, dtype=torch.float64)
+    if layout == "nhwc":  # the layout pretraining runs in; unfold takes the channels-last im2col
+        layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     fused = layer.hebbian_delta(x)
     assert fused.shape == layer.weight.shape
     rows = conv_rows(x, kernel, stride, padding, mode)
     ref = reference_delta(rule, rows, layer.weight.detach().flatten(1), **PARAMS[rule])
     assert rel_err(fused.flatten(1), ref) < 1e-9
+
+
+def test_auto_gram_takes_the_im2col_product_for_wide_channels_last_cpu_layers():
+    wide = HebbConv2d(64, 8, 3)  # D = 576 ≥ AUTO_UNFOLD_MIN_D
+    narrow = HebbConv2d(8, 8, 3)  # D = 72
+    x = torch.randn(2, 64, 6, 6)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    assert wide.gram == "auto" and wide.weight[0].numel() >= AUTO_UNFOLD_MIN_D
+    assert wide.gram_method(nhwc) == "unfold"
+    assert wide.gram_method(x) == "conv"  # NCHW: the oneDNN kernel
+    assert narrow.gram_method(nhwc[:, :8].contiguous(memory_format=torch.channels_last)) == "conv"
+    wide.gram = "conv"
+    assert wide.gram_method(nhwc) == "conv"  # an explicit method is kept
+    with pytest.raises(ValueError, match="gram must be one of"):
+        HebbConv2d(3, 4, 3, gram="im2col")
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -15,7 +15,11 @@ from torch import Tensor, nn
 
 from .rules import HebbTerms, Rule, divide, get_rule
 
-GRAM_METHODS = ("conv", "unfold")
+GRAM_METHODS = ("auto", "conv", "unfold")
+# "auto" takes im2col + one GEMM on the CPU for channels-last inputs whose patches have at least
+# this many values (D = C·kh·kw): oneDNN's weight-gradient kernel reaches ~60% of the GEMM rate
+# there (docs/results.md, "Yᵀ X on the CPU"), and the patch matrix costs little next to it
+AUTO_UNFOLD_MIN_D = 512
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -146,8 +150,9 @@ class HebbConv2d(_HebbLayer):
 
     Args:
         padding_mode: "zeros" or "reflect".
-        gram: how Yᵀ X is computed: "conv" (convolution weight-gradient kernel, oneDNN/cuDNN)
-            or "unfold" (im2col + one matmul).
+        gram: how Yᵀ X is computed: "conv" (convolution weight-gradient kernel, oneDNN/cuDNN),
+            "unfold" (im2col in the input's memory layout + one matmul) or "auto" (unfold for
+            channels-last CPU inputs with C·kh·kw ≥ ``AUTO_UNFOLD_MIN_D``, else conv).
         rule_params: the rule's parameters (softhebb: t_inv; swta: temperature).
     Input (B, C, H, W) -> output (B, K, Ho, Wo).
     """
@@ -161,7 +166,7 @@ class HebbConv2d(_HebbLayer):
         padding: int | tuple[int, int] = 0,
         padding_mode: str = "zeros",
         rule: str = "softhebb",
-        gram: str = "conv",
+        gram: str = "auto",
         init_radius: float | None = None,
         **rule_params: float,
     ) -> None:
@@ -195,19 +200,41 @@ class HebbConv2d(_HebbLayer):
     def preact(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self._native_padding())
 
+    def gram_method(self, x: Tensor) -> str:
+        """The Yᵀ X method ``yt_x`` takes for padded input ``x``."""
+        if self.gram != "auto":
+            return self.gram
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        big = self.weight[0].numel() >= AUTO_UNFOLD_MIN_D
+        return "unfold" if x.device.type == "cpu" and channels_last and big else "conv"
+
     def yt_x(self, x: Tensor, y: Tensor) -> Tensor:
         y = y.to(x.dtype)
-        if self.gram == "conv":
+        method = self.gram_method(x)
+        if method == "conv":
             # Yᵀ X is the weight gradient of the convolution with grad-output Y.
             return torch.ops.aten.convolution_backward(
                 y, x, self.weight.detach().to(x.dtype), None, list(self.stride),
                 list(self._native_padding()), [1, 1], False, [0, 0], 1, [False, True, False],
             )[1]
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return self._yt_x_nhwc(x, y)
         patches = F.unfold(x, self.kernel_size, padding=self._native_padding(), stride=self.stride)
         k, d = self.out_channels, patches.shape[1]
         y2 = y.transpose(0, 1).reshape(k, -1)  # (K, N)
         x2 = patches.transpose(1, 2).reshape(-1, d)  # (N, D)
         return (y2 @ x2).view_as(self.weight)
+
+    def _yt_x_nhwc(self, x: Tensor, y: Tensor) -> Tensor:
+        """Yᵀ X from channels-last X: patches (B·Ho·Wo, kh·kw·C) in one copy, one GEMM; the
+        (K, kh, kw, C) product is the weight's shape with channels-last strides."""
+        ph, pw = self._native_padding()
+        xh = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        patches = xh.unfold(1, kh, sh).unfold(2, kw, sw)  # (B, Ho, Wo, C, kh, kw), a view
+        patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * self.in_channels)
+        rows = y.permute(0, 2, 3, 1).reshape(-1, self.out_channels)  # (B·Ho·Wo, K)
+        return (rows.T @ patches).view(self.out_channels, kh, kw, -1).permute(0, 3, 1, 2)
 
     def patch_rows(self, xp: Tensor) -> Tensor:
         patches = F.unfold(xp, self.kernel_size, padding=self._native_padding(), stride=self.stride)
