@@ -1,7 +1,8 @@
 """Benchmark the fused FastHebb update (docs/design.md §3) on this machine, as ratios within one process.
 
 1. Per Hebbian layer of both backbones, at their real shapes: the fused update
-   ``layer.hebbian_delta(x)`` with each Yᵀ X method (``gram="conv"`` / ``"unfold"``) against the
+   ``layer.hebbian_delta(x)`` with each Yᵀ X method (``gram="conv"`` / ``"unfold"``, channels-last
+   inputs as pretraining runs them unless ``--contiguous``) against the
    method FastHebb replaced, which materialises one K×D update per (sample, position) row and sums
    them. The materialised method is checked against the fused one first, then timed on a few
    samples and extrapolated linearly to the full batch.
@@ -37,7 +38,7 @@ from _common.results import machine_info
 from _common.timing import QuietWaiter, contention
 from hebbret._io import write_json
 from hebbret.models import create_model
-from hebbret.runtime import load_average
+from hebbret.runtime import load_average, memory_format
 
 log = logging.getLogger("bench_hebb")
 
@@ -132,8 +133,9 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
     rows = []
     for name, rule in setups:
         torch.manual_seed(cfg.seed)
-        model = create_model(name, rule=rule, img_size=cfg.img_size).train()
-        x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
+        fmt = memory_format(cfg.channels_last)  # the layout pretraining runs in
+        model = create_model(name, rule=rule, img_size=cfg.img_size).train().to(memory_format=fmt)
+        x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size).contiguous(memory_format=fmt)
         log.info("%s (%s): per-layer ΔW", name, rule)
         inputs = model.hebb_inputs(x)
         for i, (layer, xi) in enumerate(zip(model.hebb_layers(), inputs, strict=True)):
